@@ -1,0 +1,146 @@
+//! The I/O wrapper that reports read activity to the connection's [`ConnState`].
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::state::ConnState;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// Still matching the first bytes against the HTTP/2 preface; holds how many matched.
+    Sniffing(usize),
+    Http1,
+    Http2,
+}
+
+/// Wraps a connection's byte stream; every successful read updates the connection phase.
+#[derive(Debug)]
+pub(crate) struct TrackedIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    protocol: Protocol,
+}
+
+impl<T> TrackedIo<T> {
+    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            state,
+            protocol: Protocol::Sniffing(0),
+        }
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        match self.protocol {
+            Protocol::Http1 => self.state.on_http1_read(),
+            Protocol::Http2 => {}
+            Protocol::Sniffing(matched) => {
+                let wanted = &H2_PREFACE[matched..];
+                let n = wanted.len().min(bytes.len());
+                if bytes[..n] != wanted[..n] {
+                    self.protocol = Protocol::Http1;
+                } else if matched + n == H2_PREFACE.len() {
+                    self.protocol = Protocol::Http2;
+                    self.state.on_http2_preface();
+                } else {
+                    self.protocol = Protocol::Sniffing(matched + n);
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let filled = buf.filled();
+            if filled.len() > before {
+                this.on_read(&filled[before..]);
+            }
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::time::Instant;
+
+    async fn feed(chunks: &[&[u8]]) -> Arc<ConnState> {
+        let state = ConnState::new(Instant::now());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = TrackedIo::new(server, Arc::clone(&state));
+        for chunk in chunks {
+            tokio::io::AsyncWriteExt::write_all(&mut client, chunk)
+                .await
+                .expect("write");
+            let mut buf = vec![0; chunk.len()];
+            io.read_exact(&mut buf).await.expect("read");
+        }
+        state
+    }
+
+    #[tokio::test]
+    async fn preface_split_across_reads_is_http2() {
+        let state = feed(&[&H2_PREFACE[..5], &H2_PREFACE[5..20], &H2_PREFACE[20..]]).await;
+        let deadline = state
+            .deadline(Duration::from_secs(1), Duration::from_secs(100))
+            .expect("idle");
+        assert_eq!(deadline.reason, crate::metrics::CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn http1_request_is_not_http2() {
+        let state = feed(&[b"PRI", b"NT / HTTP/1.1\r\n"]).await;
+        let deadline = state
+            .deadline(Duration::from_secs(1), Duration::from_secs(100))
+            .expect("greeting");
+        assert_eq!(deadline.reason, crate::metrics::CloseReason::HeaderTimeout);
+    }
+}

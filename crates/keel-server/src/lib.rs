@@ -1,0 +1,76 @@
+//! A hardened HTTP/1.1 + HTTP/2 server for any tower service, composed from keel's building
+//! blocks over hyper.
+//!
+//! `keel-server` takes [`keel_listen`] listeners and an application service — an axum
+//! `Router` or any `tower::Service<http::Request<hyper::body::Incoming>>` — and serves it with
+//! every connection phase under a deadline:
+//!
+//! ```text
+//! Listener::accept()        keel-listen: socket options, EMFILE-proof backoff, never exits
+//!  -> spawn connection task (the accept loop never awaits anything per connection)
+//!  -> hyper-util auto       HTTP/1.1 or HTTP/2 (h2c prior knowledge), timer installed
+//!  -> keel deadlines        greeting / request head: header timeout; between requests: idle timeout
+//!  -> application service   panics and errors become a 500 for that request only
+//! shutdown future           listeners close -> connections drain gracefully -> deadline -> force
+//! ```
+//!
+//! What it does not do (yet): TLS, connection and rate limits, and the admin endpoint live in
+//! their own keel crates and are composed in as they land.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use keel_listen::Listener;
+//! use keel_server::Server;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = Listener::bind("127.0.0.1:8080".parse()?)?;
+//! let service = tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
+//!     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("hello\n"))))
+//! });
+//! let report = Server::builder()
+//!     .listener(listener)
+//!     .shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .serve(service)
+//!     .await?;
+//! std::process::exit(if report.is_clean() { 0 } else { 1 });
+//! # }
+//! ```
+//!
+//! # Design
+//!
+//! hyper decides what a connection does; keel decides how long it may take. An I/O wrapper
+//! sees the bytes read, a service wrapper sees each request start and each response body end,
+//! and the connection's driver turns those edges into one deadline (see [`HttpConfig`]):
+//! header timeout from the first byte of a request head to the service call, idle timeout from
+//! the end of the last response to the next request. hyper's own header timer is switched off
+//! because it would close idle keep-alive connections at the header timeout. Every close is
+//! counted by reason (see [`metrics`]).
+//!
+//! # Crate features
+//!
+//! None yet; HTTP/1.1 and HTTP/2 are always on.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod config;
+mod driver;
+mod error;
+mod io;
+pub mod metrics;
+mod report;
+mod server;
+mod service;
+mod state;
+
+pub use body::{BodyPanicked, ResponseBody};
+pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
+pub use error::Error;
+pub use report::ServeReport;
+pub use server::{Builder, ConnInfo, DEFAULT_DRAIN_TIMEOUT, Server};
+
+/// The boxed error type of bodies and services, as in tower and hyper.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,43 @@
+//! What serving did, reported when it ends.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The result of a server run that ended in a shutdown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeReport {
+    /// Connections served over the whole run.
+    pub connections: u64,
+    /// Connections that were open when the drain began and closed by themselves before its
+    /// deadline.
+    pub drained: u64,
+    /// Connections still open at the drain deadline, closed by force.
+    pub forced: u64,
+    /// From the start of the drain until the last connection closed.
+    pub drain_duration: Duration,
+}
+
+impl ServeReport {
+    /// Whether every connection finished by itself before the drain deadline.
+    pub fn is_clean(&self) -> bool {
+        self.forced == 0
+    }
+
+    /// The process exit status this run deserves: success after a clean drain, 1 when
+    /// connections had to be forced closed.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.is_clean() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &ServeReport) {
+        self.connections += other.connections;
+        self.drained += other.drained;
+        self.forced += other.forced;
+        self.drain_duration = self.drain_duration.max(other.drain_duration);
+    }
+}

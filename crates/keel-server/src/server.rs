@@ -1,0 +1,505 @@
+//! The server builder, accept loops and the drain.
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use keel_listen::{Accepted, Addr, Listener, ListenerId};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::BoxError;
+use crate::config::HttpConfig;
+use crate::driver::Driver;
+use crate::error::Error;
+use crate::io::TrackedIo;
+use crate::metrics::{CloseReason, ServerMetrics};
+use crate::report::ServeReport;
+use crate::service::ConnService;
+use crate::state::ConnState;
+
+/// Default for [`Builder::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a request came from, inserted into every request's extensions.
+///
+/// ```
+/// # use http::Request;
+/// # fn handler(request: Request<()>) {
+/// if let Some(info) = request.extensions().get::<keel_server::ConnInfo>() {
+///     println!("request from {} on {}", info.peer, info.local);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: Addr,
+    /// The local address the connection was accepted on.
+    pub local: Addr,
+    /// The listener that accepted it.
+    pub listener: ListenerId,
+}
+
+/// An HTTP server over keel listeners; start with [`Server::builder`].
+#[derive(Debug)]
+pub struct Server(());
+
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> Builder {
+        Builder {
+            listeners: Vec::new(),
+            http: HttpConfig::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            shutdown: None,
+            force: None,
+        }
+    }
+}
+
+/// Configures and runs a [`Server`].
+///
+/// Required: at least one listener. Optional, with defaults: [`HttpConfig`], the drain
+/// deadline and the shutdown trigger (none: serve until the process ends).
+pub struct Builder {
+    listeners: Vec<Listener>,
+    http: HttpConfig,
+    drain_timeout: Duration,
+    shutdown: Option<ShutdownFuture>,
+    force: Option<ShutdownFuture>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("listeners", &self.listeners)
+            .field("http", &self.http)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("shutdown", &self.shutdown.as_ref().map(|_| "..."))
+            .field("force", &self.force.as_ref().map(|_| "..."))
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Adds a listener. Each listener gets its own accept loop.
+    pub fn listener(mut self, listener: Listener) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Adds several listeners, for example every acceptor of one
+    /// [`ListenerConfig::bind`](keel_listen::ListenerConfig::bind).
+    pub fn listeners(mut self, listeners: impl IntoIterator<Item = Listener>) -> Self {
+        self.listeners.extend(listeners);
+        self
+    }
+
+    /// Sets the HTTP settings; see [`HttpConfig`] for each default.
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// How long the drain may take before the remaining connections are closed by force.
+    ///
+    /// Default 30 s, Kubernetes' default termination grace period: long enough for ordinary
+    /// requests to finish, and the point after which the orchestrator kills the process anyway.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The future whose completion starts the shutdown: the listeners close at once, idle
+    /// connections close, in-flight requests finish (HTTP/1 answers carry `Connection: close`,
+    /// HTTP/2 connections get GOAWAY), and whatever is still open at the drain deadline is
+    /// closed by force.
+    ///
+    /// Any future works: a signal, a channel, a `CancellationToken`'s `cancelled_owned()`.
+    pub fn shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// The future whose completion cuts the drain short: every connection still open is
+    /// closed at once. Typically the second SIGTERM. If it completes before the shutdown
+    /// future, the shutdown starts and is forced at once.
+    pub fn force(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.force = Some(Box::pin(signal));
+        self
+    }
+
+    /// The local addresses of the listeners added so far, with real ports when port 0 was
+    /// bound.
+    pub fn local_addrs(&self) -> Vec<Addr> {
+        self.listeners.iter().map(|l| l.local_addr().clone()).collect()
+    }
+
+    /// Serves `service` on every listener until the shutdown future completes, then drains.
+    ///
+    /// `service` is any tower service over `http::Request<hyper::body::Incoming>`, an axum
+    /// `Router` included. It is cloned for every request. A panic in it or in its response
+    /// body, and an error it returns, become a 500 answer for that one request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoListeners`] when no listener was added. Failures of individual connections
+    /// are never errors of the server: they are counted and logged.
+    pub async fn serve<S, B>(self, service: S) -> Result<ServeReport, Error>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListeners);
+        }
+        let tokens = Tokens::default();
+        let _triggers = tokens.watch(self.shutdown, self.force);
+        let core = Core::new(service, &self.http, tokens.clone());
+        let accept_loops = core.start(self.listeners);
+        tokens.shutdown.cancelled().await;
+        Ok(core.drain(accept_loops, self.drain_timeout).await)
+    }
+
+    /// Serves with one single-threaded runtime per core instead of one shared runtime.
+    ///
+    /// `threads` OS threads each run a current-thread tokio runtime with its own share of the
+    /// listeners (add `threads` acceptors per address with
+    /// [`ListenerConfig::acceptors`](keel_listen::ListenerConfig::acceptors), so the kernel
+    /// spreads connections over them through `SO_REUSEPORT`) and its own service, built by
+    /// `make_service` on that thread. Nothing is shared between cores on the request path,
+    /// like nginx's worker processes. Blocks the calling thread until every core has drained;
+    /// call it outside any tokio runtime. The listeners must have been created on a runtime
+    /// that is still alive (they are moved off it here).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoListeners`], or [`Error::Runtime`] / [`Error::Listener`] when a core cannot
+    /// be started.
+    pub fn serve_per_core<F, S, B>(
+        self,
+        threads: NonZeroUsize,
+        make_service: F,
+    ) -> Result<ServeReport, Error>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListeners);
+        }
+        // Move every listener off the runtime it was created on; each core re-registers its
+        // share on its own runtime.
+        let mut shares: Vec<Vec<keel_listen::DetachedListener>> =
+            (0..threads.get()).map(|_| Vec::new()).collect();
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            let addr = listener.local_addr().to_string();
+            let detached = listener
+                .detach()
+                .map_err(|source| Error::Listener { addr, source })?;
+            shares[i % threads.get()].push(detached);
+        }
+        let tokens = Tokens::default();
+        let make_service = Arc::new(make_service);
+        let http = self.http;
+        let drain_timeout = self.drain_timeout;
+        let mut handles = Vec::new();
+        for (index, share) in shares.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Runtime)?;
+            let tokens = tokens.clone();
+            let make_service = Arc::clone(&make_service);
+            let http = http.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("keel-core-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let mut listeners = Vec::with_capacity(share.len());
+                        for detached in share {
+                            match detached.attach() {
+                                Ok(listener) => listeners.push(listener),
+                                Err(error) => {
+                                    tracing::error!(%error, core = index, "cannot attach listener");
+                                }
+                            }
+                        }
+                        let core = Core::new(make_service(), &http, tokens.clone());
+                        let accept_loops = core.start(listeners);
+                        tokens.shutdown.cancelled().await;
+                        core.drain(accept_loops, drain_timeout).await
+                    })
+                })
+                .map_err(Error::Runtime)?;
+            handles.push(handle);
+        }
+        // The triggers run on a small runtime of their own on this thread, which keeps running
+        // until every core has drained so that a force trigger is still heard.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let mut report = ServeReport::default();
+        let mut failed = None;
+        waiter.block_on(async {
+            let _triggers = tokens.watch(self.shutdown, self.force);
+            for (core, handle) in handles.into_iter().enumerate() {
+                match tokio::task::spawn_blocking(move || handle.join()).await {
+                    Ok(Ok(part)) => report.merge(&part),
+                    Ok(Err(_)) | Err(_) => failed = Some(Error::CorePanicked { core }),
+                }
+            }
+        });
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+/// Signals shared by every connection of a server (and by every core in per-core mode).
+#[derive(Clone, Debug, Default)]
+struct Tokens {
+    /// Per-core mode: tells each core to start its drain.
+    shutdown: CancellationToken,
+    /// Stops the accept loops.
+    stop_accepting: CancellationToken,
+    /// Asks every connection to finish gracefully.
+    drain: CancellationToken,
+    /// Closes every remaining connection at once.
+    force: CancellationToken,
+}
+
+impl Tokens {
+    /// Spawns the tasks that turn the user's triggers into token cancellations. The tasks
+    /// are aborted when the returned guard drops.
+    fn watch(
+        &self,
+        shutdown: Option<ShutdownFuture>,
+        force: Option<ShutdownFuture>,
+    ) -> [tokio_util::task::AbortOnDropHandle<()>; 2] {
+        let on_shutdown = self.shutdown.clone();
+        let shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
+        let on_force = (self.shutdown.clone(), self.force.clone());
+        let force = force.unwrap_or_else(|| Box::pin(std::future::pending()));
+        [
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                shutdown.await;
+                on_shutdown.cancel();
+            })),
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                force.await;
+                on_force.0.cancel();
+                on_force.1.cancel();
+            })),
+        ]
+    }
+}
+
+/// Everything one runtime needs to serve connections.
+struct Core<S> {
+    shared: Arc<Shared<S>>,
+    tracker: TaskTracker,
+}
+
+struct Shared<S> {
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    http: HttpConfig,
+    tokens: Tokens,
+    metrics: Arc<ServerMetrics>,
+    connections: AtomicU64,
+    forced: AtomicU64,
+}
+
+impl<S, B> Core<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn new(service: S, http: &HttpConfig, tokens: Tokens) -> Self {
+        Core {
+            shared: Arc::new(Shared {
+                service,
+                builder: hyper_builder(http),
+                http: http.clone(),
+                tokens,
+                metrics: Arc::new(ServerMetrics::resolve()),
+                connections: AtomicU64::new(0),
+                forced: AtomicU64::new(0),
+            }),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    fn start(&self, listeners: Vec<Listener>) -> Vec<tokio::task::JoinHandle<()>> {
+        listeners
+            .into_iter()
+            .map(|listener| {
+                let shared = Arc::clone(&self.shared);
+                let tracker = self.tracker.clone();
+                tokio::spawn(accept_loop(listener, shared, tracker))
+            })
+            .collect()
+    }
+
+    async fn drain(
+        self,
+        accept_loops: Vec<tokio::task::JoinHandle<()>>,
+        drain_timeout: Duration,
+    ) -> ServeReport {
+        let started = Instant::now();
+        let tokens = &self.shared.tokens;
+        tokens.stop_accepting.cancel();
+        for accept_loop in accept_loops {
+            // The loop drops its listener on exit: new connections are refused from here on.
+            let _ = accept_loop.await;
+        }
+        let connections_before = self.shared.connections.load(Ordering::Acquire);
+        let open = self.tracker.len() as u64;
+        tokens.drain.cancel();
+        self.tracker.close();
+        let finished = tokio::select! {
+            () = self.tracker.wait() => true,
+            () = tokio::time::sleep(drain_timeout) => false,
+            () = tokens.force.cancelled() => false,
+        };
+        if !finished {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "drain cut short; closing the remaining connections"
+            );
+            tokens.force.cancel();
+            self.tracker.wait().await;
+        }
+        let forced = self.shared.forced.load(Ordering::Acquire);
+        ServeReport {
+            connections: connections_before,
+            drained: open.saturating_sub(forced),
+            forced,
+            drain_duration: started.elapsed(),
+        }
+    }
+}
+
+fn hyper_builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // keel enforces the head deadline itself, per request; hyper's would also close idle
+        // keep-alive connections at the header timeout.
+        .header_read_timeout(None)
+        .max_headers(http.max_headers)
+        .max_buf_size(http.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(http.h2_max_local_error_reset_streams)
+        .max_header_list_size(http.h2_max_header_list_size);
+    builder
+}
+
+async fn accept_loop<S, B>(mut listener: Listener, shared: Arc<Shared<S>>, tracker: TaskTracker)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let stop = shared.tokens.stop_accepting.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Never await anything per connection here: the handshake, the PROXY header and the
+        // request all happen in the connection's own task.
+        tracker.spawn(serve_connection(Arc::clone(&shared), accepted));
+    }
+    tracing::debug!(listener = %listener.local_addr(), "listener closed");
+}
+
+async fn serve_connection<S, B>(shared: Arc<Shared<S>>, accepted: Accepted)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    metrics.accepted.increment(1);
+    metrics.active.increment(1.0);
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+
+    let Accepted {
+        stream,
+        peer,
+        local,
+        listener,
+        ..
+    } = accepted;
+    let info = ConnInfo {
+        peer,
+        local,
+        listener,
+    };
+    let state = ConnState::new(started);
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));
+    let service = ConnService::new(
+        shared.service.clone(),
+        Arc::clone(&state),
+        Arc::clone(metrics),
+        info,
+    );
+    let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    let reason = Driver::new(
+        conn,
+        state,
+        shared.http.header_timeout,
+        shared.http.idle_timeout,
+        shared.tokens.drain.clone().cancelled_owned(),
+        shared.tokens.force.clone().cancelled_owned(),
+    )
+    .await;
+    if reason == CloseReason::DrainForced {
+        shared.forced.fetch_add(1, Ordering::Relaxed);
+    }
+    metrics.closed(reason).increment(1);
+    metrics.active.decrement(1.0);
+    metrics.duration.record(started.elapsed().as_secs_f64());
+}

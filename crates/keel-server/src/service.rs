@@ -1,0 +1,137 @@
+//! Adapts a tower service to hyper for one connection: request tracking, and panics and
+//! errors turned into 500 answers.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::Service;
+use tower::util::Oneshot;
+
+use crate::BoxError;
+use crate::body::ResponseBody;
+use crate::metrics::ServerMetrics;
+use crate::server::ConnInfo;
+use crate::state::{ConnState, InFlight};
+
+const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
+
+/// The hyper service of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnService<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    metrics: Arc<ServerMetrics>,
+    info: ConnInfo,
+}
+
+impl<S> ConnService<S> {
+    pub(crate) fn new(
+        inner: S,
+        state: Arc<ConnState>,
+        metrics: Arc<ServerMetrics>,
+        info: ConnInfo,
+    ) -> Self {
+        Self {
+            inner,
+            state,
+            metrics,
+            info,
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture<S, B>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.info.clone());
+        let in_flight = self.state.request_started();
+        let inner = self.inner.clone();
+        ResponseFuture {
+            call: Oneshot::new(inner, request),
+            in_flight: Some(in_flight),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+pin_project! {
+    /// Drives the application's future for one request.
+    pub(crate) struct ResponseFuture<S, B>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>>,
+    {
+        #[pin]
+        call: Oneshot<S, Request<Incoming>>,
+        in_flight: Option<InFlight>,
+        metrics: Arc<ServerMetrics>,
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let call = this.call;
+        let outcome = match catch_unwind(AssertUnwindSafe(|| call.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => Ok(response),
+            Ok(Poll::Ready(Err(error))) => {
+                let error: BoxError = error.into();
+                tracing::error!(%error, "service returned an error; answering 500");
+                this.metrics.errors.increment(1);
+                Err(())
+            }
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(non-string panic payload)");
+                tracing::error!(panic = message, "handler panicked; answering 500");
+                this.metrics.panics.increment(1);
+                Err(())
+            }
+        };
+        let Some(in_flight) = this.in_flight.take() else {
+            // Polled after completion: a contract violation by the caller. Stay pending
+            // rather than panic inside hyper.
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(match outcome {
+            Ok(response) => response.map(|body| ResponseBody::new(body, in_flight)),
+            Err(()) => internal_error(in_flight),
+        }))
+    }
+}
+
+fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::fixed(INTERNAL_ERROR_BODY, in_flight));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

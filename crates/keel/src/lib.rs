@@ -1,0 +1,56 @@
+//! keel: hardened production servers for the tokio / hyper / tower ecosystem.
+//!
+//! keel is a set of small crates that an application composes into its own server. This
+//! umbrella crate re-exports them behind one feature each:
+//!
+//! | feature | module | crate | what it does |
+//! |---|---|---|---|
+//! | `listen` | [`listen`] | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
+//! | `server` | [`server`] | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
+//!
+//! Shutdown, limits, TLS and metrics crates join as they land.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use keel::prelude::*;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(
+//!         http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
+//!     ))
+//! });
+//! let report = Server::builder()
+//!     .listeners(ListenerConfig::default().bind("127.0.0.1:8080".parse()?)?)
+//!     .http(HttpConfig::default().header_timeout(std::time::Duration::from_secs(5)))
+//!     .shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .serve(service)
+//!     .await?;
+//! assert!(report.is_clean());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Crate features
+//!
+//! - `server` (default): [`server`], and `listen` with it.
+//! - `listen`: [`listen`] alone.
+//! - `full`: everything.
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "listen")]
+#[doc(inline)]
+pub use keel_listen as listen;
+
+#[cfg(feature = "server")]
+#[doc(inline)]
+pub use keel_server as server;
+
+/// The types most servers need, for a glob import.
+pub mod prelude {
+    #[cfg(feature = "listen")]
+    pub use keel_listen::{Listener, ListenerConfig};
+    #[cfg(feature = "server")]
+    pub use keel_server::{HttpConfig, ServeReport, Server};
+}

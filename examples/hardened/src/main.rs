@@ -1,0 +1,164 @@
+//! keel's reference server: the full hardened stack behind a stable command line.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --release -p hardened -- --listen 127.0.0.1:8080 --header-timeout 5s
+//! ```
+//!
+//! Poke it:
+//!
+//! ```text
+//! curl http://127.0.0.1:8080/                         # hello
+//! curl 'http://127.0.0.1:8080/slow?ms=500'            # ok, after half a second
+//! curl -N 'http://127.0.0.1:8080/stream?n=5&ms=200'   # five lines, 200 ms apart
+//! curl --data-binary @Cargo.toml http://127.0.0.1:8080/echo
+//! curl --http2-prior-knowledge http://127.0.0.1:8080/ # h2c
+//! kill -TERM <pid>                                    # graceful drain; exit 0 when clean
+//! ```
+//!
+//! Once every listener accepts it prints `listening on http://IP:PORT`, one line per listener.
+//! SIGTERM or SIGINT starts a graceful shutdown and a second one forces it. Exit status: 0
+//! after a clean drain, 1 when connections were forced closed, 2 for bad usage or a failed
+//! start-up, with one `error: ` line on stderr naming the problem.
+//!
+//! Copy this crate out of the repository to start your own server: only the `path` entries
+//! of the keel dependency need to go.
+
+mod cli;
+mod routes;
+
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+
+use keel::prelude::*;
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let settings = match cli::parse() {
+        Ok(cli::Parsed::Run(settings)) => settings,
+        Ok(cli::Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => return usage_error(&message),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(settings) {
+        Ok(report) => {
+            tracing::info!(?report, "drained");
+            report.exit_code()
+        }
+        Err(message) => usage_error(&message),
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn run(settings: cli::Settings) -> Result<ServeReport, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let acceptors = if settings.per_core {
+        cores
+    } else {
+        NonZeroUsize::new(settings.acceptors).unwrap_or(NonZeroUsize::MIN)
+    };
+    let http = HttpConfig::default()
+        .header_timeout(settings.header_timeout)
+        .idle_timeout(settings.idle_timeout);
+
+    // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
+    // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
+    // container there is no default action at all).
+    let (builder, signals) = runtime.block_on(async {
+        let signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let config = ListenerConfig::default().acceptors(acceptors);
+        let mut builder = Server::builder()
+            .http(http)
+            .drain_timeout(settings.drain_timeout);
+        let mut lines = String::new();
+        for addr in &settings.listen {
+            let listeners = config.bind(*addr).map_err(|e| e.to_string())?;
+            if let Some(first) = listeners.first() {
+                lines.push_str(&format!("listening on http://{}\n", first.local_addr()));
+            }
+            builder = builder.listeners(listeners);
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(lines.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        Ok::<_, String>((builder, signals))
+    })?;
+
+    let (first, second) = signals.into_triggers();
+    let builder = builder.shutdown(first).force(second);
+    if settings.per_core {
+        let report = builder
+            .serve_per_core(cores, || tower::service_fn(routes::route))
+            .map_err(|e| e.to_string());
+        drop(runtime);
+        report
+    } else {
+        runtime
+            .block_on(builder.serve(tower::service_fn(routes::route)))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// SIGTERM and SIGINT: the first starts the drain, the second forces it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
+
+    /// Two futures: the first completes at the first signal, the second at the next one.
+    /// The second does the listening for both, so both must be polled (the server spawns
+    /// each trigger as its own task).
+    fn into_triggers(
+        mut self,
+    ) -> (
+        impl std::future::Future<Output = ()> + Send + 'static,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        let second = async move {
+            self.next().await;
+            let _ = first_tx.send(());
+            self.next().await;
+        };
+        let first = async move {
+            let _ = first_rx.await;
+        };
+        (first, second)
+    }
+}

@@ -1,0 +1,137 @@
+//! The application the reference server serves: four routes, a 1 MiB body limit, 404 for the
+//! rest. Plain tower + hyper types; an axum `Router` would slot in the same way.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+/// Largest request body any route accepts.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest `/slow` delay accepted, so a request cannot ask to be held for days.
+const MAX_SLOW_MS: u64 = 10 * 60 * 1000;
+/// Most chunks `/stream` sends, and the longest pause between two.
+const MAX_STREAM_CHUNKS: u64 = 100_000;
+const MAX_STREAM_PAUSE_MS: u64 = 60 * 1000;
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+/// A response body: fixed bytes, or a stream of chunks.
+pub type AppBody = Either<Full<Bytes>, StreamBody<ChunkStream>>;
+
+/// Serves one request.
+pub async fn route(request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+    if declared_length(&request).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+    }
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
+        (&Method::GET, "/slow") => match query_u64(&request, "ms", 100, MAX_SLOW_MS) {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                text(StatusCode::OK, "ok\n")
+            }
+            Err(message) => text(StatusCode::BAD_REQUEST, message),
+        },
+        (&Method::GET, "/stream") => {
+            let n = query_u64(&request, "n", 10, MAX_STREAM_CHUNKS);
+            let ms = query_u64(&request, "ms", 100, MAX_STREAM_PAUSE_MS);
+            match (n, ms) {
+                (Ok(n), Ok(ms)) => stream(n, Duration::from_millis(ms)),
+                (Err(message), _) | (_, Err(message)) => text(StatusCode::BAD_REQUEST, message),
+            }
+        }
+        (&Method::POST, "/echo") => echo(request).await,
+        (_, "/" | "/slow" | "/stream" | "/echo") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn echo(request: Request<Incoming>) -> Response<AppBody> {
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => {
+            let mut response = Response::new(Either::Left(Full::new(collected.to_bytes())));
+            if let Some(content_type) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Err(error) if error.is::<LengthLimitError>() => {
+            text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+        }
+        Err(_) => text(StatusCode::BAD_REQUEST, "request body could not be read\n"),
+    }
+}
+
+fn stream(chunks: u64, pause: Duration) -> Response<AppBody> {
+    let body = futures_util::stream::unfold(0, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
+        Some((Ok(frame), i + 1))
+    });
+    let mut response = Response::new(Either::Right(StreamBody::new(
+        Box::pin(body) as ChunkStream
+    )));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<AppBody> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The query parameter `name` as a number no larger than `max`, or `default` when absent.
+fn query_u64<B>(
+    request: &Request<B>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, &'static str> {
+    let value = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value);
+    match value {
+        None => Ok(default),
+        Some(value) => match value.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err("query parameter out of range or not a number\n"),
+        },
+    }
+}

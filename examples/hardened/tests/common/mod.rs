@@ -1,0 +1,133 @@
+//! Runs the `hardened` binary as a child process and talks to it over loopback.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// The binary under test, built by cargo for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hardened");
+
+/// A running `hardened` child process.
+pub struct Hardened {
+    pub child: Child,
+    /// The addresses from its `listening on` lines, in order.
+    pub addrs: Vec<SocketAddr>,
+    /// The `listening on` lines as printed.
+    pub lines: Vec<String>,
+}
+
+impl Hardened {
+    /// Starts `hardened` with `args` and waits for `listeners` lines of `listening on`.
+    pub async fn start(args: &[&str], listeners: usize) -> Self {
+        Self::start_command(Command::new(BIN), args, listeners).await
+    }
+
+    /// Starts it through `sh -c SCRIPT` (the script must `exec "$0" "$@"`).
+    pub async fn start_via_shell(script: &str, args: &[&str], listeners: usize) -> Self {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).arg(BIN);
+        Self::start_command(command, args, listeners).await
+    }
+
+    async fn start_command(mut command: Command, args: &[&str], listeners: usize) -> Self {
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn hardened");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines_in = BufReader::new(stdout).lines();
+        let mut addrs = Vec::new();
+        let mut lines = Vec::new();
+        while addrs.len() < listeners {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines_in.next_line())
+                .await
+                .expect("listening line within 60 s")
+                .expect("read stdout")
+                .expect("hardened exited before listening");
+            let addr = line
+                .strip_prefix("listening on http://")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
+            addrs.push(addr.parse().expect("a socket address"));
+            lines.push(line);
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines_in.next_line().await {} });
+        Self {
+            child,
+            addrs,
+            lines,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("child still running")
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with the `kill` utility.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(mut self, limit: Duration) -> i32 {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("hardened still running after {limit:?}"))
+            .expect("wait");
+        status.code().expect("exited with a code, not a signal")
+    }
+}
+
+/// Runs `hardened` to completion (for start-up failures) and returns (code, stdout, stderr).
+pub async fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(BIN).args(args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .expect("exits within 60 s")
+    .expect("run hardened");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Sends raw bytes on a new connection and reads the whole answer until the server closes.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
+        .await
+        .expect("answer within 20 s")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `GET path` with `Connection: close`; returns the raw response.
+pub async fn get(addr: SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}

@@ -1,0 +1,1 @@
+//! keel end-to-end tests live in `tests/`; this library is empty on purpose.

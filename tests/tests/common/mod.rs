@@ -1,0 +1,185 @@
+//! Helpers shared by the end-to-end tests: an in-process keel server on loopback with a small
+//! axum application, and raw-socket clients.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use keel::listen::Listener;
+use keel::server::{Error, HttpConfig, ServeReport, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The application every test server runs. `/slow` notifies `entered` when it starts.
+pub fn app(entered: Arc<Notify>) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/slow",
+            get(move || async move {
+                entered.notify_one();
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "ok\n"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panicked on purpose");
+                }
+                "unreachable\n"
+            }),
+        )
+        .route(
+            "/forever",
+            get(|| async {
+                let stream = futures_util::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((Ok::<_, std::convert::Infallible>("tick\n"), ()))
+                });
+                axum::body::Body::from_stream(stream)
+            }),
+        )
+}
+
+/// A keel server running in this process on 127.0.0.1 with a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// Notified each time a `/slow` request reaches its handler.
+    pub entered: Arc<Notify>,
+    shutdown: Option<oneshot::Sender<()>>,
+    force: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<ServeReport, Error>>,
+}
+
+impl TestServer {
+    pub async fn start(http: HttpConfig) -> Self {
+        Self::start_with(http, Duration::from_secs(30)).await
+    }
+
+    pub async fn start_with(http: HttpConfig, drain_timeout: Duration) -> Self {
+        let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener
+            .local_addr()
+            .as_inet()
+            .expect("an internet address");
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let (force, force_rx) = oneshot::channel::<()>();
+        let server = Server::builder()
+            .listener(listener)
+            .http(http)
+            .drain_timeout(drain_timeout)
+            .shutdown(async {
+                let _ = shutdown_rx.await;
+            })
+            .force(async {
+                if force_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+        let entered = Arc::new(Notify::new());
+        let handle = tokio::spawn(server.serve(app(Arc::clone(&entered))));
+        Self {
+            addr,
+            entered,
+            shutdown: Some(shutdown),
+            force: Some(force),
+            handle,
+        }
+    }
+
+    /// Starts the shutdown and returns the server's report once it has drained.
+    pub async fn shutdown(mut self) -> ServeReport {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("server drains within 20 s")
+            .expect("server task")
+            .expect("server result")
+    }
+
+    /// Starts the shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Cuts the drain short.
+    pub fn force(&mut self) {
+        if let Some(tx) = self.force.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn report(self) -> ServeReport {
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("server finishes within 20 s")
+            .expect("server task")
+            .expect("server result")
+    }
+}
+
+/// Reads until the peer closes the connection (EOF or reset); returns everything read and
+/// when the close was seen. Panics if it stays open longer than `limit`.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Instant) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return (data, Instant::now()),
+            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends one complete HTTP/1.1 request and reads its response head and body (`hello\n`).
+pub async fn get_hello(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"hello\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("response within 5 s")
+            .expect("read response");
+        assert!(n > 0, "connection closed before the response");
+        response.extend_from_slice(&buf[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"), "{response:?}");
+}
+
+/// Writes `bytes` one at a time, `pause` apart, until the peer closes or they run out.
+pub fn dribble(mut writer: tokio::net::tcp::OwnedWriteHalf, bytes: &'static [u8], pause: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        for byte in bytes {
+            if writer.write_all(std::slice::from_ref(byte)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// Asserts `elapsed` is at least `min` and well below `max`.
+pub fn assert_between(elapsed: Duration, min: Duration, max: Duration, what: &str) {
+    assert!(
+        elapsed >= min && elapsed <= max,
+        "{what}: took {elapsed:?}, expected between {min:?} and {max:?}"
+    );
+}

@@ -1,0 +1,115 @@
+//! Handler failures stay inside their request; any tower service is served as-is.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestServer;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keel::listen::Listener;
+use keel::server::{HttpConfig, Server};
+use tokio::net::TcpStream;
+
+async fn http1(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (http::StatusCode, Bytes) {
+    sender.ready().await.expect("connection still usable");
+    let request = http::Request::get(path)
+        .header("host", "test")
+        .body(Empty::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+#[tokio::test]
+async fn panicking_handler_answers_500_and_the_connection_and_server_live_on() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let mut sender = http1(server.addr).await;
+    let (status, _) = get(&mut sender, "/panic").await;
+    assert_eq!(status, 500);
+    // Same connection, next request.
+    let (status, body) = get(&mut sender, "/").await;
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"hello\n"[..]));
+    // And a new connection.
+    let mut other = http1(server.addr).await;
+    let (status, _) = get(&mut other, "/").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn panicking_handler_over_http2_resets_nothing_but_its_request() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for path in ["/panic", "/", "/panic", "/"] {
+        let request = http::Request::get(format!("http://{}{path}", server.addr))
+            .body(Empty::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        let expected = if path == "/panic" { 500 } else { 200 };
+        assert_eq!(response.status(), expected, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_plain_tower_service_and_its_errors() {
+    // Not axum: a service_fn whose error becomes a 500 rather than a dropped connection.
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        if request.uri().path() == "/fail" {
+            return Err(std::io::Error::other("backend unavailable"));
+        }
+        let info = request
+            .extensions()
+            .get::<keel::server::ConnInfo>()
+            .map(|info| info.peer.to_string())
+            .unwrap_or_default();
+        Ok(http::Response::new(Full::new(Bytes::from(info))))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+    let mut sender = http1(addr).await;
+    let (status, _) = get(&mut sender, "/fail").await;
+    assert_eq!(status, 500);
+    let (status, body) = get(&mut sender, "/").await;
+    assert_eq!(status, 200);
+    let peer: std::net::SocketAddr = std::str::from_utf8(&body).expect("utf8").parse().expect("the peer address");
+    assert!(peer.ip().is_loopback());
+    drop(sender);
+    let _ = tx.send(());
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("serve");
+    assert!(report.is_clean());
+    let _: Option<Infallible> = None;
+}

@@ -1,0 +1,83 @@
+//! The shutdown hook: listeners close, idle connections close at once, in-flight requests
+//! finish, and the drain deadline forces the rest.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, get_hello, read_until_closed};
+use keel::server::HttpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_closes_idle_ones_and_refuses_new_ones() {
+    let mut server = TestServer::start(HttpConfig::default()).await;
+    let addr = server.addr;
+
+    let mut idle = TcpStream::connect(addr).await.expect("connect idle");
+    get_hello(&mut idle).await;
+
+    let mut busy = TcpStream::connect(addr).await.expect("connect busy");
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    // Wait until the slow request is in its handler.
+    server.entered.notified().await;
+
+    let started = Instant::now();
+    server.begin_shutdown();
+
+    // The idle keep-alive connection is closed at once, without waiting for the slow one.
+    let (_, idle_closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(idle_closed - started < Duration::from_millis(700), "idle closed after {:?}", idle_closed - started);
+
+    // The in-flight request completes, told that the connection closes.
+    let (response, _) = read_until_closed(&mut busy, Duration::from_secs(10)).await;
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(response.starts_with("http/1.1 200 ok"), "{response}");
+    assert!(response.contains("connection: close"), "{response}");
+    assert!(response.ends_with("ok\n"), "{response}");
+
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.forced, 0);
+    assert!(report.connections >= 2, "{report:?}");
+
+    // The listener is closed: new connections are refused.
+    let refused = TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "a connection after the drain must be refused");
+}
+
+#[tokio::test]
+async fn endless_stream_is_cut_at_the_drain_deadline() {
+    let drain = Duration::from_millis(400);
+    let mut server = TestServer::start_with(HttpConfig::default(), drain).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).await.expect("first chunk");
+    assert!(n > 0);
+    let started = Instant::now();
+    server.begin_shutdown();
+    let (_, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed_at - started >= drain - Duration::from_millis(50));
+    let report = server.report().await;
+    assert_eq!(report.forced, 1, "{report:?}");
+    assert!(!report.is_clean());
+}
+
+#[tokio::test]
+async fn force_trigger_cuts_the_drain_short() {
+    let mut server = TestServer::start_with(HttpConfig::default(), Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    assert!(stream.read(&mut buf).await.expect("first chunk") > 0);
+    server.begin_shutdown();
+    let started = Instant::now();
+    server.force();
+    let (_, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed_at - started < Duration::from_secs(5));
+    let report = server.report().await;
+    assert_eq!(report.forced, 1, "{report:?}");
+}
