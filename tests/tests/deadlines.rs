@@ -15,57 +15,106 @@ const LONG: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn dribbled_first_request_head_is_closed_at_the_header_timeout() {
-    let server = TestServer::start(HttpConfig::default().header_timeout(SHORT).idle_timeout(LONG)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(SHORT)
+            .idle_timeout(LONG),
+    )
+    .await;
     let stream = TcpStream::connect(server.addr).await.expect("connect");
     let (mut read, write) = stream.into_split();
     let started = Instant::now();
     let writer = dribble(write, b"GET / HTTP/1.1\r\nHost: slowloris\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Duration::from_millis(50));
     let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut read, &mut buf))
-        .await
-        .expect("closed within 10 s");
-    assert!(matches!(closed, Ok(0) | Err(_)), "no response is sent to a slowloris: {closed:?}");
-    assert_between(started.elapsed(), SHORT - Duration::from_millis(50), SHORT * 6, "slowloris close");
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut read, &mut buf),
+    )
+    .await
+    .expect("closed within 10 s");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "no response is sent to a slowloris: {closed:?}"
+    );
+    assert_between(
+        started.elapsed(),
+        SHORT - Duration::from_millis(50),
+        SHORT * 6,
+        "slowloris close",
+    );
     writer.abort();
 }
 
 #[tokio::test]
 async fn silent_connection_is_closed_at_the_header_timeout() {
-    let server = TestServer::start(HttpConfig::default().header_timeout(SHORT).idle_timeout(LONG)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(SHORT)
+            .idle_timeout(LONG),
+    )
+    .await;
     let started = Instant::now();
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let (data, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(data.is_empty());
-    assert_between(closed_at - started, SHORT - Duration::from_millis(50), SHORT * 6, "silent close");
+    assert_between(
+        closed_at - started,
+        SHORT - Duration::from_millis(50),
+        SHORT * 6,
+        "silent close",
+    );
 }
 
 #[tokio::test]
 async fn dribbled_second_request_on_keep_alive_is_closed_at_the_header_timeout() {
-    let server = TestServer::start(HttpConfig::default().header_timeout(SHORT).idle_timeout(LONG)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(SHORT)
+            .idle_timeout(LONG),
+    )
+    .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     get_hello(&mut stream).await;
     let (mut read, write) = stream.into_split();
     let started = Instant::now();
     let writer = dribble(write, b"GET / HTTP/1.1\r\nHost: slowloris\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Duration::from_millis(50));
     let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut read, &mut buf))
-        .await
-        .expect("closed within 10 s");
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut read, &mut buf),
+    )
+    .await
+    .expect("closed within 10 s");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     // Closed at the header timeout, long before the 30 s idle timeout.
-    assert_between(started.elapsed(), SHORT - Duration::from_millis(50), SHORT * 6, "second-request slowloris close");
+    assert_between(
+        started.elapsed(),
+        SHORT - Duration::from_millis(50),
+        SHORT * 6,
+        "second-request slowloris close",
+    );
     writer.abort();
 }
 
 #[tokio::test]
 async fn idle_http1_connection_is_closed_at_the_idle_timeout() {
-    let server = TestServer::start(HttpConfig::default().header_timeout(LONG).idle_timeout(SHORT)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(LONG)
+            .idle_timeout(SHORT),
+    )
+    .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     get_hello(&mut stream).await;
     let idle_from = Instant::now();
     let (data, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(data.is_empty());
-    assert_between(closed_at - idle_from, SHORT - Duration::from_millis(50), SHORT * 6, "idle close");
+    assert_between(
+        closed_at - idle_from,
+        SHORT - Duration::from_millis(50),
+        SHORT * 6,
+        "idle close",
+    );
 }
 
 #[tokio::test]
@@ -73,17 +122,32 @@ async fn idle_timeout_longer_than_header_timeout_is_honoured() {
     // hyper on its own would close this idle keep-alive connection at the header timeout.
     let header = Duration::from_millis(300);
     let idle = Duration::from_millis(1500);
-    let server = TestServer::start(HttpConfig::default().header_timeout(header).idle_timeout(idle)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(header)
+            .idle_timeout(idle),
+    )
+    .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     get_hello(&mut stream).await;
     let idle_from = Instant::now();
     let (_, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
-    assert_between(closed_at - idle_from, idle - Duration::from_millis(50), idle * 4, "idle close");
+    assert_between(
+        closed_at - idle_from,
+        idle - Duration::from_millis(50),
+        idle * 4,
+        "idle close",
+    );
 }
 
 #[tokio::test]
 async fn keep_alive_connection_serves_many_requests_within_the_idle_timeout() {
-    let server = TestServer::start(HttpConfig::default().header_timeout(SHORT).idle_timeout(SHORT)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(SHORT)
+            .idle_timeout(SHORT),
+    )
+    .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     // Requests spread over several header timeouts: each request gets its own deadline.
     for _ in 0..8 {
@@ -99,7 +163,12 @@ async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_str
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let idle = SHORT;
-    let server = TestServer::start(HttpConfig::default().header_timeout(LONG).idle_timeout(idle)).await;
+    let server = TestServer::start(
+        HttpConfig::default()
+            .header_timeout(LONG)
+            .idle_timeout(idle),
+    )
+    .await;
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
         TokioExecutor::new(),
@@ -115,7 +184,12 @@ async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_str
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(&body[..], b"ok\n");
 
     let idle_from = Instant::now();
@@ -123,5 +197,10 @@ async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_str
         .await
         .expect("the server ends the idle HTTP/2 connection within 10 s");
     assert!(result.is_ok());
-    assert_between(idle_from.elapsed(), idle - Duration::from_millis(50), idle * 6, "h2 idle close");
+    assert_between(
+        idle_from.elapsed(),
+        idle - Duration::from_millis(50),
+        idle * 6,
+        "h2 idle close",
+    );
 }

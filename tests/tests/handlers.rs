@@ -13,7 +13,9 @@ use keel::listen::Listener;
 use keel::server::{HttpConfig, Server};
 use tokio::net::TcpStream;
 
-async fn http1(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+async fn http1(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -33,7 +35,12 @@ async fn get(
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, body)
 }
 
@@ -56,10 +63,12 @@ async fn panicking_handler_answers_500_and_the_connection_and_server_live_on() {
 async fn panicking_handler_over_http2_resets_nothing_but_its_request() {
     let server = TestServer::start(HttpConfig::default()).await;
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
     tokio::spawn(conn);
     for path in ["/panic", "/", "/panic", "/"] {
         let request = http::Request::get(format!("http://{}{path}", server.addr))
@@ -101,7 +110,10 @@ async fn a_plain_tower_service_and_its_errors() {
     assert_eq!(status, 500);
     let (status, body) = get(&mut sender, "/").await;
     assert_eq!(status, 200);
-    let peer: std::net::SocketAddr = std::str::from_utf8(&body).expect("utf8").parse().expect("the peer address");
+    let peer: std::net::SocketAddr = std::str::from_utf8(&body)
+        .expect("utf8")
+        .parse()
+        .expect("the peer address");
     assert!(peer.ip().is_loopback());
     drop(sender);
     let _ = tx.send(());

@@ -20,7 +20,9 @@ async fn drain_finishes_in_flight_requests_closes_idle_ones_and_refuses_new_ones
     get_hello(&mut idle).await;
 
     let mut busy = TcpStream::connect(addr).await.expect("connect busy");
-    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
     // Wait until the slow request is in its handler.
     server.entered.notified().await;
 
@@ -29,7 +31,11 @@ async fn drain_finishes_in_flight_requests_closes_idle_ones_and_refuses_new_ones
 
     // The idle keep-alive connection is closed at once, without waiting for the slow one.
     let (_, idle_closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
-    assert!(idle_closed - started < Duration::from_millis(700), "idle closed after {:?}", idle_closed - started);
+    assert!(
+        idle_closed - started < Duration::from_millis(700),
+        "idle closed after {:?}",
+        idle_closed - started
+    );
 
     // The in-flight request completes, told that the connection closes.
     let (response, _) = read_until_closed(&mut busy, Duration::from_secs(10)).await;
@@ -45,7 +51,10 @@ async fn drain_finishes_in_flight_requests_closes_idle_ones_and_refuses_new_ones
 
     // The listener is closed: new connections are refused.
     let refused = TcpStream::connect(addr).await;
-    assert!(refused.is_err(), "a connection after the drain must be refused");
+    assert!(
+        refused.is_err(),
+        "a connection after the drain must be refused"
+    );
 }
 
 #[tokio::test]
@@ -53,7 +62,10 @@ async fn endless_stream_is_cut_at_the_drain_deadline() {
     let drain = Duration::from_millis(400);
     let mut server = TestServer::start_with(HttpConfig::default(), drain).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).await.expect("first chunk");
     assert!(n > 0);
@@ -70,7 +82,10 @@ async fn endless_stream_is_cut_at_the_drain_deadline() {
 async fn force_trigger_cuts_the_drain_short() {
     let mut server = TestServer::start_with(HttpConfig::default(), Duration::from_secs(60)).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 64];
     assert!(stream.read(&mut buf).await.expect("first chunk") > 0);
     server.begin_shutdown();

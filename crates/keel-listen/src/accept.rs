@@ -310,6 +310,11 @@ impl<S: AcceptSource> AcceptLoop<S> {
         &self.source
     }
 
+    /// Gives the socket back, ending this loop (its reserve descriptor is closed).
+    pub(crate) fn into_source(self) -> S {
+        self.source
+    }
+
     #[cfg(test)]
     pub(crate) fn source_mut(&mut self) -> &mut S {
         &mut self.source

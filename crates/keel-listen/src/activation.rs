@@ -351,6 +351,7 @@ impl ListenerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socket2::{Protocol, Socket};
 
     fn os(s: &str) -> Option<&OsStr> {
         Some(OsStr::new(s))
@@ -451,5 +452,49 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn adopt(fd: OwnedFd) -> Result<Listener, BindError> {
+        to_listener(fd, "web".to_owned(), &ListenerConfig::default())
+    }
+
+    #[tokio::test]
+    async fn adopts_listening_tcp_and_unix_sockets() -> io::Result<()> {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = tcp.local_addr()?;
+        let listener = adopt(OwnedFd::from(tcp)).map_err(io::Error::from)?;
+        assert_eq!(listener.local_addr().as_inet(), Some(addr));
+
+        let path =
+            std::env::temp_dir().join(format!("keel-listen-act-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let unix = std::os::unix::net::UnixListener::bind(&path)?;
+        let listener = adopt(OwnedFd::from(unix)).map_err(io::Error::from)?;
+        assert_eq!(listener.local_addr().as_unix_path(), Some(path.as_path()));
+        drop(listener);
+        // The service manager owns activated socket files: not removed on drop.
+        assert!(path.exists());
+        std::fs::remove_file(&path)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rejects_sockets_that_are_not_listening_streams() -> io::Result<()> {
+        let unbound = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        let fd = OwnedFd::from(unbound);
+        let raw = fd.as_raw_fd();
+        let err = adopt(fd).expect_err("not listening");
+        assert_eq!(err.kind(), BindErrorKind::UnsupportedSocket);
+        assert_eq!(err.fd(), Some(raw));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot adopt inherited fd {raw} (name \"web\"): not a listening socket")
+        );
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let err = adopt(OwnedFd::from(udp)).expect_err("datagram");
+        assert_eq!(err.kind(), BindErrorKind::UnsupportedSocket);
+        assert!(err.to_string().ends_with("not a stream socket"), "{err}");
+        Ok(())
     }
 }

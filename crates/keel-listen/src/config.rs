@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::error::{BindErrorKind, Step, Target};
 use crate::listener::{Source, UnixPathGuard};
-use crate::{Addr, BindError, Listener, duration, sockopt};
+use crate::{Addr, BindError, Listener, duration};
 
 /// TCP keep-alive probing of idle accepted connections, so dead peers (a crashed client, a
 /// NAT that forgot the flow) are noticed and their connections reaped.
@@ -48,6 +48,8 @@ impl Keepalive {
         }
     }
 
+    // Where interval and retries cannot be set per socket, `params` is returned unchanged.
+    #[allow(clippy::let_and_return)]
     fn to_socket2(self) -> TcpKeepalive {
         let params = TcpKeepalive::new().with_time(self.idle);
         #[cfg(any(
@@ -124,7 +126,7 @@ impl AcceptOptions {
 ///
 /// `keepalive = false` turns keep-alive off; `keepalive = true` selects the default
 /// parameters.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ListenerConfig {
     backlog: u32,
@@ -134,12 +136,12 @@ pub struct ListenerConfig {
     recv_buffer_size: Option<usize>,
     send_buffer_size: Option<usize>,
     tcp_fastopen: u32,
-    #[serde(deserialize_with = "duration::deserialize_option")]
+    #[serde(deserialize_with = "deserialize_zero_is_off")]
     defer_accept: Option<Duration>,
     nodelay: bool,
     #[serde(deserialize_with = "deserialize_keepalive")]
     keepalive: Option<Keepalive>,
-    #[serde(deserialize_with = "duration::deserialize_option")]
+    #[serde(deserialize_with = "deserialize_zero_is_off")]
     user_timeout: Option<Duration>,
     acceptors: NonZeroUsize,
 }
@@ -351,6 +353,19 @@ impl ListenerConfig {
     /// Creates, configures, binds and listens one TCP socket.
     fn tcp_socket(&self, addr: SocketAddr, reuse_port: bool) -> Result<Socket, BindError> {
         let target = || Target::Addr(Addr::Inet(addr));
+        let socket = self.configured_socket(addr, reuse_port)?;
+        socket
+            .bind(&SockAddr::from(addr))
+            .map_err(|e| BindError::io(target(), Step::Bind, e))?;
+        socket
+            .listen(backlog_int(self.backlog))
+            .map_err(|e| BindError::io(target(), Step::Listen, e))?;
+        Ok(socket)
+    }
+
+    /// Creates one TCP socket for `addr` with every option set, not yet bound.
+    fn configured_socket(&self, addr: SocketAddr, reuse_port: bool) -> Result<Socket, BindError> {
+        let target = || Target::Addr(Addr::Inet(addr));
         let opt = |name: &'static str| move |e| BindError::io(target(), Step::SetOption(name), e);
         // socket2 sets close-on-exec atomically where the platform allows.
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
@@ -382,26 +397,19 @@ impl ListenerConfig {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             if self.tcp_fastopen > 0 {
-                sockopt::set_tcp_fastopen(&socket, self.tcp_fastopen)
+                crate::sockopt::set_tcp_fastopen(&socket, self.tcp_fastopen)
                     .map_err(opt("TCP_FASTOPEN"))?;
             }
             if let Some(timeout) = self.defer_accept {
-                sockopt::set_tcp_defer_accept(&socket, timeout).map_err(opt("TCP_DEFER_ACCEPT"))?;
+                crate::sockopt::set_tcp_defer_accept(&socket, timeout)
+                    .map_err(opt("TCP_DEFER_ACCEPT"))?;
             }
         }
         // Validate the per-connection options once, here, rather than failing every accepted
         // connection later; Linux also copies them to accepted sockets.
         self.accept_options()
             .apply(SockRef::from(&socket))
-            .map_err(opt(
-                "per-connection options (nodelay, keepalive, user timeout)",
-            ))?;
-        socket
-            .bind(&SockAddr::from(addr))
-            .map_err(|e| BindError::io(target(), Step::Bind, e))?;
-        socket
-            .listen(backlog_int(self.backlog))
-            .map_err(|e| BindError::io(target(), Step::Listen, e))?;
+            .map_err(opt(PER_CONNECTION_OPTIONS))?;
         Ok(socket)
     }
 
@@ -521,13 +529,9 @@ impl ListenerConfig {
             .set_nonblocking(true)
             .map_err(|e| BindError::io(target(), Step::SetOption("O_NONBLOCK"), e))?;
         let options = self.accept_options();
-        options.apply(SockRef::from(&listener)).map_err(|e| {
-            BindError::io(
-                target(),
-                Step::SetOption("per-connection options (nodelay, keepalive, user timeout)"),
-                e,
-            )
-        })?;
+        options
+            .apply(SockRef::from(&listener))
+            .map_err(|e| BindError::io(target(), Step::SetOption(PER_CONNECTION_OPTIONS), e))?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| BindError::io(target(), Step::Register, e))?;
         let local = listener
@@ -565,6 +569,9 @@ impl ListenerConfig {
         ))
     }
 }
+
+/// How the per-connection options are named in errors.
+const PER_CONNECTION_OPTIONS: &str = "per-connection options (nodelay, keepalive, user timeout)";
 
 fn backlog_int(backlog: u32) -> libc::c_int {
     libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX)
@@ -643,6 +650,11 @@ fn remove_stale_socket(path: &Path, target: impl Fn() -> Target) -> Result<(), B
     }
 }
 
+/// An optional duration where zero means off, as in the setters.
+fn deserialize_zero_is_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(duration::deserialize_option(d)?.filter(|t| !t.is_zero()))
+}
+
 /// `keepalive = false` (off), `keepalive = true` (defaults) or a table of parameters.
 fn deserialize_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Keepalive>, D::Error> {
     struct KeepaliveVisitor;
@@ -676,4 +688,46 @@ fn deserialize_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Keepa
     }
 
     d.deserialize_any(KeepaliveVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Linux forces IPV6_V6ONLY on when binding a specific IPv6 address such as [::1], so the
+    // setting is only observable on the unbound socket (or on [::], which tests do not bind).
+    #[test]
+    fn only_v6_is_set_before_bind() -> io::Result<()> {
+        let addr: SocketAddr = "[::1]:0".parse().map_err(io::Error::other)?;
+        for only_v6 in [true, false] {
+            let socket = ListenerConfig::new()
+                .only_v6(only_v6)
+                .configured_socket(addr, false)
+                .map_err(io::Error::from)?;
+            assert_eq!(socket.only_v6()?, only_v6);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn defer_accept_rounds_sub_second_up() -> io::Result<()> {
+        let addr: SocketAddr = "127.0.0.1:0".parse().map_err(io::Error::other)?;
+        let socket = ListenerConfig::new()
+            .defer_accept(Duration::from_millis(1))
+            .configured_socket(addr, false)
+            .map_err(io::Error::from)?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert!(crate::sockopt::tcp_defer_accept(&socket)? > 0);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = socket;
+        Ok(())
+    }
+
+    #[test]
+    fn zero_durations_mean_off() {
+        let config = ListenerConfig::new()
+            .defer_accept(Duration::ZERO)
+            .user_timeout(Some(Duration::ZERO));
+        assert_eq!(config, ListenerConfig::default());
+    }
 }

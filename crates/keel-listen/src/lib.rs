@@ -126,4 +126,4 @@ pub use activation::{ActivationError, SocketActivation};
 pub use config::{Keepalive, ListenerConfig};
 pub use duration::{ParseDurationError, parse_duration};
 pub use error::{BindError, BindErrorKind};
-pub use listener::{Accepted, Addr, Listener, ListenerId, Stream};
+pub use listener::{Accepted, Addr, DetachedListener, Listener, ListenerId, Stream};

@@ -382,7 +382,15 @@ impl Listener {
         local: Addr,
         unix_path: Option<UnixPathGuard>,
     ) -> Self {
-        let id = ListenerId::next();
+        Self::with_id(ListenerId::next(), source, local, unix_path)
+    }
+
+    fn with_id(
+        id: ListenerId,
+        source: Source,
+        local: Addr,
+        unix_path: Option<UnixPathGuard>,
+    ) -> Self {
         let inner = AcceptLoop::new(source, id, local.clone());
         Self {
             id,
@@ -460,6 +468,39 @@ impl Listener {
         })
     }
 
+    /// Takes this listener off the tokio runtime it was created on, so that it can be
+    /// [attached](DetachedListener::attach) to another one: the way to give each runtime of a
+    /// one-runtime-per-core server its own listeners. The socket stays open and listening
+    /// throughout, so no queued connection is lost; its id, address and per-connection
+    /// options are kept.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be deregistered from the runtime's reactor.
+    pub fn detach(self) -> io::Result<DetachedListener> {
+        let Listener {
+            id,
+            local,
+            inner,
+            _unix_path: unix_path,
+        } = self;
+        let source = match inner.into_source() {
+            Source::Tcp { listener, options } => DetachedSource::Tcp {
+                listener: listener.into_std()?,
+                options,
+            },
+            Source::Unix { listener } => DetachedSource::Unix {
+                listener: listener.into_std()?,
+            },
+        };
+        Ok(DetachedListener {
+            id,
+            local,
+            source,
+            unix_path,
+        })
+    }
+
     fn local_of(&self, stream: &Stream) -> Addr {
         match (&self.local, stream) {
             (Addr::Inet(bound), Stream::Tcp(s)) if bound.ip().is_unspecified() => s
@@ -467,6 +508,69 @@ impl Listener {
                 .map_or_else(|_| self.local.clone(), Addr::Inet),
             _ => self.local.clone(),
         }
+    }
+}
+
+/// A [`Listener`] between two tokio runtimes; see [`Listener::detach`].
+#[derive(Debug)]
+pub struct DetachedListener {
+    id: ListenerId,
+    local: Addr,
+    source: DetachedSource,
+    // Dropped after `source` (field order), so the socket is closed before the file goes.
+    unix_path: Option<UnixPathGuard>,
+}
+
+#[derive(Debug)]
+enum DetachedSource {
+    Tcp {
+        listener: std::net::TcpListener,
+        options: AcceptOptions,
+    },
+    Unix {
+        listener: std::os::unix::net::UnixListener,
+    },
+}
+
+impl DetachedListener {
+    /// The listener's address.
+    pub fn local_addr(&self) -> &Addr {
+        &self.local
+    }
+
+    /// Registers the listener with the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`BindError`] naming the address when no runtime is running or the socket cannot be
+    /// registered with its reactor.
+    pub fn attach(self) -> Result<Listener, BindError> {
+        let target = || Target::Addr(self.local.clone());
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BindError::other(
+                target(),
+                Step::Runtime,
+                BindErrorKind::NoRuntime,
+                "no tokio runtime is running",
+            ));
+        }
+        let source = match self.source {
+            DetachedSource::Tcp { listener, options } => Source::Tcp {
+                listener: TcpListener::from_std(listener)
+                    .map_err(|e| BindError::io(target(), Step::Register, e))?,
+                options,
+            },
+            DetachedSource::Unix { listener } => Source::Unix {
+                listener: UnixListener::from_std(listener)
+                    .map_err(|e| BindError::io(target(), Step::Register, e))?,
+            },
+        };
+        Ok(Listener::with_id(
+            self.id,
+            source,
+            self.local,
+            self.unix_path,
+        ))
     }
 }
 

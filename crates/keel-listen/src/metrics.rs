@@ -86,3 +86,27 @@ pub fn describe() {
         "Connections accepted and closed at once because file descriptors ran out."
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    #[test]
+    fn describe_registers_units_and_help() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            metrics::counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(1);
+            metrics::counter!(CONNECTIONS_SHED_TOTAL).increment(1);
+            metrics::counter!(ACCEPT_ERRORS_TOTAL, LABEL_KIND => "emfile").increment(1);
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        assert_eq!(snapshot.len(), 3);
+        for (key, unit, help, _) in snapshot {
+            assert_eq!(unit, Some(Unit::Count), "{key:?}");
+            assert!(help.is_some_and(|h| !h.is_empty()), "{key:?}");
+        }
+    }
+}

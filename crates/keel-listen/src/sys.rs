@@ -3,8 +3,9 @@
 //! Everything socket2 can do safely goes through socket2; this module covers what it cannot:
 //! integer socket options without a socket2 setter (`TCP_FASTOPEN`, `TCP_DEFER_ACCEPT`,
 //! `SO_ACCEPTCONN` where socket2 has no getter) and adopting the descriptors systemd passes to a
-//! socket-activated process. Every `unsafe` block carries a `// SAFETY:` comment.
-#![allow(unsafe_code)]
+//! socket-activated process. Every `unsafe` block carries a `// SAFETY:` comment; `lib.rs`
+//! declares the module with `#[allow(unsafe_code)]`, the only exception to the workspace's
+//! `unsafe_code = "deny"`.
 
 use std::io;
 use std::mem::{self, MaybeUninit};

@@ -103,7 +103,9 @@ where
         }
         loop {
             match this.conn.as_mut().poll(cx) {
-                Poll::Ready(Ok(_)) => return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete)),
+                Poll::Ready(Ok(_)) => {
+                    return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
+                }
                 Poll::Ready(Err(error)) => {
                     if let Some(reason) = *this.closing {
                         return Poll::Ready(reason);
@@ -124,7 +126,9 @@ where
             // Register before reading the state, so an HTTP/2 stream ending on another thread
             // after the read still wakes this task.
             this.state.register(cx.waker());
-            let Some(deadline) = this.state.deadline(*this.header_timeout, *this.idle_timeout)
+            let Some(deadline) = this
+                .state
+                .deadline(*this.header_timeout, *this.idle_timeout)
             else {
                 return Poll::Pending;
             };

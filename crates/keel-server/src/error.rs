@@ -31,7 +31,10 @@ impl fmt::Display for Error {
             Error::NoListeners => f.write_str("the server has no listener to serve on"),
             Error::Runtime(e) => write!(f, "cannot start a per-core runtime: {e}"),
             Error::Listener { addr, source } => {
-                write!(f, "cannot move listener {addr} onto a per-core runtime: {source}")
+                write!(
+                    f,
+                    "cannot move listener {addr} onto a per-core runtime: {source}"
+                )
             }
             Error::CorePanicked { core } => write!(f, "the thread serving core {core} panicked"),
         }

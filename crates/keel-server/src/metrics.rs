@@ -65,7 +65,11 @@ pub fn describe() {
         Unit::Count,
         "Connections accepted and handed to a connection task."
     );
-    metrics::describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Connections currently open.");
+    metrics::describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        Unit::Count,
+        "Connections currently open."
+    );
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,

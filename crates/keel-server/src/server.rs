@@ -148,7 +148,10 @@ impl Builder {
     /// The local addresses of the listeners added so far, with real ports when port 0 was
     /// bound.
     pub fn local_addrs(&self) -> Vec<Addr> {
-        self.listeners.iter().map(|l| l.local_addr().clone()).collect()
+        self.listeners
+            .iter()
+            .map(|l| l.local_addr().clone())
+            .collect()
     }
 
     /// Serves `service` on every listener until the shutdown future completes, then drains.

@@ -109,13 +109,12 @@ impl ConnState {
         self.waker.register(waker);
     }
 
-    /// Requests currently in flight.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
     /// The deadline in force now, if any.
-    pub(crate) fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Deadline> {
+    pub(crate) fn deadline(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Deadline> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -176,7 +175,10 @@ mod tests {
         // Reads during the greeting do not move its deadline.
         tokio::time::advance(Duration::from_secs(3)).await;
         state.on_http1_read();
-        assert_eq!(state.deadline(HEADER, IDLE).map(|d| d.at), Some(start + HEADER));
+        assert_eq!(
+            state.deadline(HEADER, IDLE).map(|d| d.at),
+            Some(start + HEADER)
+        );
 
         let mut request = state.request_started();
         assert_eq!(state.deadline(HEADER, IDLE), None, "busy has no deadline");
@@ -218,6 +220,6 @@ mod tests {
             state.deadline(HEADER, IDLE).map(|d| d.at),
             Some(Instant::now() + IDLE)
         );
-        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.in_flight.load(Ordering::Acquire), 0);
     }
 }

@@ -54,17 +54,17 @@ struct File {
 
 /// Everything the server needs, resolved from defaults, the file and the flags.
 #[derive(Debug)]
-pub struct Settings {
-    pub listen: Vec<SocketAddr>,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub acceptors: usize,
-    pub per_core: bool,
+pub(crate) struct Settings {
+    pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) acceptors: usize,
+    pub(crate) per_core: bool,
 }
 
 /// What `parse` decided.
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Run with these settings.
     Run(Settings),
     /// `--help` or `--version`: print this on stdout and exit successfully.
@@ -76,12 +76,15 @@ pub enum Parsed {
 /// # Errors
 ///
 /// One line describing the first problem: a bad flag, an unreadable or invalid config file.
-pub fn parse() -> Result<Parsed, String> {
+pub(crate) fn parse() -> Result<Parsed, String> {
     let flags = match Flags::try_parse() {
         Ok(flags) => flags,
         Err(error) => {
             use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
                 return Ok(Parsed::Print(error.render().to_string()));
             }
             let rendered = error.render().to_string();
@@ -96,9 +99,7 @@ pub fn parse() -> Result<Parsed, String> {
     let from_file = |value: &Option<String>, key: &str| -> Result<Option<Duration>, String> {
         value
             .as_deref()
-            .map(|v| {
-                parse_duration(v).map_err(|e| format!("invalid `{key}` in config file: {e}"))
-            })
+            .map(|v| parse_duration(v).map_err(|e| format!("invalid `{key}` in config file: {e}")))
             .transpose()
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

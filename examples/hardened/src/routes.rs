@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited, StreamBod
 use hyper::body::{Frame, Incoming};
 
 /// Largest request body any route accepts.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest `/slow` delay accepted, so a request cannot ask to be held for days.
 const MAX_SLOW_MS: u64 = 10 * 60 * 1000;
 /// Most chunks `/stream` sends, and the longest pause between two.
@@ -21,12 +21,15 @@ const MAX_STREAM_PAUSE_MS: u64 = 60 * 1000;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 /// A response body: fixed bytes, or a stream of chunks.
-pub type AppBody = Either<Full<Bytes>, StreamBody<ChunkStream>>;
+pub(crate) type AppBody = Either<Full<Bytes>, StreamBody<ChunkStream>>;
 
 /// Serves one request.
-pub async fn route(request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+pub(crate) async fn route(request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     if declared_length(&request).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+        return Ok(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ));
     }
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
@@ -66,11 +69,16 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
 
 async fn echo(request: Request<Incoming>) -> Response<AppBody> {
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => {
             let mut response = Response::new(Either::Left(Full::new(collected.to_bytes())));
             if let Some(content_type) = content_type {
-                response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type);
             }
             response
         }
@@ -92,9 +100,9 @@ fn stream(chunks: u64, pause: Duration) -> Response<AppBody> {
         let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
         Some((Ok(frame), i + 1))
     });
-    let mut response = Response::new(Either::Right(StreamBody::new(
-        Box::pin(body) as ChunkStream
-    )));
+    let mut response = Response::new(Either::Right(
+        StreamBody::new(Box::pin(body) as ChunkStream),
+    ));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),

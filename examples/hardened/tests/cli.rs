@@ -15,7 +15,11 @@ fn one_error_line(stderr: &str) -> &str {
 async fn prints_one_line_per_listener_with_real_ports() {
     let server = Hardened::start(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"], 2).await;
     assert!(server.lines[0].starts_with("listening on http://127.0.0.1:"));
-    assert!(server.lines[1].starts_with("listening on http://[::1]:"), "{:?}", server.lines);
+    assert!(
+        server.lines[1].starts_with("listening on http://[::1]:"),
+        "{:?}",
+        server.lines
+    );
     for addr in &server.addrs {
         assert_ne!(addr.port(), 0);
         let response = get(*addr, "/").await;
@@ -29,7 +33,10 @@ async fn bad_flag_is_one_clear_error_and_status_2() {
     let (code, stdout, stderr) = run_to_exit(&["--no-such-flag"]).await;
     assert_eq!(code, 2);
     assert!(stdout.is_empty());
-    assert!(one_error_line(&stderr).contains("--no-such-flag"), "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains("--no-such-flag"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run_to_exit(&["--header-timeout", "soon"]).await;
     assert_eq!(code, 2);
@@ -45,14 +52,20 @@ async fn port_in_use_is_one_clear_error_and_status_2() {
     assert!(stdout.is_empty(), "nothing is announced: {stdout}");
     let line = one_error_line(&stderr);
     assert!(line.contains(&addr), "names the address: {line}");
-    assert!(line.to_lowercase().contains("in use"), "names the reason: {line}");
+    assert!(
+        line.to_lowercase().contains("in use"),
+        "names the reason: {line}"
+    );
 }
 
 #[tokio::test]
 async fn unreadable_or_invalid_config_file_is_one_clear_error() {
     let (code, _, stderr) = run_to_exit(&["--config", "/nonexistent/keel.toml"]).await;
     assert_eq!(code, 2);
-    assert!(one_error_line(&stderr).contains("/nonexistent/keel.toml"), "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains("/nonexistent/keel.toml"),
+        "{stderr}"
+    );
 
     let dir = std::env::temp_dir().join(format!("keel-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -61,7 +74,10 @@ async fn unreadable_or_invalid_config_file_is_one_clear_error() {
     let (code, _, stderr) = run_to_exit(&["--config", bad.to_str().expect("utf8")]).await;
     assert_eq!(code, 2);
     let line = one_error_line(&stderr);
-    assert!(line.contains("bad.toml") && line.contains("no-such-key"), "{line}");
+    assert!(
+        line.contains("bad.toml") && line.contains("no-such-key"),
+        "{line}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -83,7 +99,11 @@ async fn config_file_settings_apply_and_flags_override_them() {
     let started = std::time::Instant::now();
     let response = common::exchange(server.addr(), b"").await;
     assert!(response.is_empty());
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     drop(server);
 
     // A flag overrides the file: the silent connection now lasts the flag's 2 s.
@@ -93,7 +113,8 @@ async fn config_file_settings_apply_and_flags_override_them() {
     assert!(response.is_empty());
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= std::time::Duration::from_millis(1900) && elapsed < std::time::Duration::from_secs(15),
+        elapsed >= std::time::Duration::from_millis(1900)
+            && elapsed < std::time::Duration::from_secs(15),
         "{elapsed:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,10 +10,16 @@ async fn routes_answer_as_documented() {
     let addr = server.addr();
 
     let hello = get(addr, "/").await;
-    assert!(hello.starts_with("HTTP/1.1 200 OK") && hello.ends_with("\r\n\r\nhello\n"), "{hello}");
+    assert!(
+        hello.starts_with("HTTP/1.1 200 OK") && hello.ends_with("\r\n\r\nhello\n"),
+        "{hello}"
+    );
 
     let slow = get(addr, "/slow?ms=50").await;
-    assert!(slow.starts_with("HTTP/1.1 200 OK") && slow.ends_with("ok\n"), "{slow}");
+    assert!(
+        slow.starts_with("HTTP/1.1 200 OK") && slow.ends_with("ok\n"),
+        "{slow}"
+    );
 
     let missing = get(addr, "/no/such/route").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
@@ -28,7 +34,10 @@ async fn routes_answer_as_documented() {
         b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5\r\n\r\nabcde",
     )
     .await;
-    assert!(echo.starts_with("HTTP/1.1 200 OK") && echo.ends_with("\r\n\r\nabcde"), "{echo}");
+    assert!(
+        echo.starts_with("HTTP/1.1 200 OK") && echo.ends_with("\r\n\r\nabcde"),
+        "{echo}"
+    );
 }
 
 #[tokio::test]
@@ -57,13 +66,25 @@ async fn bodies_over_one_mebibyte_are_413() {
     }
     request.extend_from_slice(b"0\r\n\r\n");
     let response = exchange(addr, &request).await;
-    assert!(response.starts_with("HTTP/1.1 413"), "{}", &response[..response.len().min(200)]);
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "{}",
+        &response[..response.len().min(200)]
+    );
 
     // Exactly at the limit is fine.
-    let mut request = format!("POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", 1024 * 1024).into_bytes();
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        1024 * 1024
+    )
+    .into_bytes();
     request.extend(std::iter::repeat_n(b'y', 1024 * 1024));
     let response = exchange(addr, &request).await;
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{}", &response[..response.len().min(200)]);
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        &response[..response.len().min(200)]
+    );
 }
 
 #[tokio::test]
@@ -71,10 +92,21 @@ async fn curl_speaks_h2c_with_prior_knowledge() {
     let server = Hardened::start(&["--listen", "127.0.0.1:0", "--acceptors", "1"], 1).await;
     let url = format!("http://{}/", server.addr());
     let output = tokio::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--http2-prior-knowledge", "--write-out", "%{http_version} %{http_code}", &url])
+        .args([
+            "--silent",
+            "--show-error",
+            "--http2-prior-knowledge",
+            "--write-out",
+            "%{http_version} %{http_code}",
+            &url,
+        ])
         .output()
         .await
         .expect("curl is installed (.ci/run installs it)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hello\n2 200");
 }

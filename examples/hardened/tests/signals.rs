@@ -41,7 +41,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut idle = Vec::new();
     for _ in 0..20 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
         let mut buf = [0u8; 512];
         let n = stream.read(&mut buf).await.expect("read");
         assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello\n"));
@@ -57,18 +60,31 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             .expect("finishes within 10 s")
             .expect("read");
         let rest = String::from_utf8_lossy(&rest);
-        assert!(rest.contains("chunk 1"), "every in-flight response completes: {rest:?}");
+        assert!(
+            rest.contains("chunk 1"),
+            "every in-flight response completes: {rest:?}"
+        );
         last_done = Instant::now();
     }
     let code = server.wait(Duration::from_secs(10)).await;
     assert_eq!(code, 0, "a clean drain exits 0");
-    assert!(last_done.elapsed() < Duration::from_secs(2), "exits promptly after the last response");
+    assert!(
+        last_done.elapsed() < Duration::from_secs(2),
+        "exits promptly after the last response"
+    );
 }
 
 #[tokio::test]
 async fn drain_deadline_forces_an_endless_stream_and_exits_one() {
     let server = Hardened::start(
-        &["--listen", "127.0.0.1:0", "--acceptors", "1", "--drain-timeout", "500ms"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--acceptors",
+            "1",
+            "--drain-timeout",
+            "500ms",
+        ],
         1,
     )
     .await;
@@ -88,14 +104,20 @@ async fn second_signal_forces_at_once() {
     // The drain has begun once the listener refuses new connections.
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(server.addr()).await.is_ok() {
-        assert!(Instant::now() < deadline, "listener still open 10 s after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "listener still open 10 s after SIGTERM"
+        );
         tokio::task::yield_now().await;
     }
     let started = Instant::now();
     server.signal("INT");
     let code = server.wait(Duration::from_secs(10)).await;
     assert_eq!(code, 1);
-    assert!(started.elapsed() < Duration::from_secs(5), "forced at once, not after the 30 s deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "forced at once, not after the 30 s deadline"
+    );
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest).await;
 }

@@ -165,7 +165,11 @@ pub async fn get_hello(stream: &mut TcpStream) {
 }
 
 /// Writes `bytes` one at a time, `pause` apart, until the peer closes or they run out.
-pub fn dribble(mut writer: tokio::net::tcp::OwnedWriteHalf, bytes: &'static [u8], pause: Duration) -> JoinHandle<()> {
+pub fn dribble(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    bytes: &'static [u8],
+    pause: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         for byte in bytes {
             if writer.write_all(std::slice::from_ref(byte)).await.is_err() {

@@ -1,0 +1,81 @@
+//! One runtime per core: each thread serves its own share of the SO_REUSEPORT listeners.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use keel_listen::ListenerConfig;
+use keel_server::Server;
+
+#[test]
+fn per_core_threads_share_the_connections_and_drain_together() {
+    let cores = NonZeroUsize::new(2).expect("2");
+    // Listeners are created on a runtime, then handed to the per-core threads.
+    let setup = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listeners = setup.block_on(async {
+        ListenerConfig::default()
+            .acceptors(cores)
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind")
+    });
+    let addr = listeners[0].local_addr().as_inet().expect("inet");
+    let builder = Server::builder().listeners(listeners);
+    assert_eq!(builder.local_addrs().len(), 2);
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        builder
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve_per_core(cores, || {
+                tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+                    let name = std::thread::current().name().unwrap_or("?").to_owned();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        name,
+                    ))))
+                })
+            })
+    });
+
+    let mut threads = HashSet::new();
+    for _ in 0..40 {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        let body = response.split("\r\n\r\n").nth(1).expect("body").to_owned();
+        threads.insert(body);
+    }
+    assert_eq!(
+        threads,
+        HashSet::from(["keel-core-0".to_owned(), "keel-core-1".to_owned()]),
+        "both cores served connections"
+    );
+
+    let _ = tx.send(());
+    let report = server
+        .join()
+        .expect("server thread")
+        .expect("serve_per_core");
+    assert_eq!(report.connections, 40);
+    assert!(report.is_clean());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listeners closed after the drain"
+    );
+    drop(setup);
+}
