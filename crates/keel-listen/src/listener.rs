@@ -278,6 +278,16 @@ impl AcceptSource for Source {
     }
 
     fn configure(&self, conn: &Stream) -> io::Result<()> {
+        // Linux copies TCP_NODELAY, the keepalive settings and TCP_USER_TIMEOUT from the
+        // listening socket (where `AcceptOptions` were applied at bind) to every accepted one,
+        // so the accept path makes no extra system calls there. Elsewhere they are applied to
+        // each connection. `tests/sockopts.rs` reads them back on accepted connections.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let _ = (self, conn);
+            Ok(())
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
         match (self, conn) {
             (Source::Tcp { options, .. }, Stream::Tcp(s)) => options.apply(SockRef::from(s)),
             _ => Ok(()),
