@@ -289,7 +289,10 @@ impl ListenerConfig {
     ///
     /// Default: 1. More acceptors help when one accept task cannot keep up with the
     /// connection rate (tens of thousands per second); above 1 implies
-    /// [`reuse_port`](Self::reuse_port). Ignored by [`bind_unix`](Self::bind_unix) and
+    /// [`reuse_port`](Self::reuse_port) among the acceptors, but unless `reuse_port` was set
+    /// explicitly, [`bind`](Self::bind) still refuses an address something else already
+    /// listens on (address in use), so a second copy of a server cannot silently share the
+    /// port. Ignored by [`bind_unix`](Self::bind_unix) and
     /// [`from_std`](Self::from_std).
     pub fn acceptors(mut self, acceptors: NonZeroUsize) -> Self {
         self.acceptors = acceptors;
@@ -330,6 +333,17 @@ impl ListenerConfig {
         require_runtime(target)?;
         self.warn_unsupported(&Addr::Inet(addr));
         let reuse_port = self.reuse_port || self.acceptors.get() > 1;
+        if reuse_port && !self.reuse_port && addr.port() != 0 {
+            // SO_REUSEPORT only because of several acceptors: the port must still be ours
+            // alone. Binding it once without SO_REUSEPORT fails if anything else listens there
+            // (another server, or a second copy of this one), where the reuse-port group would
+            // silently share the port with it.
+            let probe = self.configured_socket(addr, false)?;
+            probe
+                .bind(&SockAddr::from(addr))
+                .map_err(|e| BindError::io(target(), Step::Bind, e))?;
+            drop(probe);
+        }
         let first = self.tcp_socket(addr, reuse_port)?;
         let mut actual = addr;
         if addr.port() == 0 {

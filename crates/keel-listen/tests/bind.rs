@@ -312,3 +312,29 @@ async fn missing_directory_names_the_path() -> io::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn several_acceptors_still_refuse_a_port_in_use() {
+    use std::num::NonZeroUsize;
+    let acceptors = NonZeroUsize::new(2).expect("2");
+    let config = keel_listen::ListenerConfig::default().acceptors(acceptors);
+    let first = config
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = first[0].local_addr().as_inet().expect("inet");
+    // A second group of acceptors on the same port: refused, not silently sharing it.
+    let error = config.bind(addr).expect_err("port in use");
+    assert_eq!(
+        error.kind(),
+        keel_listen::BindErrorKind::AddrInUse,
+        "{error}"
+    );
+    assert!(error.to_string().contains(&addr.to_string()), "{error}");
+    // An explicit reuse_port opts into sharing.
+    let shared = config.clone().reuse_port(true);
+    let first_shared = shared
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = first_shared[0].local_addr().as_inet().expect("inet");
+    assert_eq!(shared.bind(port).expect("shared bind").len(), 2);
+}

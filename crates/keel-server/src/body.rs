@@ -78,8 +78,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = match this.kind.project() {
+        let mut this = self.project();
+        let polled = match this.kind.as_mut().project() {
             KindProj::Inner { body } => {
                 match catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx))) {
                     Ok(Poll::Ready(Some(Err(error)))) => Poll::Ready(Some(Err(error.into()))),
@@ -88,6 +88,9 @@ where
                     Ok(Poll::Pending) => Poll::Pending,
                     Err(_) => {
                         tracing::error!("response body panicked; ending the response");
+                        metrics::counter!(crate::metrics::HANDLER_PANICS).increment(1);
+                        // Never poll the panicked body again.
+                        this.kind.set(Kind::Fixed { data: None });
                         Poll::Ready(Some(Err(BoxError::from(BodyPanicked(())))))
                     }
                 }

@@ -17,9 +17,16 @@ use std::time::Duration;
 /// let http = HttpConfig::default()
 ///     .header_timeout(Duration::from_secs(5))
 ///     .idle_timeout(Duration::from_secs(30));
-/// assert_eq!(http.get_header_timeout(), Duration::from_secs(5));
+/// assert_ne!(http, HttpConfig::default());
 /// ```
+///
+/// A timeout of `Duration::MAX` means "never"; a zero timeout closes connections at once.
+///
+/// Not covered by a deadline: a request in flight (reading its body, running the handler,
+/// writing the response). The drain deadline bounds it at shutdown; the application bounds it
+/// otherwise (for example with `tower::timeout`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
 pub struct HttpConfig {
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -133,15 +140,5 @@ impl HttpConfig {
     pub fn h2_max_header_list_size(mut self, bytes: u32) -> Self {
         self.h2_max_header_list_size = bytes;
         self
-    }
-
-    /// The request head deadline; see [`header_timeout`](Self::header_timeout).
-    pub fn get_header_timeout(&self) -> Duration {
-        self.header_timeout
-    }
-
-    /// The idle connection deadline; see [`idle_timeout`](Self::idle_timeout).
-    pub fn get_idle_timeout(&self) -> Duration {
-        self.idle_timeout
     }
 }

@@ -11,11 +11,13 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::metrics::CloseReason;
-use crate::state::ConnState;
+use crate::state::{ConnState, Deadline, later};
 
-/// How long an idle connection that was asked to close gracefully (HTTP/2 GOAWAY) may take
-/// to do so before it is dropped.
-const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection that keel asked to close gracefully may stay open once it has no
+/// request in flight. HTTP/2 needs it: the GOAWAY handshake waits for a PING answer that a
+/// dead peer never sends. It is also how long a connection that has not sent its first request
+/// yet may take to send it once the drain has begun.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A connection future that can be asked to finish gracefully.
 pub(crate) trait GracefulConnection: Future {
@@ -46,8 +48,8 @@ pin_project! {
         conn: C,
         #[pin]
         sleep: Sleep,
-        // What `sleep` is set to; `None` until the first deadline.
-        armed: Option<Instant>,
+        // What `sleep` is set to.
+        armed: Instant,
         state: Arc<ConnState>,
         header_timeout: Duration,
         idle_timeout: Duration,
@@ -55,9 +57,13 @@ pin_project! {
         drain: WaitForCancellationFutureOwned,
         #[pin]
         force: WaitForCancellationFutureOwned,
-        draining: bool,
-        // Set once keel decided to close: the connection is finishing gracefully.
+        // Set when the drain began: until then a connection with no request yet may still
+        // send its first one.
+        drain_greeting_limit: Option<Instant>,
+        // Set once keel asked hyper to finish gracefully; the reason to report when it does.
         closing: Option<CloseReason>,
+        // While closing and idle: when the grace ends.
+        grace_until: Option<Instant>,
     }
 }
 
@@ -70,17 +76,20 @@ impl<C> Driver<C> {
         drain: WaitForCancellationFutureOwned,
         force: WaitForCancellationFutureOwned,
     ) -> Self {
+        // Armed at the greeting deadline, the first one the connection has.
+        let armed = later(state.origin(), header_timeout);
         Self {
             conn,
-            sleep: tokio::time::sleep_until(Instant::now() + header_timeout),
-            armed: None,
+            sleep: tokio::time::sleep_until(armed),
+            armed,
             state,
             header_timeout,
             idle_timeout,
             drain,
             force,
-            draining: false,
+            drain_greeting_limit: None,
             closing: None,
+            grace_until: None,
         }
     }
 }
@@ -97,11 +106,19 @@ where
         if this.force.as_mut().poll(cx).is_ready() {
             return Poll::Ready(CloseReason::DrainForced);
         }
-        if !*this.draining && this.drain.as_mut().poll(cx).is_ready() {
-            *this.draining = true;
-            this.conn.as_mut().graceful_shutdown();
+        if this.drain_greeting_limit.is_none() && this.drain.as_mut().poll(cx).is_ready() {
+            *this.drain_greeting_limit = Some(later(Instant::now(), CLOSE_GRACE));
         }
         loop {
+            // Once draining, ask hyper to finish as soon as the connection knows its protocol.
+            // Earlier, hyper-util would drop a request that is already on its way.
+            if this.drain_greeting_limit.is_some()
+                && this.closing.is_none()
+                && this.state.is_greeted()
+            {
+                *this.closing = Some(CloseReason::Complete);
+                this.conn.as_mut().graceful_shutdown();
+            }
             match this.conn.as_mut().poll(cx) {
                 Poll::Ready(Ok(_)) => {
                     return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
@@ -115,51 +132,70 @@ where
                 }
                 Poll::Pending => {}
             }
-            if let Some(reason) = *this.closing {
-                // Grace period of a graceful close: `sleep` holds its end.
-                return match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(reason),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
 
             // Register before reading the state, so an HTTP/2 stream ending on another thread
             // after the read still wakes this task.
             this.state.register(cx.waker());
-            let Some(deadline) = this
-                .state
-                .deadline(*this.header_timeout, *this.idle_timeout)
-            else {
+            let deadline = match *this.closing {
+                Some(reason) => {
+                    if this.state.is_busy() {
+                        // Requests still in flight finish; the drain deadline bounds them.
+                        *this.grace_until = None;
+                        None
+                    } else {
+                        let at = *this
+                            .grace_until
+                            .get_or_insert_with(|| later(Instant::now(), CLOSE_GRACE));
+                        Some(Deadline { at, reason })
+                    }
+                }
+                None => {
+                    let deadline = this
+                        .state
+                        .deadline(*this.header_timeout, *this.idle_timeout);
+                    match (*this.drain_greeting_limit, deadline) {
+                        (Some(limit), Some(d)) if limit < d.at && !this.state.is_greeted() => {
+                            Some(Deadline {
+                                at: limit,
+                                reason: CloseReason::Complete,
+                            })
+                        }
+                        _ => deadline,
+                    }
+                }
+            };
+            let Some(deadline) = deadline else {
                 return Poll::Pending;
             };
             // Re-arm only when the deadline moved earlier. A later deadline leaves the timer
             // early; it fires, the deadline is recomputed and the timer re-armed. That keeps
             // timer-wheel updates to about one per timeout period instead of one per request.
-            if this.armed.is_none_or(|armed| armed > deadline.at) {
+            if *this.armed > deadline.at {
                 this.sleep.as_mut().reset(deadline.at);
-                *this.armed = Some(deadline.at);
+                *this.armed = deadline.at;
             }
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if Instant::now() < deadline.at {
                 this.sleep.as_mut().reset(deadline.at);
-                *this.armed = Some(deadline.at);
+                *this.armed = deadline.at;
                 if this.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
             }
+            // The deadline passed.
+            if this.closing.is_some() {
+                return Poll::Ready(deadline.reason);
+            }
             match deadline.reason {
                 CloseReason::IdleTimeout => {
                     // Idle: close politely (HTTP/2 GOAWAY; an idle HTTP/1 connection closes at
-                    // once), with a short grace before dropping it.
+                    // once), with a short grace before dropping it. Loop to let the connection
+                    // act on it.
                     tracing::trace!("closing idle connection");
                     *this.closing = Some(CloseReason::IdleTimeout);
                     this.conn.as_mut().graceful_shutdown();
-                    let grace = Instant::now() + IDLE_CLOSE_GRACE;
-                    this.sleep.as_mut().reset(grace);
-                    *this.armed = Some(grace);
-                    // Loop: poll the connection so it can act on the shutdown.
                 }
                 reason => {
                     tracing::debug!(reason = reason.as_str(), "closing connection at deadline");
@@ -167,5 +203,178 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_util::sync::CancellationToken;
+
+    /// A connection that never ends by itself, unless graceful shutdown was asked and nothing
+    /// is in flight, like hyper; counts graceful shutdown requests.
+    struct FakeConn {
+        state: Arc<ConnState>,
+        shutdowns: Arc<AtomicUsize>,
+        /// Whether it honours graceful shutdown (an HTTP/2 peer that never answers the PING
+        /// does not).
+        honours_shutdown: bool,
+    }
+
+    impl Future for FakeConn {
+        type Output = Result<(), std::io::Error>;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.honours_shutdown
+                && self.shutdowns.load(Ordering::SeqCst) > 0
+                && !self.state.is_busy()
+            {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl GracefulConnection for FakeConn {
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn driver(
+        honours_shutdown: bool,
+    ) -> (
+        Driver<FakeConn>,
+        Arc<ConnState>,
+        Arc<AtomicUsize>,
+        CancellationToken,
+        CancellationToken,
+    ) {
+        let state = ConnState::new(Instant::now());
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let drain = CancellationToken::new();
+        let force = CancellationToken::new();
+        let conn = FakeConn {
+            state: Arc::clone(&state),
+            shutdowns: Arc::clone(&shutdowns),
+            honours_shutdown,
+        };
+        let driver = Driver::new(
+            conn,
+            Arc::clone(&state),
+            HEADER,
+            IDLE,
+            drain.clone().cancelled_owned(),
+            force.clone().cancelled_owned(),
+        );
+        (driver, state, shutdowns, drain, force)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_connection_closes_at_the_header_timeout() {
+        let (driver, ..) = driver(true);
+        let started = Instant::now();
+        assert_eq!(driver.await, CloseReason::HeaderTimeout);
+        assert_eq!(started.elapsed(), HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_at_the_idle_timeout() {
+        let (driver, state, shutdowns, ..) = driver(true);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        assert_eq!(driver.await, CloseReason::IdleTimeout);
+        assert_eq!(idle_from.elapsed(), IDLE);
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_ignoring_goaway_is_dropped_after_the_grace() {
+        let (driver, state, ..) = driver(false);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        assert_eq!(driver.await, CloseReason::IdleTimeout);
+        assert_eq!(idle_from.elapsed(), IDLE + CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_closes_an_idle_connection_within_the_grace_even_if_the_peer_ignores_it() {
+        let (driver, state, shutdowns, drain, _force) = driver(false);
+        drop(state.request_started());
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let drain_from = Instant::now();
+        drain.cancel();
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_lets_in_flight_requests_finish_past_the_grace() {
+        let (driver, state, _shutdowns, drain, _force) = driver(false);
+        let request = state.request_started();
+        let task = tokio::spawn(driver);
+        drain.cancel();
+        tokio::time::sleep(CLOSE_GRACE * 5).await;
+        assert!(
+            !task.is_finished(),
+            "a busy connection is not cut at the grace"
+        );
+        drop(request);
+        let done_from = Instant::now();
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(done_from.elapsed(), CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_briefly_for_the_first_request_of_a_new_connection() {
+        let (driver, _state, shutdowns, drain, _force) = driver(true);
+        let task = tokio::spawn(driver);
+        let drain_from = Instant::now();
+        drain.cancel();
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
+        assert_eq!(
+            shutdowns.load(Ordering::SeqCst),
+            0,
+            "hyper is not interrupted mid-greeting"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_closes_at_once() {
+        let (driver, state, _shutdowns, drain, force) = driver(false);
+        let _request = state.request_started();
+        let task = tokio::spawn(driver);
+        drain.cancel();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        force.cancel();
+        assert_eq!(task.await.expect("driver"), CloseReason::DrainForced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeouts_do_not_overflow() {
+        let state = ConnState::new(Instant::now());
+        let conn = FakeConn {
+            state: Arc::clone(&state),
+            shutdowns: Arc::new(AtomicUsize::new(0)),
+            honours_shutdown: true,
+        };
+        let never = CancellationToken::new();
+        let driver = Driver::new(
+            conn,
+            state,
+            Duration::MAX,
+            Duration::MAX,
+            never.clone().cancelled_owned(),
+            never.clone().cancelled_owned(),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(3600), driver).await;
+        assert!(result.is_err(), "no deadline within the hour");
     }
 }

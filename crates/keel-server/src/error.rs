@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use keel_listen::Addr;
+
 /// Why a [`Server`](crate::Server) could not serve.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -11,10 +13,13 @@ pub enum Error {
     NoListeners,
     /// A per-core runtime or its thread could not be started.
     Runtime(io::Error),
+    /// [`serve_per_core`](crate::Builder::serve_per_core) was called from within a tokio
+    /// runtime; it starts runtimes of its own and must be called outside one.
+    InsideRuntime,
     /// A listener could not be moved onto a per-core runtime.
     Listener {
         /// The listener's address.
-        addr: String,
+        addr: Addr,
         /// What failed.
         source: io::Error,
     },
@@ -22,6 +27,8 @@ pub enum Error {
     CorePanicked {
         /// Index of the core's thread.
         core: usize,
+        /// The panic message, when it was a string.
+        message: String,
     },
 }
 
@@ -36,7 +43,12 @@ impl fmt::Display for Error {
                     "cannot move listener {addr} onto a per-core runtime: {source}"
                 )
             }
-            Error::CorePanicked { core } => write!(f, "the thread serving core {core} panicked"),
+            Error::InsideRuntime => f.write_str(
+                "serve_per_core must be called outside a tokio runtime (it starts one per core)",
+            ),
+            Error::CorePanicked { core, message } => {
+                write!(f, "the thread serving core {core} panicked: {message}")
+            }
         }
     }
 }
@@ -45,7 +57,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Runtime(e) | Error::Listener { source: e, .. } => Some(e),
-            Error::NoListeners | Error::CorePanicked { .. } => None,
+            Error::NoListeners | Error::InsideRuntime | Error::CorePanicked { .. } => None,
         }
     }
 }

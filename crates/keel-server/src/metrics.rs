@@ -9,7 +9,7 @@ pub const CONNECTIONS_ACCEPTED: &str = "keel_connections_accepted_total";
 /// Gauge: connections currently open.
 pub const CONNECTIONS_ACTIVE: &str = "keel_connections_active";
 /// Counter: connections closed, by `reason`: `complete` (the client or the protocol ended
-/// it), `header_timeout`, `idle_timeout`, `drain_forced` (still open at the drain deadline),
+/// it, or the drain closed it gracefully), `header_timeout`, `idle_timeout`, `drain_forced` (still open at the drain deadline),
 /// `error` (an I/O or protocol error).
 pub const CONNECTIONS_CLOSED: &str = "keel_connections_closed_total";
 /// Histogram: how long connections stayed open, in seconds.
@@ -25,15 +25,15 @@ pub const HANDLER_ERRORS: &str = "keel_handler_errors_total";
 #[non_exhaustive]
 pub enum CloseReason {
     /// The client closed it, or the protocol finished it (including a graceful drain).
-    Complete,
+    Complete = 0,
     /// A request head (or the start of the connection) took longer than the header timeout.
-    HeaderTimeout,
+    HeaderTimeout = 1,
     /// No request was in progress for longer than the idle timeout.
-    IdleTimeout,
-    /// Still open when the drain deadline passed; closed by force.
-    DrainForced,
+    IdleTimeout = 2,
+    /// Still open when the drain deadline passed, or when the drain was forced; closed by force.
+    DrainForced = 3,
     /// An I/O or protocol error ended it.
-    Error,
+    Error = 4,
 }
 
 impl CloseReason {
@@ -117,10 +117,19 @@ impl ServerMetrics {
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) -> &Counter {
-        let index = CloseReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(CloseReason::ALL.len() - 1);
-        &self.closed[index]
+        // The discriminants are the positions in `CloseReason::ALL` (tested below).
+        &self.closed[reason as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_are_positions_in_all() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
     }
 }

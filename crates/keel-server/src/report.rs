@@ -9,10 +9,10 @@ use std::time::Duration;
 pub struct ServeReport {
     /// Connections served over the whole run.
     pub connections: u64,
-    /// Connections that were open when the drain began and closed by themselves before its
-    /// deadline.
+    /// Connections that closed gracefully once the drain had begun, before its deadline.
     pub drained: u64,
-    /// Connections still open at the drain deadline, closed by force.
+    /// Connections still open at the drain deadline (or when the drain was forced), closed by
+    /// force.
     pub forced: u64,
     /// From the start of the drain until the last connection closed.
     pub drain_duration: Duration,

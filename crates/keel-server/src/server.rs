@@ -12,12 +12,12 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use keel_listen::{Accepted, Addr, Listener, ListenerId};
+use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::Service;
 
 use crate::BoxError;
@@ -74,6 +74,7 @@ impl Server {
 }
 
 /// Configures and runs a [`Server`].
+#[must_use = "a server builder does nothing until `serve` is called"]
 ///
 /// Required: at least one listener. Optional, with defaults: [`HttpConfig`], the drain
 /// deadline and the shutdown trigger (none: serve until the process ends).
@@ -164,6 +165,11 @@ impl Builder {
     ///
     /// [`Error::NoListeners`] when no listener was added. Failures of individual connections
     /// are never errors of the server: they are counted and logged.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping the returned future stops everything it started: the accept loops end (the
+    /// listeners close) and every connection is closed at once, as if forced.
     pub async fn serve<S, B>(self, service: S) -> Result<ServeReport, Error>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -176,6 +182,9 @@ impl Builder {
             return Err(Error::NoListeners);
         }
         let tokens = Tokens::default();
+        // Dropped early (the future was cancelled) or at the end: either way nothing of this
+        // server outlives it.
+        let _force_on_drop = tokens.force.clone().drop_guard();
         let _triggers = tokens.watch(self.shutdown, self.force);
         let core = Core::new(service, &self.http, tokens.clone());
         let accept_loops = core.start(self.listeners);
@@ -190,14 +199,16 @@ impl Builder {
     /// [`ListenerConfig::acceptors`](keel_listen::ListenerConfig::acceptors), so the kernel
     /// spreads connections over them through `SO_REUSEPORT`) and its own service, built by
     /// `make_service` on that thread. Nothing is shared between cores on the request path,
-    /// like nginx's worker processes. Blocks the calling thread until every core has drained;
-    /// call it outside any tokio runtime. The listeners must have been created on a runtime
-    /// that is still alive (they are moved off it here).
+    /// like nginx's worker processes. Blocks the calling thread until every core has drained.
+    /// The listeners must have been created on a runtime that is still alive (they are moved
+    /// off it here); the shutdown and force futures run on a small runtime of their own.
     ///
     /// # Errors
     ///
-    /// [`Error::NoListeners`], or [`Error::Runtime`] / [`Error::Listener`] when a core cannot
-    /// be started.
+    /// [`Error::NoListeners`]; [`Error::InsideRuntime`] when called from within a tokio
+    /// runtime; [`Error::Runtime`] or [`Error::Listener`] when a core cannot be started (the
+    /// cores already started are stopped first); [`Error::CorePanicked`] when a core's thread
+    /// panicked.
     pub fn serve_per_core<F, S, B>(
         self,
         threads: NonZeroUsize,
@@ -214,12 +225,15 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListeners);
         }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InsideRuntime);
+        }
         // Move every listener off the runtime it was created on; each core re-registers its
         // share on its own runtime.
-        let mut shares: Vec<Vec<keel_listen::DetachedListener>> =
+        let mut shares: Vec<Vec<DetachedListener>> =
             (0..threads.get()).map(|_| Vec::new()).collect();
         for (i, listener) in self.listeners.into_iter().enumerate() {
-            let addr = listener.local_addr().to_string();
+            let addr = listener.local_addr().clone();
             let detached = listener
                 .detach()
                 .map_err(|source| Error::Listener { addr, source })?;
@@ -227,9 +241,11 @@ impl Builder {
         }
         let tokens = Tokens::default();
         let make_service = Arc::new(make_service);
-        let http = self.http;
-        let drain_timeout = self.drain_timeout;
-        let mut handles = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
+        let mut cores = Cores {
+            handles: Vec::new(),
+            tokens: tokens.clone(),
+        };
         for (index, share) in shares.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -237,20 +253,26 @@ impl Builder {
                 .map_err(Error::Runtime)?;
             let tokens = tokens.clone();
             let make_service = Arc::clone(&make_service);
-            let http = http.clone();
+            let http = self.http.clone();
+            let drain_timeout = self.drain_timeout;
+            let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("keel-core-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
                         let mut listeners = Vec::with_capacity(share.len());
                         for detached in share {
+                            let addr = detached.local_addr().clone();
                             match detached.attach() {
                                 Ok(listener) => listeners.push(listener),
                                 Err(error) => {
-                                    tracing::error!(%error, core = index, "cannot attach listener");
+                                    let source = std::io::Error::from(error);
+                                    let _ = ready.send(Err(Error::Listener { addr, source }));
+                                    return ServeReport::default();
                                 }
                             }
                         }
+                        let _ = ready.send(Ok(()));
                         let core = Core::new(make_service(), &http, tokens.clone());
                         let accept_loops = core.start(listeners);
                         tokens.shutdown.cancelled().await;
@@ -258,22 +280,42 @@ impl Builder {
                     })
                 })
                 .map_err(Error::Runtime)?;
-            handles.push(handle);
+            cores.handles.push(handle);
         }
-        // The triggers run on a small runtime of their own on this thread, which keeps running
-        // until every core has drained so that a force trigger is still heard.
+        drop(ready_tx);
+        for _ in 0..cores.handles.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => break,
+            }
+        }
         let waiter = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
+        let handles = std::mem::take(&mut cores.handles);
         let mut report = ServeReport::default();
         let mut failed = None;
         waiter.block_on(async {
+            // The triggers keep running until every core has drained, so that a force
+            // trigger is still heard during the drain.
             let _triggers = tokens.watch(self.shutdown, self.force);
             for (core, handle) in handles.into_iter().enumerate() {
                 match tokio::task::spawn_blocking(move || handle.join()).await {
                     Ok(Ok(part)) => report.merge(&part),
-                    Ok(Err(_)) | Err(_) => failed = Some(Error::CorePanicked { core }),
+                    Ok(Err(payload)) => {
+                        failed = Some(Error::CorePanicked {
+                            core,
+                            message: panic_message(payload.as_ref()).to_owned(),
+                        });
+                    }
+                    Err(_) => {
+                        failed = Some(Error::CorePanicked {
+                            core,
+                            message: "its join task failed".to_owned(),
+                        });
+                    }
                 }
             }
         });
@@ -282,6 +324,33 @@ impl Builder {
             None => Ok(report),
         }
     }
+}
+
+/// The started cores of [`Builder::serve_per_core`]; on an early return, stops and joins them.
+struct Cores {
+    handles: Vec<std::thread::JoinHandle<ServeReport>>,
+    tokens: Tokens,
+}
+
+impl Drop for Cores {
+    fn drop(&mut self) {
+        if self.handles.is_empty() {
+            return;
+        }
+        self.tokens.shutdown.cancel();
+        self.tokens.force.cancel();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
 }
 
 /// Signals shared by every connection of a server (and by every core in per-core mode).
@@ -304,17 +373,17 @@ impl Tokens {
         &self,
         shutdown: Option<ShutdownFuture>,
         force: Option<ShutdownFuture>,
-    ) -> [tokio_util::task::AbortOnDropHandle<()>; 2] {
+    ) -> [AbortOnDropHandle<()>; 2] {
         let on_shutdown = self.shutdown.clone();
         let shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
         let on_force = (self.shutdown.clone(), self.force.clone());
         let force = force.unwrap_or_else(|| Box::pin(std::future::pending()));
         [
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 shutdown.await;
                 on_shutdown.cancel();
             })),
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 force.await;
                 on_force.0.cancel();
                 on_force.1.cancel();
@@ -326,17 +395,47 @@ impl Tokens {
 /// Everything one runtime needs to serve connections.
 struct Core<S> {
     shared: Arc<Shared<S>>,
-    tracker: TaskTracker,
 }
 
 struct Shared<S> {
     service: S,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<TrackedExecutor>,
     http: HttpConfig,
     tokens: Tokens,
     metrics: Arc<ServerMetrics>,
+    /// Connection tasks, and the HTTP/2 stream tasks hyper spawns for them.
+    tracker: TaskTracker,
+    /// Connections accepted (counted in the accept loop, before their task runs).
     connections: AtomicU64,
+    /// Connections that were open when the drain began and closed by themselves.
+    drained: AtomicU64,
+    /// Connections closed by force.
     forced: AtomicU64,
+}
+
+/// hyper's executor for HTTP/2 stream tasks: tracked like connections, so the drain waits for
+/// them, and stopped when the drain is forced.
+#[derive(Clone, Debug)]
+struct TrackedExecutor {
+    tracker: TaskTracker,
+    force: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let force = self.force.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                () = force.cancelled() => {}
+                _ = future => {}
+            }
+        });
+    }
 }
 
 impl<S, B> Core<S>
@@ -348,72 +447,75 @@ where
     B::Error: Into<BoxError>,
 {
     fn new(service: S, http: &HttpConfig, tokens: Tokens) -> Self {
+        let tracker = TaskTracker::new();
+        let executor = TrackedExecutor {
+            tracker: tracker.clone(),
+            force: tokens.force.clone(),
+        };
         Core {
             shared: Arc::new(Shared {
                 service,
-                builder: hyper_builder(http),
+                builder: hyper_builder(http, executor),
                 http: http.clone(),
                 tokens,
                 metrics: Arc::new(ServerMetrics::resolve()),
+                tracker,
                 connections: AtomicU64::new(0),
+                drained: AtomicU64::new(0),
                 forced: AtomicU64::new(0),
             }),
-            tracker: TaskTracker::new(),
         }
     }
 
-    fn start(&self, listeners: Vec<Listener>) -> Vec<tokio::task::JoinHandle<()>> {
+    fn start(&self, listeners: Vec<Listener>) -> Vec<AbortOnDropHandle<()>> {
         listeners
             .into_iter()
             .map(|listener| {
                 let shared = Arc::clone(&self.shared);
-                let tracker = self.tracker.clone();
-                tokio::spawn(accept_loop(listener, shared, tracker))
+                AbortOnDropHandle::new(tokio::spawn(accept_loop(listener, shared)))
             })
             .collect()
     }
 
     async fn drain(
         self,
-        accept_loops: Vec<tokio::task::JoinHandle<()>>,
+        accept_loops: Vec<AbortOnDropHandle<()>>,
         drain_timeout: Duration,
     ) -> ServeReport {
         let started = Instant::now();
-        let tokens = &self.shared.tokens;
+        let shared = &self.shared;
+        let tokens = &shared.tokens;
         tokens.stop_accepting.cancel();
         for accept_loop in accept_loops {
             // The loop drops its listener on exit: new connections are refused from here on.
             let _ = accept_loop.await;
         }
-        let connections_before = self.shared.connections.load(Ordering::Acquire);
-        let open = self.tracker.len() as u64;
         tokens.drain.cancel();
-        self.tracker.close();
+        shared.tracker.close();
         let finished = tokio::select! {
-            () = self.tracker.wait() => true,
+            () = shared.tracker.wait() => true,
             () = tokio::time::sleep(drain_timeout) => false,
             () = tokens.force.cancelled() => false,
         };
         if !finished {
             tracing::warn!(
-                open = self.tracker.len(),
+                open = shared.tracker.len(),
                 "drain cut short; closing the remaining connections"
             );
             tokens.force.cancel();
-            self.tracker.wait().await;
+            shared.tracker.wait().await;
         }
-        let forced = self.shared.forced.load(Ordering::Acquire);
         ServeReport {
-            connections: connections_before,
-            drained: open.saturating_sub(forced),
-            forced,
+            connections: shared.connections.load(Ordering::Acquire),
+            drained: shared.drained.load(Ordering::Acquire),
+            forced: shared.forced.load(Ordering::Acquire),
             drain_duration: started.elapsed(),
         }
     }
 }
 
-fn hyper_builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn hyper_builder(http: &HttpConfig, executor: TrackedExecutor) -> auto::Builder<TrackedExecutor> {
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -433,7 +535,7 @@ fn hyper_builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop<S, B>(mut listener: Listener, shared: Arc<Shared<S>>, tracker: TaskTracker)
+async fn accept_loop<S, B>(mut listener: Listener, shared: Arc<Shared<S>>)
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -450,12 +552,38 @@ where
         };
         // Never await anything per connection here: the handshake, the PROXY header and the
         // request all happen in the connection's own task.
-        tracker.spawn(serve_connection(Arc::clone(&shared), accepted));
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let task = serve_connection(Arc::clone(&shared), accepted, Instant::now());
+        shared.tracker.spawn(task);
     }
     tracing::debug!(listener = %listener.local_addr(), "listener closed");
 }
 
-async fn serve_connection<S, B>(shared: Arc<Shared<S>>, accepted: Accepted)
+/// Records how a connection ended when dropped, even if its task panicked.
+struct Closing<'a, S> {
+    shared: &'a Shared<S>,
+    started: Instant,
+    reason: CloseReason,
+}
+
+impl<S> Drop for Closing<'_, S> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        let metrics = &shared.metrics;
+        if self.reason == CloseReason::DrainForced {
+            shared.forced.fetch_add(1, Ordering::Relaxed);
+        } else if shared.tokens.drain.is_cancelled() {
+            shared.drained.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.closed(self.reason).increment(1);
+        metrics.active.decrement(1.0);
+        metrics
+            .duration
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+async fn serve_connection<S, B>(shared: Arc<Shared<S>>, accepted: Accepted, started: Instant)
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -463,11 +591,16 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let started = Instant::now();
     let metrics = &shared.metrics;
     metrics.accepted.increment(1);
     metrics.active.increment(1.0);
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+    // Reports `Error` unless the driver finishes: a panic anywhere below still closes the
+    // books on this connection.
+    let mut closing = Closing {
+        shared: &shared,
+        started,
+        reason: CloseReason::Error,
+    };
 
     let Accepted {
         stream,
@@ -490,7 +623,7 @@ where
         info,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
-    let reason = Driver::new(
+    closing.reason = Driver::new(
         conn,
         state,
         shared.http.header_timeout,
@@ -499,10 +632,4 @@ where
         shared.tokens.force.clone().cancelled_owned(),
     )
     .await;
-    if reason == CloseReason::DrainForced {
-        shared.forced.fetch_add(1, Ordering::Relaxed);
-    }
-    metrics.closed(reason).increment(1);
-    metrics.active.decrement(1.0);
-    metrics.duration.record(started.elapsed().as_secs_f64());
 }

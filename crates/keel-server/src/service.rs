@@ -93,6 +93,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.in_flight.is_none() {
+            // Polled after completion: a contract violation by the caller. Stay pending
+            // rather than poll the finished call again.
+            return Poll::Pending;
+        }
         let call = this.call;
         let outcome = match catch_unwind(AssertUnwindSafe(|| call.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -104,19 +109,13 @@ where
                 Err(())
             }
             Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(non-string panic payload)");
+                let message = crate::server::panic_message(payload.as_ref());
                 tracing::error!(panic = message, "handler panicked; answering 500");
                 this.metrics.panics.increment(1);
                 Err(())
             }
         };
         let Some(in_flight) = this.in_flight.take() else {
-            // Polled after completion: a contract violation by the caller. Stay pending
-            // rather than panic inside hyper.
             return Poll::Pending;
         };
         Poll::Ready(Ok(match outcome {

@@ -27,6 +27,17 @@ use crate::metrics::CloseReason;
 
 const NONE: u64 = u64::MAX;
 
+/// About 30 years: the stand-in for "never" when a timeout would overflow `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at + timeout`, saturating at a far-future instant instead of panicking, so that
+/// `Duration::MAX` can mean "no deadline".
+pub(crate) fn later(at: Instant, timeout: Duration) -> Instant {
+    at.checked_add(timeout)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
 /// State shared by the I/O wrapper, the service wrapper and the driver of one connection.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -65,7 +76,22 @@ impl ConnState {
     }
 
     fn at(&self, nanos: u64) -> Instant {
-        self.origin + Duration::from_nanos(nanos)
+        later(self.origin, Duration::from_nanos(nanos))
+    }
+
+    /// When the connection was accepted.
+    pub(crate) fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// Whether the greeting is over: a request started, or the HTTP/2 preface arrived.
+    pub(crate) fn is_greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
+    }
+
+    /// Whether a request is in flight.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     /// Bytes of a new HTTP/1 request arrived. Only the first call while idle counts.
@@ -120,19 +146,22 @@ impl ConnState {
         }
         if !self.greeted.load(Ordering::Acquire) {
             return Some(Deadline {
-                at: self.origin + header_timeout,
+                at: later(self.origin, header_timeout),
                 reason: CloseReason::HeaderTimeout,
             });
         }
         let head = self.head_since.load(Ordering::Relaxed);
         if head != NONE {
             return Some(Deadline {
-                at: self.at(head) + header_timeout,
+                at: later(self.at(head), header_timeout),
                 reason: CloseReason::HeaderTimeout,
             });
         }
         Some(Deadline {
-            at: self.at(self.idle_since.load(Ordering::Acquire)) + idle_timeout,
+            at: later(
+                self.at(self.idle_since.load(Ordering::Acquire)),
+                idle_timeout,
+            ),
             reason: CloseReason::IdleTimeout,
         })
     }
