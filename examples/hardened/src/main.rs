@@ -17,6 +17,9 @@
 //! kill -TERM <pid>                                    # graceful drain; exit 0 when clean
 //! ```
 //!
+//! Started by systemd with sockets (`LISTEN_FDS`, socket activation), it serves those instead
+//! of binding `--listen`.
+//!
 //! Once every listener accepts it prints `listening on http://IP:PORT`, one line per listener.
 //! SIGTERM or SIGINT starts a graceful shutdown and a second one forces it. Exit status: 0
 //! after a clean drain, 1 when connections were forced closed, 2 for bad usage or a failed
@@ -32,6 +35,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
+use keel::listen::SocketActivation;
 use keel::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -56,7 +60,23 @@ fn main() -> ExitCode {
             tracing::info!(?report, "drained");
             report.exit_code()
         }
-        Err(message) => usage_error(&message),
+        Err(Failure::Usage(message)) => usage_error(&message),
+        Err(Failure::Serving(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Why `run` failed: before serving (exit 2) or while serving (exit 1).
+enum Failure {
+    Usage(String),
+    Serving(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Usage(message)
     }
 }
 
@@ -65,7 +85,7 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(settings: cli::Settings) -> Result<ServeReport, String> {
+fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,12 +110,23 @@ fn run(settings: cli::Settings) -> Result<ServeReport, String> {
             .http(http)
             .drain_timeout(settings.drain_timeout);
         let mut lines = String::new();
-        for addr in &settings.listen {
-            let listeners = config.bind(*addr).map_err(|e| e.to_string())?;
-            if let Some(first) = listeners.first() {
-                lines.push_str(&format!("listening on http://{}\n", first.local_addr()));
+        // Started by systemd with sockets (LISTEN_FDS)? Serve those instead of binding.
+        match SocketActivation::from_env().map_err(|e| e.to_string())? {
+            Some(mut activation) if !activation.is_empty() => {
+                for listener in activation.take_all(&config).map_err(|e| e.to_string())? {
+                    lines.push_str(&format!("listening on http://{}\n", listener.local_addr()));
+                    builder = builder.listener(listener);
+                }
             }
-            builder = builder.listeners(listeners);
+            _ => {
+                for addr in &settings.listen {
+                    let listeners = config.bind(*addr).map_err(|e| e.to_string())?;
+                    if let Some(first) = listeners.first() {
+                        lines.push_str(&format!("listening on http://{}\n", first.local_addr()));
+                    }
+                    builder = builder.listeners(listeners);
+                }
+            }
         }
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -107,17 +138,17 @@ fn run(settings: cli::Settings) -> Result<ServeReport, String> {
 
     let (first, second) = signals.into_triggers();
     let builder = builder.shutdown(first).force(second);
-    if settings.per_core {
-        let report = builder
-            .serve_per_core(cores, || tower::service_fn(routes::route))
-            .map_err(|e| e.to_string());
+    let served = if settings.per_core {
+        let served = builder.serve_per_core(cores, || tower::service_fn(routes::route));
         drop(runtime);
-        report
+        served
     } else {
-        runtime
-            .block_on(builder.serve(tower::service_fn(routes::route)))
-            .map_err(|e| e.to_string())
-    }
+        runtime.block_on(builder.serve(tower::service_fn(routes::route)))
+    };
+    served.map_err(|error| match error {
+        keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
+        _ => Failure::Usage(error.to_string()),
+    })
 }
 
 /// SIGTERM and SIGINT: the first starts the drain, the second forces it.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 
@@ -26,11 +27,30 @@ pub(crate) type AppBody = Either<Full<Bytes>, StreamBody<ChunkStream>>;
 /// Serves one request.
 pub(crate) async fn route(request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     if declared_length(&request).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Ok(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large\n",
-        ));
+        return Ok(too_large());
     }
+    if request.uri().path() == "/echo" {
+        return Ok(match *request.method() {
+            Method::POST => echo(request).await,
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        });
+    }
+    // The other routes ignore bodies, but the limit holds for them too: a body is read and
+    // discarded, and one that grows past the limit is refused.
+    let (parts, body) = request.into_parts();
+    if !body.is_end_stream() {
+        match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(_) => {}
+            Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
+            Err(_) => {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read\n",
+                ));
+            }
+        }
+    }
+    let request = Request::from_parts(parts, ());
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
         (&Method::GET, "/slow") => match query_u64(&request, "ms", 100, MAX_SLOW_MS) {
@@ -48,8 +68,7 @@ pub(crate) async fn route(request: Request<Incoming>) -> Result<Response<AppBody
                 (Err(message), _) | (_, Err(message)) => text(StatusCode::BAD_REQUEST, message),
             }
         }
-        (&Method::POST, "/echo") => echo(request).await,
-        (_, "/" | "/slow" | "/stream" | "/echo") => {
+        (_, "/" | "/slow" | "/stream") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -82,9 +101,7 @@ async fn echo(request: Request<Incoming>) -> Response<AppBody> {
             }
             response
         }
-        Err(error) if error.is::<LengthLimitError>() => {
-            text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-        }
+        Err(error) if error.is::<LengthLimitError>() => too_large(),
         Err(_) => text(StatusCode::BAD_REQUEST, "request body could not be read\n"),
     }
 }
@@ -108,6 +125,10 @@ fn stream(chunks: u64, pause: Duration) -> Response<AppBody> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+fn too_large() -> Response<AppBody> {
+    text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<AppBody> {

@@ -56,21 +56,27 @@ async fn bodies_over_one_mebibyte_are_413() {
         assert!(response.starts_with("HTTP/1.1 413"), "{path}: {response}");
     }
 
-    // Chunked and growing past the limit.
-    let mut request = b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    let chunk = vec![b'x'; 64 * 1024];
-    for _ in 0..17 {
-        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        request.extend_from_slice(&chunk);
-        request.extend_from_slice(b"\r\n");
+    // Chunked and growing past the limit, on the echo route and on one that ignores bodies.
+    for path in ["/echo", "/"] {
+        let method = if path == "/echo" { "POST" } else { "GET" };
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..17 {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(&chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let response = exchange(addr, &request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 413"),
+            "{path}: {}",
+            &response[..response.len().min(200)]
+        );
     }
-    request.extend_from_slice(b"0\r\n\r\n");
-    let response = exchange(addr, &request).await;
-    assert!(
-        response.starts_with("HTTP/1.1 413"),
-        "{}",
-        &response[..response.len().min(200)]
-    );
 
     // Exactly at the limit is fine.
     let mut request = format!(
