@@ -96,3 +96,33 @@ async fn force_trigger_cuts_the_drain_short() {
     let report = server.report().await;
     assert_eq!(report.forced, 1, "{report:?}");
 }
+
+#[tokio::test]
+async fn idle_http2_peer_that_never_answers_is_closed_promptly_by_the_drain() {
+    // The server's graceful HTTP/2 close waits for a PING answer; a dead peer never sends one.
+    let mut server = TestServer::start_with(HttpConfig::default(), Duration::from_secs(10)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    // The server's SETTINGS arrive once it has read the preface (protocol detection first).
+    let mut frame = [0u8; 9];
+    stream
+        .read_exact(&mut frame)
+        .await
+        .expect("server settings");
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame");
+
+    let started = Instant::now();
+    server.begin_shutdown();
+    // From here on the peer is dead: it reads (to see the close) but never answers.
+    let (_, closed_at) = read_until_closed(&mut stream, Duration::from_secs(20)).await;
+    assert!(
+        closed_at - started < Duration::from_secs(4),
+        "closed after {:?}, not at the 10 s drain deadline",
+        closed_at - started
+    );
+    let report = server.report().await;
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -60,6 +60,7 @@ mod config;
 mod driver;
 mod error;
 mod io;
+mod loom;
 pub mod metrics;
 mod report;
 mod server;

@@ -17,11 +17,11 @@
 //! so the state is atomic and the driver's waker is woken when a connection becomes idle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
+
+use crate::loom::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering};
 
 use crate::metrics::CloseReason;
 
@@ -186,7 +186,11 @@ impl Drop for InFlight {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, keel_loom))]
+#[path = "tests/loom_state.rs"]
+mod loom_state;
+
+#[cfg(all(test, not(keel_loom)))]
 mod tests {
     use super::*;
 
