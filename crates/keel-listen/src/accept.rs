@@ -235,6 +235,9 @@ impl Metrics {
     }
 }
 
+/// How often a successful accept retries opening a missing reserve descriptor.
+const RESERVE_RETRY: Duration = Duration::from_secs(1);
+
 /// Opens a reserve descriptor.
 pub(crate) type ReserveOpener = fn() -> io::Result<File>;
 
@@ -256,6 +259,8 @@ pub(crate) struct AcceptLoop<S> {
     open_reserve: ReserveOpener,
     metrics: Metrics,
     log: LogLimiter,
+    /// When a successful accept may next try to re-open a missing reserve descriptor.
+    reserve_retry_at: Option<Instant>,
 }
 
 impl<S> fmt::Debug for AcceptLoop<S> {
@@ -303,11 +308,24 @@ impl<S: AcceptSource> AcceptLoop<S> {
             open_reserve,
             metrics: Metrics::new(),
             log: LogLimiter::new(),
+            reserve_retry_at: None,
         }
     }
 
     pub(crate) fn source(&self) -> &S {
         &self.source
+    }
+
+    /// Whether a successful accept should try to re-open the missing reserve descriptor: at
+    /// most once a second, so a process that cannot open it does not pay an extra system
+    /// call on every accept.
+    fn reserve_retry_due(&mut self) -> bool {
+        let now = Instant::now();
+        if self.reserve_retry_at.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.reserve_retry_at = Some(now + RESERVE_RETRY);
+        true
     }
 
     /// Gives the socket back, ending this loop (its reserve descriptor is closed).
@@ -339,7 +357,7 @@ impl<S: AcceptSource> AcceptLoop<S> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok((conn, peer))) => {
                     self.backoff.reset();
-                    if self.reserve.is_none() {
+                    if self.reserve.is_none() && self.reserve_retry_due() {
                         self.reserve = (self.open_reserve)().ok();
                     }
                     match self.source.configure(&conn) {

@@ -185,6 +185,13 @@ impl SocketActivation {
     /// Nothing else in the process may use descriptors 3 and up on the assumption that they are
     /// its own when socket activation is in effect; that is the protocol's contract.
     ///
+    /// Caveats: the once-per-process guard covers this crate only. Another library in the same
+    /// process that also adopts `LISTEN_FDS` (for example `listenfd`) would own the same
+    /// descriptors, and one of the two would close a descriptor it does not own: use one
+    /// adopter per process. A process that `exec`s itself keeps its pid, so a program that
+    /// re-executes itself with the environment unchanged must not call this again after the
+    /// descriptors were closed.
+    ///
     /// # Errors
     ///
     /// [`ActivationError::InvalidVariable`] for a malformed variable or a name count that does

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::metrics::CloseReason;
+use crate::phase::{PhaseWatch, Stage};
 use crate::state::{ConnState, Deadline, later};
 
 /// How long a connection that keel asked to close gracefully may stay open once it has no
@@ -54,9 +54,7 @@ pin_project! {
         header_timeout: Duration,
         idle_timeout: Duration,
         #[pin]
-        drain: WaitForCancellationFutureOwned,
-        #[pin]
-        force: WaitForCancellationFutureOwned,
+        phase: PhaseWatch,
         // Set when the drain began: until then a connection with no request yet may still
         // send its first one.
         drain_greeting_limit: Option<Instant>,
@@ -73,8 +71,7 @@ impl<C> Driver<C> {
         state: Arc<ConnState>,
         header_timeout: Duration,
         idle_timeout: Duration,
-        drain: WaitForCancellationFutureOwned,
-        force: WaitForCancellationFutureOwned,
+        phase: PhaseWatch,
     ) -> Self {
         // Armed at the greeting deadline, the first one the connection has.
         let armed = later(state.origin(), header_timeout);
@@ -85,8 +82,7 @@ impl<C> Driver<C> {
             state,
             header_timeout,
             idle_timeout,
-            drain,
-            force,
+            phase,
             drain_greeting_limit: None,
             closing: None,
             grace_until: None,
@@ -103,11 +99,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut this = self.project();
-        if this.force.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(CloseReason::DrainForced);
-        }
-        if this.drain_greeting_limit.is_none() && this.drain.as_mut().poll(cx).is_ready() {
-            *this.drain_greeting_limit = Some(later(Instant::now(), CLOSE_GRACE));
+        // One atomic load per poll while nothing changes.
+        while this.phase.as_mut().poll_change(cx).is_ready() {}
+        match this.phase.stage() {
+            Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
+            Stage::Draining if this.drain_greeting_limit.is_none() => {
+                *this.drain_greeting_limit = Some(later(Instant::now(), CLOSE_GRACE));
+            }
+            _ => {}
         }
         loop {
             // Once draining, ask hyper to finish as soon as the connection knows its protocol.
@@ -209,8 +208,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::phase::Phase;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio_util::sync::CancellationToken;
 
     /// A connection that never ends by itself, unless graceful shutdown was asked and nothing
     /// is in flight, like hyper; counts graceful shutdown requests.
@@ -251,13 +250,11 @@ mod tests {
         Driver<FakeConn>,
         Arc<ConnState>,
         Arc<AtomicUsize>,
-        CancellationToken,
-        CancellationToken,
+        Arc<Phase>,
     ) {
         let state = ConnState::new(Instant::now());
         let shutdowns = Arc::new(AtomicUsize::new(0));
-        let drain = CancellationToken::new();
-        let force = CancellationToken::new();
+        let phase = Phase::new();
         let conn = FakeConn {
             state: Arc::clone(&state),
             shutdowns: Arc::clone(&shutdowns),
@@ -268,10 +265,9 @@ mod tests {
             Arc::clone(&state),
             HEADER,
             IDLE,
-            drain.clone().cancelled_owned(),
-            force.clone().cancelled_owned(),
+            PhaseWatch::new(Arc::clone(&phase)),
         );
-        (driver, state, shutdowns, drain, force)
+        (driver, state, shutdowns, phase)
     }
 
     #[tokio::test(start_paused = true)]
@@ -303,12 +299,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_closes_an_idle_connection_within_the_grace_even_if_the_peer_ignores_it() {
-        let (driver, state, shutdowns, drain, _force) = driver(false);
+        let (driver, state, shutdowns, phase) = driver(false);
         drop(state.request_started());
         let task = tokio::spawn(driver);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let drain_from = Instant::now();
-        drain.cancel();
+        phase.advance(Stage::Draining);
         assert_eq!(task.await.expect("driver"), CloseReason::Complete);
         assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
         assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
@@ -316,10 +312,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_lets_in_flight_requests_finish_past_the_grace() {
-        let (driver, state, _shutdowns, drain, _force) = driver(false);
+        let (driver, state, _shutdowns, phase) = driver(false);
         let request = state.request_started();
         let task = tokio::spawn(driver);
-        drain.cancel();
+        phase.advance(Stage::Draining);
         tokio::time::sleep(CLOSE_GRACE * 5).await;
         assert!(
             !task.is_finished(),
@@ -333,10 +329,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_waits_briefly_for_the_first_request_of_a_new_connection() {
-        let (driver, _state, shutdowns, drain, _force) = driver(true);
+        let (driver, _state, shutdowns, phase) = driver(true);
         let task = tokio::spawn(driver);
         let drain_from = Instant::now();
-        drain.cancel();
+        phase.advance(Stage::Draining);
         assert_eq!(task.await.expect("driver"), CloseReason::Complete);
         assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
         assert_eq!(
@@ -348,12 +344,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn force_closes_at_once() {
-        let (driver, state, _shutdowns, drain, force) = driver(false);
+        let (driver, state, _shutdowns, phase) = driver(false);
         let _request = state.request_started();
         let task = tokio::spawn(driver);
-        drain.cancel();
+        phase.advance(Stage::Draining);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        force.cancel();
+        phase.advance(Stage::Forced);
         assert_eq!(task.await.expect("driver"), CloseReason::DrainForced);
     }
 
@@ -365,14 +361,13 @@ mod tests {
             shutdowns: Arc::new(AtomicUsize::new(0)),
             honours_shutdown: true,
         };
-        let never = CancellationToken::new();
+        let never = Phase::new();
         let driver = Driver::new(
             conn,
             state,
             Duration::MAX,
             Duration::MAX,
-            never.clone().cancelled_owned(),
-            never.clone().cancelled_owned(),
+            PhaseWatch::new(never),
         );
         let result = tokio::time::timeout(Duration::from_secs(3600), driver).await;
         assert!(result.is_err(), "no deadline within the hour");

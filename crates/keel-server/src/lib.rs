@@ -62,6 +62,7 @@ mod error;
 mod io;
 mod loom;
 pub mod metrics;
+mod phase;
 mod report;
 mod server;
 mod service;

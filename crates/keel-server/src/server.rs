@@ -26,6 +26,7 @@ use crate::driver::Driver;
 use crate::error::Error;
 use crate::io::TrackedIo;
 use crate::metrics::{CloseReason, ServerMetrics};
+use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
 use crate::service::ConnService;
 use crate::state::ConnState;
@@ -184,7 +185,7 @@ impl Builder {
         let tokens = Tokens::default();
         // Dropped early (the future was cancelled) or at the end: either way nothing of this
         // server outlives it.
-        let _force_on_drop = tokens.force.clone().drop_guard();
+        let _force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
         let _triggers = tokens.watch(self.shutdown, self.force);
         let core = Core::new(service, &self.http, tokens.clone());
         let accept_loops = core.start(self.listeners);
@@ -338,7 +339,7 @@ impl Drop for Cores {
             return;
         }
         self.tokens.shutdown.cancel();
-        self.tokens.force.cancel();
+        self.tokens.phase.advance(Stage::Forced);
         for handle in self.handles.drain(..) {
             let _ = handle.join();
         }
@@ -354,16 +355,33 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Signals shared by every connection of a server (and by every core in per-core mode).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Tokens {
-    /// Per-core mode: tells each core to start its drain.
+    /// Starts the shutdown (of every core, in per-core mode).
     shutdown: CancellationToken,
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
-    /// Asks every connection to finish gracefully.
-    drain: CancellationToken,
-    /// Closes every remaining connection at once.
-    force: CancellationToken,
+    /// Draining: every connection finishes gracefully; forced: every connection closes now.
+    phase: Arc<Phase>,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Self {
+            shutdown: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
+            phase: Phase::new(),
+        }
+    }
+}
+
+/// Forces the drain when dropped: nothing a server started outlives its `serve` future.
+struct ForceOnDrop(Arc<Phase>);
+
+impl Drop for ForceOnDrop {
+    fn drop(&mut self) {
+        self.0.advance(Stage::Forced);
+    }
 }
 
 impl Tokens {
@@ -376,7 +394,7 @@ impl Tokens {
     ) -> [AbortOnDropHandle<()>; 2] {
         let on_shutdown = self.shutdown.clone();
         let shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
-        let on_force = (self.shutdown.clone(), self.force.clone());
+        let on_force = (self.shutdown.clone(), Arc::clone(&self.phase));
         let force = force.unwrap_or_else(|| Box::pin(std::future::pending()));
         [
             AbortOnDropHandle::new(tokio::spawn(async move {
@@ -386,7 +404,7 @@ impl Tokens {
             AbortOnDropHandle::new(tokio::spawn(async move {
                 force.await;
                 on_force.0.cancel();
-                on_force.1.cancel();
+                on_force.1.advance(Stage::Forced);
             })),
         ]
     }
@@ -418,7 +436,7 @@ struct Shared<S> {
 #[derive(Clone, Debug)]
 struct TrackedExecutor {
     tracker: TaskTracker,
-    force: CancellationToken,
+    phase: Arc<Phase>,
 }
 
 impl<F> hyper::rt::Executor<F> for TrackedExecutor
@@ -427,11 +445,11 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        let force = self.force.clone();
+        let phase = Arc::clone(&self.phase);
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;
-                () = force.cancelled() => {}
+                () = phase.reached(Stage::Forced) => {}
                 _ = future => {}
             }
         });
@@ -450,7 +468,7 @@ where
         let tracker = TaskTracker::new();
         let executor = TrackedExecutor {
             tracker: tracker.clone(),
-            force: tokens.force.clone(),
+            phase: Arc::clone(&tokens.phase),
         };
         Core {
             shared: Arc::new(Shared {
@@ -490,19 +508,19 @@ where
             // The loop drops its listener on exit: new connections are refused from here on.
             let _ = accept_loop.await;
         }
-        tokens.drain.cancel();
+        tokens.phase.advance(Stage::Draining);
         shared.tracker.close();
         let finished = tokio::select! {
             () = shared.tracker.wait() => true,
             () = tokio::time::sleep(drain_timeout) => false,
-            () = tokens.force.cancelled() => false,
+            () = tokens.phase.reached(Stage::Forced) => false,
         };
         if !finished {
             tracing::warn!(
                 open = shared.tracker.len(),
                 "drain cut short; closing the remaining connections"
             );
-            tokens.force.cancel();
+            tokens.phase.advance(Stage::Forced);
             shared.tracker.wait().await;
         }
         ServeReport {
@@ -572,7 +590,7 @@ impl<S> Drop for Closing<'_, S> {
         let metrics = &shared.metrics;
         if self.reason == CloseReason::DrainForced {
             shared.forced.fetch_add(1, Ordering::Relaxed);
-        } else if shared.tokens.drain.is_cancelled() {
+        } else if shared.tokens.phase.stage() >= Stage::Draining {
             shared.drained.fetch_add(1, Ordering::Relaxed);
         }
         metrics.closed(self.reason).increment(1);
@@ -628,8 +646,7 @@ where
         state,
         shared.http.header_timeout,
         shared.http.idle_timeout,
-        shared.tokens.drain.clone().cancelled_owned(),
-        shared.tokens.force.clone().cancelled_owned(),
+        PhaseWatch::new(Arc::clone(&shared.tokens.phase)),
     )
     .await;
 }
