@@ -16,6 +16,13 @@
 //! threads, default: the CPUs this process may run on), `--timeout SECS` (per connect and per
 //! response, default 5).
 //!
+//! `--max-requests N` is exact across workers: before connecting, a worker takes up to K
+//! requests from the shared budget, and the last request it sends on that connection says
+//! `Connection: close`. A run that neither fails nor reaches its duration therefore sends exactly
+//! N requests over exactly ceil(N/K) connections (the last one carries N mod K when K does not
+//! divide N), and never opens a connection it does not use. A failed request still counts
+//! against N; the requests a failed connection did not get to send go back to the budget.
+//!
 //! It prints one line:
 //! `requests=N errors=E duration_s=D rps=R p50_ms=A p99_ms=B`. `requests` counts complete 2xx
 //! responses; `errors` counts failed connects, I/O errors, timeouts, malformed and non-2xx
@@ -233,10 +240,11 @@ async fn run(config: Arc<Config>) -> Report {
     // Workers stop at `deadline` between requests; a request in flight gets `io_timeout` more,
     // then its worker is abandoned.
     let hard_deadline = deadline + config.io_timeout + Duration::from_secs(1);
-    let issued = Arc::new(AtomicU64::new(0));
+    // Requests not yet handed out; `u64::MAX` (no --max-requests) never runs out in practice.
+    let budget = Arc::new(AtomicU64::new(config.max_requests));
 
     let workers: Vec<_> = (0..config.connections)
-        .map(|_| tokio::spawn(worker(Arc::clone(&config), Arc::clone(&issued), deadline)))
+        .map(|_| tokio::spawn(worker(Arc::clone(&config), Arc::clone(&budget), deadline)))
         .collect();
 
     let mut report = Report {
@@ -267,7 +275,17 @@ struct WorkerStats {
     hist: Histogram,
 }
 
-async fn worker(config: Arc<Config>, issued: Arc<AtomicU64>, deadline: Instant) -> WorkerStats {
+/// Takes up to `want` requests from `budget`; returns how many it got (0 once it is empty).
+fn claim(budget: &AtomicU64, want: u64) -> u64 {
+    match budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+        (left > 0).then(|| left - left.min(want))
+    }) {
+        Ok(left) => left.min(want),
+        Err(_) => 0,
+    }
+}
+
+async fn worker(config: Arc<Config>, budget: Arc<AtomicU64>, deadline: Instant) -> WorkerStats {
     let mut stats = WorkerStats {
         ok: 0,
         errors: 0,
@@ -283,11 +301,17 @@ async fn worker(config: Arc<Config>, issued: Arc<AtomicU64>, deadline: Instant) 
     );
     let mut buf = Vec::with_capacity(4096);
     'connections: while Instant::now() < deadline {
+        // This connection's share of the budget: K requests, or what is left of the budget.
+        let share = claim(&budget, config.per_conn);
+        if share == 0 {
+            break;
+        }
         let connect_start = Instant::now();
         let mut stream = match timeout(config.io_timeout, TcpStream::connect(config.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) | Err(_) => {
                 stats.errors += 1;
+                budget.fetch_add(share, Ordering::Relaxed);
                 // Do not spin on a refused connect; the server may be overloaded or gone.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -295,13 +319,12 @@ async fn worker(config: Arc<Config>, issued: Arc<AtomicU64>, deadline: Instant) 
         };
         let _ = stream.set_nodelay(true);
         buf.clear();
-        for i in 0..config.per_conn {
-            if Instant::now() >= deadline
-                || issued.fetch_add(1, Ordering::Relaxed) >= config.max_requests
-            {
+        for i in 0..share {
+            if Instant::now() >= deadline {
+                budget.fetch_add(share - i, Ordering::Relaxed);
                 break 'connections;
             }
-            let is_last = i + 1 == config.per_conn;
+            let is_last = i + 1 == share;
             let started = if i == 0 {
                 connect_start
             } else {
@@ -322,6 +345,8 @@ async fn worker(config: Arc<Config>, issued: Arc<AtomicU64>, deadline: Instant) 
                 Ok(Ok(_)) => stats.errors += 1,
                 Ok(Err(_)) | Err(_) => {
                     stats.errors += 1;
+                    // The failed request counts; the ones after it were never sent.
+                    budget.fetch_add(share - i - 1, Ordering::Relaxed);
                     continue 'connections;
                 }
             }

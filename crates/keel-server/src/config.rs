@@ -67,6 +67,11 @@ impl HttpConfig {
     ///
     /// Default 10 s: a legitimate client sends a head in one round trip; a slowloris client
     /// holding a connection open byte by byte is cut off after this long.
+    ///
+    /// The clock starts at the first byte read while no request is in flight. Bytes of a
+    /// pipelined HTTP/1 request that arrive while the previous response is still being
+    /// produced are covered by the idle timeout until that response ends, and by this one from
+    /// the next byte on.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self
@@ -87,7 +92,8 @@ impl HttpConfig {
     /// Most header fields in one HTTP/1 request; more is answered with 431.
     ///
     /// Default 100: what real clients send fits easily; each field costs parsing work and
-    /// memory.
+    /// memory. 100 is also hyper's built-in limit, which parses into a fixed array on the
+    /// stack; any other value makes hyper allocate the array for every request.
     pub fn max_headers(mut self, count: usize) -> Self {
         self.max_headers = count;
         self

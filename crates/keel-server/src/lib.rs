@@ -25,7 +25,7 @@
 //! use keel_listen::Listener;
 //! use keel_server::Server;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
 //! let listener = Listener::bind("127.0.0.1:8080".parse()?)?;
 //! let service = tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
 //!     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("hello\n"))))
@@ -35,7 +35,7 @@
 //!     .shutdown(async { tokio::signal::ctrl_c().await.ok(); })
 //!     .serve(service)
 //!     .await?;
-//! std::process::exit(if report.is_clean() { 0 } else { 1 });
+//! Ok(report.exit_code()) // 0 after a clean drain, 1 when connections were forced closed
 //! # }
 //! ```
 //!
@@ -48,6 +48,15 @@
 //! the end of the last response to the next request. hyper's own header timer is switched off
 //! because it would close idle keep-alive connections at the header timeout. Every close is
 //! counted by reason (see [`metrics`]).
+//!
+//! The server's phase (running, draining, forced) is one atomic that every connection reads
+//! on each poll; a `Notify` wakes them when it moves. The per-connection state shared with
+//! HTTP/2 stream tasks is checked with loom (`RUSTFLAGS="--cfg keel_loom" cargo test -p
+//! keel-server --lib loom`).
+//!
+//! hyper's HTTP/2 stream tasks run on a tracked executor: the drain waits for them, and a
+//! forced drain stops them. Connections upgraded away from HTTP (`101 Switching Protocols`)
+//! leave keel's tracking at the upgrade; the application owns them from there.
 //!
 //! # Crate features
 //!

@@ -31,6 +31,9 @@ use crate::report::ServeReport;
 use crate::service::ConnService;
 use crate::state::ConnState;
 
+/// hyper's built-in HTTP/1 header count limit, and keel's default.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Default for [`Builder::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -540,9 +543,14 @@ fn hyper_builder(http: &HttpConfig, executor: TrackedExecutor) -> auto::Builder<
         // keel enforces the head deadline itself, per request; hyper's would also close idle
         // keep-alive connections at the header timeout.
         .header_read_timeout(None)
-        .max_headers(http.max_headers)
         .max_buf_size(http.max_header_bytes)
         .keep_alive(true);
+    if http.max_headers != HYPER_MAX_HEADERS {
+        // Any explicit value makes hyper allocate and fill a header array for every request;
+        // its built-in limit uses a fixed array on the stack. `tests/limits.rs` checks that the
+        // built-in limit is still 100.
+        builder.http1().max_headers(http.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -2,14 +2,16 @@
 //! rest. Plain tower + hyper types; an axum `Router` would slot in the same way.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 /// Largest request body any route accepts.
@@ -22,47 +24,78 @@ const MAX_STREAM_PAUSE_MS: u64 = 60 * 1000;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 /// A response body: fixed bytes, or a stream of chunks.
-pub(crate) type AppBody = Either<Full<Bytes>, StreamBody<ChunkStream>>;
+pub(crate) type AppBody = http_body_util::Either<Full<Bytes>, StreamBody<ChunkStream>>;
+
+/// What [`route`] returns: most answers are ready at once and stay small; only the routes
+/// that wait (`/slow`, `/echo`, a body to drain) allocate a future. Keeping the common future
+/// small matters: hyper moves it into place for every request.
+pub(crate) type RouteFuture = Either<
+    std::future::Ready<Result<Response<AppBody>, Infallible>>,
+    Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>,
+>;
 
 /// Serves one request.
-pub(crate) async fn route(request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+pub(crate) fn route(request: Request<Incoming>) -> RouteFuture {
     if declared_length(&request).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Ok(too_large());
+        return ready(too_large());
     }
     if request.uri().path() == "/echo" {
-        return Ok(match *request.method() {
-            Method::POST => echo(request).await,
-            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        });
+        return match *request.method() {
+            Method::POST => Either::Right(Box::pin(async move { Ok(echo(request).await) })),
+            _ => ready(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")),
+        };
     }
     // The other routes ignore bodies, but the limit holds for them too: a body is read and
     // discarded, and one that grows past the limit is refused.
     let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
     if !body.is_end_stream() {
-        match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(_) => {}
-            Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
-            Err(_) => {
-                return Ok(text(
+        return Either::Right(Box::pin(async move {
+            match Limited::new(body, MAX_BODY_BYTES).collect().await {
+                Ok(_) => respond(request).await,
+                Err(error) if error.is::<LengthLimitError>() => Ok(too_large()),
+                Err(_) => Ok(text(
                     StatusCode::BAD_REQUEST,
                     "request body could not be read\n",
-                ));
+                )),
             }
-        }
+        }));
     }
-    let request = Request::from_parts(parts, ());
-    let response = match (request.method(), request.uri().path()) {
+    match slow_delay(&request) {
+        Some(Ok(ms)) => Either::Right(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(text(StatusCode::OK, "ok\n"))
+        })),
+        Some(Err(message)) => ready(text(StatusCode::BAD_REQUEST, message)),
+        None => ready(answer(&request)),
+    }
+}
+
+/// The answer to a request whose body is gone, waiting for `/slow` if that is the route.
+async fn respond(request: Request<()>) -> Result<Response<AppBody>, Infallible> {
+    match slow_delay(&request) {
+        Some(Ok(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(text(StatusCode::OK, "ok\n"))
+        }
+        Some(Err(message)) => Ok(text(StatusCode::BAD_REQUEST, message)),
+        None => Ok(answer(&request)),
+    }
+}
+
+/// For `GET /slow`: how long to wait, or why the query is wrong.
+fn slow_delay(request: &Request<()>) -> Option<Result<u64, &'static str>> {
+    (request.method() == Method::GET && request.uri().path() == "/slow")
+        .then(|| query_u64(request, "ms", 100, MAX_SLOW_MS))
+}
+
+/// The answer for every route that needs no waiting.
+fn answer(request: &Request<()>) -> Response<AppBody> {
+    match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
-        (&Method::GET, "/slow") => match query_u64(&request, "ms", 100, MAX_SLOW_MS) {
-            Ok(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                text(StatusCode::OK, "ok\n")
-            }
-            Err(message) => text(StatusCode::BAD_REQUEST, message),
-        },
         (&Method::GET, "/stream") => {
-            let n = query_u64(&request, "n", 10, MAX_STREAM_CHUNKS);
-            let ms = query_u64(&request, "ms", 100, MAX_STREAM_PAUSE_MS);
+            let n = query_u64(request, "n", 10, MAX_STREAM_CHUNKS);
+            let ms = query_u64(request, "ms", 100, MAX_STREAM_PAUSE_MS);
             match (n, ms) {
                 (Ok(n), Ok(ms)) => stream(n, Duration::from_millis(ms)),
                 (Err(message), _) | (_, Err(message)) => text(StatusCode::BAD_REQUEST, message),
@@ -72,8 +105,11 @@ pub(crate) async fn route(request: Request<Incoming>) -> Result<Response<AppBody
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    Ok(response)
+    }
+}
+
+fn ready(response: Response<AppBody>) -> RouteFuture {
+    Either::Left(std::future::ready(Ok(response)))
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {
@@ -93,7 +129,9 @@ async fn echo(request: Request<Incoming>) -> Response<AppBody> {
         .await
     {
         Ok(collected) => {
-            let mut response = Response::new(Either::Left(Full::new(collected.to_bytes())));
+            let mut response = Response::new(http_body_util::Either::Left(Full::new(
+                collected.to_bytes(),
+            )));
             if let Some(content_type) = content_type {
                 response
                     .headers_mut()
@@ -117,9 +155,9 @@ fn stream(chunks: u64, pause: Duration) -> Response<AppBody> {
         let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
         Some((Ok(frame), i + 1))
     });
-    let mut response = Response::new(Either::Right(
-        StreamBody::new(Box::pin(body) as ChunkStream),
-    ));
+    let mut response = Response::new(http_body_util::Either::Right(StreamBody::new(
+        Box::pin(body) as ChunkStream,
+    )));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -132,7 +170,9 @@ fn too_large() -> Response<AppBody> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<AppBody> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
