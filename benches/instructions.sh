@@ -10,17 +10,21 @@
 # and reads the total Ir from the callgrind file. The same is then done with 2N requests, and
 #   instructions/request = (Ir(2N) - Ir(N)) / N
 # so start-up, shutdown and everything else that does not scale with the request count cancel.
-# This is repeated REPEATS times (servers alternating); the summary shows the median and the
-# spread.
+# This is repeated REPEATS times (servers alternating). The summary takes the median Ir(N) and
+# Ir(2N) over the repeats; the per-repeat differences show the noise (min, max, spread).
 #
 # Environment (defaults in brackets):
 #   N [20000] requests in the smaller run (a multiple of CONNS and of 10)
 #   REPEATS [3] (N, 2N) pairs per server and scenario
-#   CONNS [8] concurrent connections for keepalive (exactly CONNS connections, N/CONNS requests
-#             each) and churn1 (one connection per request)
-#   CHURN10_CONNS [1] concurrent connections for churn10 (one connection per 10 requests). With
-#             several, glibc's realloc of hyper's read buffer flips between growing in place and
-#             copying depending on how the connections interleave: a run-to-run swing of ~6%.
+#   CONNS [8] keep-alive connections in keepalive (N/CONNS requests each)
+#   CHURN_CONNS [1] concurrent connections in churn1 and churn10. Concurrent short connections
+#             interleave their allocations in a timing-dependent order, so the glibc heap
+#             layout, and with it how often realloc moves hyper's read buffer, changes from run
+#             to run (hardened churn1 at 8: up to 15% apart; at 1: 0.01%)
+#   SERVER_TUNABLES [glibc.cpu.hwcaps=-ERMS] GLIBC_TUNABLES for the servers ("" leaves the
+#             environment alone). Callgrind counts each iteration of `rep movsb`/`rep stosb` as
+#             an instruction, so glibc's ERMS memcpy counts ~1 per byte for copies of a few KiB
+#             and up; without ERMS, it uses vector loops, counted as the CPU executes them
 #   RUN_TIMEOUT [300] seconds allowed for one load run   STARTUP_TIMEOUT [60] seconds to wait for
 #   the server (valgrind starts slowly)   STOP_TIMEOUT [60] seconds allowed for exit after SIGTERM
 #   SERVER_CPUS [0]  LOAD_CPUS [1]   taskset lists (2+ cores only; nothing pinned on 1 core)
@@ -40,7 +44,8 @@ cd "$ROOT"
 N=${N:-20000}
 REPEATS=${REPEATS:-3}
 CONNS=${CONNS:-8}
-CHURN10_CONNS=${CHURN10_CONNS:-1}
+CHURN_CONNS=${CHURN_CONNS:-1}
+SERVER_TUNABLES=${SERVER_TUNABLES-glibc.cpu.hwcaps=-ERMS}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-60}
 STOP_TIMEOUT=${STOP_TIMEOUT:-60}
@@ -68,7 +73,7 @@ ALL_SCENARIOS=(keepalive churn1 churn10)
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 warn() { echo "instructions.sh: warning: $*" >&2; }
 
-for v in N REPEATS CONNS CHURN10_CONNS RUN_TIMEOUT STARTUP_TIMEOUT STOP_TIMEOUT; do
+for v in N REPEATS CONNS CHURN_CONNS RUN_TIMEOUT STARTUP_TIMEOUT STOP_TIMEOUT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 (( N % CONNS == 0 && N % 10 == 0 )) ||
@@ -172,8 +177,10 @@ start_server() {
         cmd=("$CANDIDATE_BIN" --listen 127.0.0.1:0 "${extra[@]}")
     fi
     SRV_LOG="$WORK/$name.log"
+    local envs=(TOKIO_WORKER_THREADS=1)
+    [[ -z $SERVER_TUNABLES ]] || envs+=(GLIBC_TUNABLES="$SERVER_TUNABLES")
     # RUST_LOG would change what hardened logs, and so what it executes.
-    spawn "$SERVER_CPUS" "$SRV_LOG" env -u RUST_LOG TOKIO_WORKER_THREADS=1 \
+    spawn "$SERVER_CPUS" "$SRV_LOG" env -u RUST_LOG "${envs[@]}" \
         valgrind --tool=callgrind --callgrind-out-file="$out" "${vg_extra[@]}" "${cmd[@]}"
     while :; do
         if line=$(grep -m1 -o 'listening on http://[0-9.]*:[0-9]*' "$SRV_LOG"); then
@@ -205,11 +212,11 @@ total_ir() {
 # measure SCENARIO NAME COUNT TAG: one server run with exactly COUNT requests; sets M_IR (total
 # Ir, or NA when anything went wrong).
 measure() {
-    local scenario=$1 name=$2 count=$3 tag=$4 k conns=$CONNS out churn_out ok=1
+    local scenario=$1 name=$2 count=$3 tag=$4 k conns=$CHURN_CONNS out churn_out ok=1
     case $scenario in
-        keepalive) k=$((count / CONNS)) ;;
+        keepalive) k=$((count / CONNS)) conns=$CONNS ;;
         churn1) k=1 ;;
-        churn10) k=10 conns=$CHURN10_CONNS ;;
+        churn10) k=10 ;;
     esac
     out="$WORK/callgrind.$scenario.$name.$tag.out"
     M_IR=NA
@@ -239,10 +246,10 @@ measure() {
 # ---------------------------------------------------------------------------------------------
 # Statistics over the TSV columns: scenario repeat server n ir_n ir_2n ir_per_request
 
-stat() { # FILE SERVER median|min|max
-    awk -F'\t' -v s="$2" 'NR > 1 && $3 == s && $7 != "NA" { print $7 }' "$1" |
+stat() { # FILE SERVER COLUMN median|min|max
+    awk -F'\t' -v s="$2" -v c="$3" 'NR > 1 && $3 == s && $c != "NA" { print $c }' "$1" |
         sort -g |
-        awk -v what="$3" '{ a[NR] = $1 } END {
+        awk -v what="$4" '{ a[NR] = $1 } END {
             if (NR == 0) print "NA"
             else if (what == "min") print a[1]
             else if (what == "max") print a[NR]
@@ -250,24 +257,33 @@ stat() { # FILE SERVER median|min|max
             else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+# per_request FILE SERVER: (median Ir(2N) - median Ir(N)) / N. Taking the medians first means one
+# odd run moves the result far less than it moves its own pair's difference.
+per_request() {
+    awk -v a="$(stat "$1" "$2" 5 median)" -v b="$(stat "$1" "$2" 6 median)" -v n="$N" 'BEGIN {
+        if (a == "NA" || b == "NA") print "NA"; else printf "%.1f", (b - a) / n }'
+}
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f", a / b }'; }
 
-spread() { # MIN MAX MEDIAN: (max - min) / median in percent
+spread() { # MIN MAX REFERENCE: (max - min) / reference in percent
     awk -v lo="$1" -v hi="$2" -v m="$3" 'BEGIN {
         if (lo == "NA" || hi == "NA" || m == "NA" || m == 0) print "NA"
         else printf "%.2f%%", (hi - lo) / m * 100 }'
 }
 
 summarize() { # SCENARIO
-    local tsv="$RESULTS_DIR/instructions-$1.tsv" s med
-    printf '%-12s %16s %12s %12s %8s\n' server "instr/req(med)" min max spread
+    local tsv="$RESULTS_DIR/instructions-$1.tsv" s per lo hi
+    printf '%-12s %14s %14s %14s %12s %12s %8s\n' server "Ir(N) med" "Ir(2N) med" "instr/req" \
+        "repeat min" "repeat max" spread
     for s in baseline "$CANDIDATE_NAME"; do
-        med=$(stat "$tsv" "$s" median)
-        printf '%-12s %16s %12s %12s %8s\n' "$s" "$med" "$(stat "$tsv" "$s" min)" \
-            "$(stat "$tsv" "$s" max)" "$(spread "$(stat "$tsv" "$s" min)" "$(stat "$tsv" "$s" max)" "$med")"
+        per=$(per_request "$tsv" "$s")
+        lo=$(stat "$tsv" "$s" 7 min) hi=$(stat "$tsv" "$s" 7 max)
+        printf '%-12s %14s %14s %14s %12s %12s %8s\n' "$s" "$(stat "$tsv" "$s" 5 median)" \
+            "$(stat "$tsv" "$s" 6 median)" "$per" "$lo" "$hi" "$(spread "$lo" "$hi" "$per")"
     done
     printf 'ratio %s/baseline: instructions/request %s\n' "$CANDIDATE_NAME" \
-        "$(ratio "$(stat "$tsv" "$CANDIDATE_NAME" median)" "$(stat "$tsv" baseline median)")"
+        "$(ratio "$(per_request "$tsv" "$CANDIDATE_NAME")" "$(per_request "$tsv" baseline)")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -291,9 +307,10 @@ for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
 done
 mkdir -p "$RESULTS_DIR"
 
-echo "# keel instruction benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(valgrind --version) callgrind, N=$N and 2N=$((2 * N)) requests, repeats=$REPEATS conns=$CONNS (churn10: $CHURN10_CONNS)"
+echo "# keel instruction benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(valgrind --version) callgrind, N=$N and 2N=$((2 * N)) requests, repeats=$REPEATS conns=$CONNS (churn*: $CHURN_CONNS)"
 echo "# candidate: $CANDIDATE_NAME = $CANDIDATE_BIN $CANDIDATE_ARGS (TOKIO_WORKER_THREADS=1)"
 echo "# baseline: $BASELINE_BIN --workers 1; server cpus '${SERVER_CPUS:-any}', load cpus '${LOAD_CPUS:-any}'"
+echo "# servers run with GLIBC_TUNABLES=${SERVER_TUNABLES:-${GLIBC_TUNABLES:-(unset)}}"
 echo "# instructions/request = (Ir(2N) - Ir(N)) / N, user space, all server threads"
 
 failed=0
@@ -301,8 +318,8 @@ servers=(baseline "$CANDIDATE_NAME")
 for scenario in "${SCENARIOS[@]}"; do
     case $scenario in
         keepalive) desc="$CONNS keep-alive connections, N/$CONNS requests each" ;;
-        churn1) desc="one request per connection, $CONNS at a time" ;;
-        churn10) desc="10 requests per connection, $CHURN10_CONNS at a time" ;;
+        churn1) desc="one request per connection, $CHURN_CONNS at a time" ;;
+        churn10) desc="10 requests per connection, $CHURN_CONNS at a time" ;;
     esac
     tsv="$RESULTS_DIR/instructions-$scenario.tsv"
     printf 'scenario\trepeat\tserver\tn\tir_n\tir_2n\tir_per_request\n' >"$tsv"

@@ -50,6 +50,8 @@ pub(crate) struct ConnState {
     /// Nanoseconds after `origin` of the first byte of the request head being read, or `NONE`.
     head_since: AtomicU64,
     waker: AtomicWaker,
+    /// The task that drives the connection (the one that created this state), if known.
+    driver_task: Option<tokio::task::Id>,
 }
 
 /// The deadline in force and what passing it means.
@@ -68,6 +70,7 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NONE),
             waker: AtomicWaker::new(),
+            driver_task: tokio::task::try_id(),
         })
     }
 
@@ -125,9 +128,17 @@ impl ConnState {
         // never computes an idle deadline from a stale time.
         let now = self.nanos_since_origin(Instant::now());
         self.idle_since.fetch_max(now, Ordering::Release);
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !self.on_driver_task() {
             self.waker.wake();
         }
+    }
+
+    /// Whether this runs on the driver's own task. There the driver is in the middle of
+    /// polling the connection and reads the state right after, so waking it would only cost
+    /// an extra poll (an HTTP/1 response ends on the driver's task; an HTTP/2 stream ends on
+    /// its own).
+    fn on_driver_task(&self) -> bool {
+        self.driver_task.is_some() && tokio::task::try_id() == self.driver_task
     }
 
     /// Registers the driver's waker, to be woken when the connection becomes idle.
