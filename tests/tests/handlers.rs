@@ -125,3 +125,118 @@ async fn a_plain_tower_service_and_its_errors() {
     assert!(report.is_clean());
     let _: Option<Infallible> = None;
 }
+
+/// Not ready on every other readiness check; fails readiness when asked to.
+#[derive(Clone)]
+struct Reluctant {
+    checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fail: bool,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Reluctant {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.fail {
+            return std::task::Poll::Ready(Err(std::io::Error::other("not today")));
+        }
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n.is_multiple_of(2) {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(
+            b"ready\n",
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors_are_500() {
+    for fail in [false, true] {
+        let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().as_inet().expect("inet");
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = Reluctant {
+            checks: checks.clone(),
+            fail,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Server::builder()
+                .listener(listener)
+                .shutdown(async {
+                    let _ = rx.await;
+                })
+                .serve(service),
+        );
+        let mut sender = http1(addr).await;
+        for _ in 0..3 {
+            let (status, body) = get(&mut sender, "/").await;
+            if fail {
+                assert_eq!(status, 500);
+            } else {
+                assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"ready\n"[..]));
+            }
+        }
+        if !fail {
+            assert!(
+                checks.load(std::sync::atomic::Ordering::SeqCst) >= 6,
+                "readiness was checked again after Pending"
+            );
+        }
+        drop(sender);
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("drained")
+            .expect("task")
+            .expect("serve");
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_calling_the_service_is_a_500_too() {
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    // The closure itself panics when `call` runs it, before any future exists.
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| {
+        assert_ne!(request.uri().path(), "/sync-panic", "panicking on purpose");
+        std::future::ready(Ok::<_, Infallible>(http::Response::new(Full::new(
+            Bytes::from_static(b"fine\n"),
+        ))))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+    let mut sender = http1(addr).await;
+    let (status, _) = get(&mut sender, "/sync-panic").await;
+    assert_eq!(status, 500);
+    let (status, body) = get(&mut sender, "/").await;
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"fine\n"[..]));
+    drop(sender);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("serve");
+}

@@ -3,21 +3,22 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::metrics::CloseReason;
 use crate::phase::{PhaseWatch, Stage};
-use crate::state::{ConnState, Deadline, later};
+use crate::state::{ConnState, Deadline, Nanos, nanos};
 
 /// How long a connection that keel asked to close gracefully may stay open once it has no
 /// request in flight. HTTP/2 needs it: the GOAWAY handshake waits for a PING answer that a
 /// dead peer never sends. It is also how long a connection that has not sent its first request
 /// yet may take to send it once the drain has begun.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const GRACE: Nanos = nanos(CLOSE_GRACE);
 
 /// A connection future that can be asked to finish gracefully.
 pub(crate) trait GracefulConnection: Future {
@@ -48,20 +49,22 @@ pin_project! {
         conn: C,
         #[pin]
         sleep: Sleep,
-        // What `sleep` is set to.
-        armed: Instant,
+        // What `sleep` is set to, on the connection clock.
+        armed: Nanos,
+        // The waker `sleep` was last polled with; `None` after a re-arm.
+        sleep_waker: Option<Waker>,
         state: Arc<ConnState>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        header_timeout: Nanos,
+        idle_timeout: Nanos,
         #[pin]
         phase: PhaseWatch,
         // Set when the drain began: until then a connection with no request yet may still
         // send its first one.
-        drain_greeting_limit: Option<Instant>,
+        drain_greeting_limit: Option<Nanos>,
         // Set once keel asked hyper to finish gracefully; the reason to report when it does.
         closing: Option<CloseReason>,
         // While closing and idle: when the grace ends.
-        grace_until: Option<Instant>,
+        grace_until: Option<Nanos>,
     }
 }
 
@@ -74,14 +77,15 @@ impl<C> Driver<C> {
         phase: PhaseWatch,
     ) -> Self {
         // Armed at the greeting deadline, the first one the connection has.
-        let armed = later(state.origin(), header_timeout);
+        let armed = nanos(header_timeout);
         Self {
             conn,
-            sleep: tokio::time::sleep_until(armed),
+            sleep: tokio::time::sleep_until(state.instant(armed)),
             armed,
+            sleep_waker: None,
             state,
-            header_timeout,
-            idle_timeout,
+            header_timeout: nanos(header_timeout),
+            idle_timeout: nanos(idle_timeout),
             phase,
             drain_greeting_limit: None,
             closing: None,
@@ -104,7 +108,7 @@ where
         match this.phase.stage() {
             Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
             Stage::Draining if this.drain_greeting_limit.is_none() => {
-                *this.drain_greeting_limit = Some(later(Instant::now(), CLOSE_GRACE));
+                *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
             }
             _ => {}
         }
@@ -142,9 +146,10 @@ where
                         *this.grace_until = None;
                         None
                     } else {
+                        let state = &this.state;
                         let at = *this
                             .grace_until
-                            .get_or_insert_with(|| later(Instant::now(), CLOSE_GRACE));
+                            .get_or_insert_with(|| state.now().saturating_add(GRACE));
                         Some(Deadline { at, reason })
                     }
                 }
@@ -170,16 +175,30 @@ where
             // early; it fires, the deadline is recomputed and the timer re-armed. That keeps
             // timer-wheel updates to about one per timeout period instead of one per request.
             if *this.armed > deadline.at {
-                this.sleep.as_mut().reset(deadline.at);
+                this.sleep.as_mut().reset(this.state.instant(deadline.at));
                 *this.armed = deadline.at;
+                *this.sleep_waker = None;
             }
-            if this.sleep.as_mut().poll(cx).is_pending() {
+            // The timer already holds this task's waker and has not fired: nothing to do.
+            if this
+                .sleep_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+                && !this.sleep.is_elapsed()
+            {
                 return Poll::Pending;
             }
-            if Instant::now() < deadline.at {
-                this.sleep.as_mut().reset(deadline.at);
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                *this.sleep_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if this.state.now() < deadline.at {
+                // Fired at an earlier deadline: move on to the current one.
+                this.sleep.as_mut().reset(this.state.instant(deadline.at));
                 *this.armed = deadline.at;
+                *this.sleep_waker = None;
                 if this.sleep.as_mut().poll(cx).is_pending() {
+                    *this.sleep_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
             }
@@ -210,6 +229,7 @@ mod tests {
     use super::*;
     use crate::phase::Phase;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
 
     /// A connection that never ends by itself, unless graceful shutdown was asked and nothing
     /// is in flight, like hyper; counts graceful shutdown requests.

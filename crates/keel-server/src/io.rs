@@ -130,7 +130,10 @@ mod tests {
     async fn preface_split_across_reads_is_http2() {
         let state = feed(&[&H2_PREFACE[..5], &H2_PREFACE[5..20], &H2_PREFACE[20..]]).await;
         let deadline = state
-            .deadline(Duration::from_secs(1), Duration::from_secs(100))
+            .deadline(
+                crate::state::nanos(Duration::from_secs(1)),
+                crate::state::nanos(Duration::from_secs(100)),
+            )
             .expect("idle");
         assert_eq!(deadline.reason, crate::metrics::CloseReason::IdleTimeout);
     }
@@ -139,7 +142,10 @@ mod tests {
     async fn http1_request_is_not_http2() {
         let state = feed(&[b"PRI", b"NT / HTTP/1.1\r\n"]).await;
         let deadline = state
-            .deadline(Duration::from_secs(1), Duration::from_secs(100))
+            .deadline(
+                crate::state::nanos(Duration::from_secs(1)),
+                crate::state::nanos(Duration::from_secs(100)),
+            )
             .expect("greeting");
         assert_eq!(deadline.reason, crate::metrics::CloseReason::HeaderTimeout);
     }

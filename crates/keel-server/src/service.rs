@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -62,12 +62,74 @@ where
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.info.clone());
         let in_flight = self.state.request_started();
-        let inner = self.inner.clone();
+        let mut service = self.inner.clone();
+        // Most services are always ready: ask once without a real waker and call at once,
+        // so the future hyper stores is just the application's. A service that is not ready
+        // is driven the usual way (`Oneshot` polls readiness with the real waker).
+        let mut noop = Context::from_waker(Waker::noop());
+        let call = match catch_unwind(AssertUnwindSafe(|| service.poll_ready(&mut noop))) {
+            Ok(Poll::Ready(Ok(()))) => {
+                match catch_unwind(AssertUnwindSafe(move || service.call(request))) {
+                    Ok(future) => Call::Called { future },
+                    Err(payload) => self.failed_by_panic(payload.as_ref()),
+                }
+            }
+            Ok(Poll::Ready(Err(error))) => self.failed_by_error(error.into()),
+            Ok(Poll::Pending) => Call::NotReady {
+                oneshot: Box::pin(Oneshot::new(service, request)),
+            },
+            Err(payload) => self.failed_by_panic(payload.as_ref()),
+        };
         ResponseFuture {
-            call: Oneshot::new(inner, request),
+            call,
             in_flight: Some(in_flight),
             metrics: Arc::clone(&self.metrics),
         }
+    }
+}
+
+impl<S> ConnService<S> {
+    fn failed_by_panic<C>(&self, payload: &(dyn std::any::Any + Send)) -> C
+    where
+        C: From<Failed>,
+    {
+        let message = crate::server::panic_message(payload);
+        tracing::error!(panic = message, "handler panicked; answering 500");
+        self.metrics.panics.increment(1);
+        C::from(Failed)
+    }
+
+    fn failed_by_error<C>(&self, error: BoxError) -> C
+    where
+        C: From<Failed>,
+    {
+        tracing::error!(%error, "service returned an error; answering 500");
+        self.metrics.errors.increment(1);
+        C::from(Failed)
+    }
+}
+
+/// The request failed before the application produced a future; already counted and logged.
+#[derive(Debug)]
+pub(crate) struct Failed;
+
+pin_project! {
+    /// Where one request's call to the application stands.
+    #[project = CallProj]
+    pub(crate) enum Call<S>
+    where
+        S: Service<Request<Incoming>>,
+    {
+        Called { #[pin] future: S::Future },
+        // Rare (the service was not ready at once), so boxed: the common future stays small.
+        NotReady { oneshot: Pin<Box<Oneshot<S, Request<Incoming>>>> },
+        Failed,
+    }
+}
+
+impl<S: Service<Request<Incoming>>> From<Failed> for Call<S> {
+    fn from(_: Failed) -> Self {
+        Call::Failed
     }
 }
 
@@ -78,7 +140,7 @@ pin_project! {
         S: Service<Request<Incoming>, Response = Response<B>>,
     {
         #[pin]
-        call: Oneshot<S, Request<Incoming>>,
+        call: Call<S>,
         in_flight: Option<InFlight>,
         metrics: Arc<ServerMetrics>,
     }
@@ -98,11 +160,20 @@ where
             // rather than poll the finished call again.
             return Poll::Pending;
         }
-        let call = this.call;
-        let outcome = match catch_unwind(AssertUnwindSafe(|| call.poll(cx))) {
+        let polled = match this.call.project() {
+            CallProj::Called { future } => {
+                catch_unwind(AssertUnwindSafe(|| future.poll(cx).map_err(Some)))
+            }
+            CallProj::NotReady { oneshot } => {
+                catch_unwind(AssertUnwindSafe(|| oneshot.as_mut().poll(cx).map_err(Some)))
+            }
+            CallProj::Failed => Ok(Poll::Ready(Err(None))),
+        };
+        let outcome = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Ok(response))) => Ok(response),
-            Ok(Poll::Ready(Err(error))) => {
+            Ok(Poll::Ready(Err(None))) => Err(()),
+            Ok(Poll::Ready(Err(Some(error)))) => {
                 let error: BoxError = error.into();
                 tracing::error!(%error, "service returned an error; answering 500");
                 this.metrics.errors.increment(1);

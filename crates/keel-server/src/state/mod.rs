@@ -54,10 +54,24 @@ pub(crate) struct ConnState {
     driver_task: Option<tokio::task::Id>,
 }
 
+/// A point in a connection's life, on its own cheap clock: nanoseconds since it was accepted.
+/// Arithmetic saturates, so `u64::MAX` (about 584 years) serves as "never".
+pub(crate) type Nanos = u64;
+
+/// A duration on the connection clock, saturating.
+pub(crate) const fn nanos(duration: Duration) -> Nanos {
+    let n = duration.as_nanos();
+    if n > u64::MAX as u128 {
+        u64::MAX
+    } else {
+        n as u64
+    }
+}
+
 /// The deadline in force and what passing it means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Deadline {
-    pub(crate) at: Instant,
+    pub(crate) at: Nanos,
     pub(crate) reason: CloseReason,
 }
 
@@ -76,15 +90,6 @@ impl ConnState {
 
     fn nanos_since_origin(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NONE - 1)
-    }
-
-    fn at(&self, nanos: u64) -> Instant {
-        later(self.origin, Duration::from_nanos(nanos))
-    }
-
-    /// When the connection was accepted.
-    pub(crate) fn origin(&self) -> Instant {
-        self.origin
     }
 
     /// Whether the greeting is over: a request started, or the HTTP/2 preface arrived.
@@ -147,34 +152,40 @@ impl ConnState {
     }
 
     /// The deadline in force now, if any.
-    pub(crate) fn deadline(
-        &self,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Option<Deadline> {
+    pub(crate) fn deadline(&self, header_timeout: Nanos, idle_timeout: Nanos) -> Option<Deadline> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         if !self.greeted.load(Ordering::Acquire) {
             return Some(Deadline {
-                at: later(self.origin, header_timeout),
+                at: header_timeout,
                 reason: CloseReason::HeaderTimeout,
             });
         }
         let head = self.head_since.load(Ordering::Relaxed);
         if head != NONE {
             return Some(Deadline {
-                at: later(self.at(head), header_timeout),
+                at: head.saturating_add(header_timeout),
                 reason: CloseReason::HeaderTimeout,
             });
         }
         Some(Deadline {
-            at: later(
-                self.at(self.idle_since.load(Ordering::Acquire)),
-                idle_timeout,
-            ),
+            at: self
+                .idle_since
+                .load(Ordering::Acquire)
+                .saturating_add(idle_timeout),
             reason: CloseReason::IdleTimeout,
         })
+    }
+
+    /// Now, on this connection's clock.
+    pub(crate) fn now(&self) -> Nanos {
+        self.nanos_since_origin(Instant::now())
+    }
+
+    /// The instant of a point on this connection's clock.
+    pub(crate) fn instant(&self, at: Nanos) -> Instant {
+        later(self.origin, Duration::from_nanos(at))
     }
 }
 
@@ -205,23 +216,25 @@ mod loom_state;
 mod tests {
     use super::*;
 
-    const HEADER: Duration = Duration::from_secs(10);
-    const IDLE: Duration = Duration::from_secs(60);
+    const HEADER_D: Duration = Duration::from_secs(10);
+    const IDLE_D: Duration = Duration::from_secs(60);
+    const HEADER: Nanos = nanos(HEADER_D);
+    const IDLE: Nanos = nanos(IDLE_D);
 
     #[tokio::test(start_paused = true)]
     async fn phases_give_their_deadlines() {
         let start = Instant::now();
         let state = ConnState::new(start);
         let greeting = state.deadline(HEADER, IDLE).expect("greeting deadline");
-        assert_eq!(greeting.at, start + HEADER);
+        assert_eq!(state.instant(greeting.at), start + HEADER_D);
         assert_eq!(greeting.reason, CloseReason::HeaderTimeout);
 
         // Reads during the greeting do not move its deadline.
         tokio::time::advance(Duration::from_secs(3)).await;
         state.on_http1_read();
         assert_eq!(
-            state.deadline(HEADER, IDLE).map(|d| d.at),
-            Some(start + HEADER)
+            state.deadline(HEADER, IDLE).map(|d| state.instant(d.at)),
+            Some(start + HEADER_D)
         );
 
         let mut request = state.request_started();
@@ -231,13 +244,13 @@ mod tests {
         request.end();
         let idle = state.deadline(HEADER, IDLE).expect("idle deadline");
         assert_eq!(idle.reason, CloseReason::IdleTimeout);
-        assert_eq!(idle.at, Instant::now() + IDLE);
+        assert_eq!(state.instant(idle.at), Instant::now() + IDLE_D);
 
         tokio::time::advance(Duration::from_secs(30)).await;
         state.on_http1_read();
         let head = state.deadline(HEADER, IDLE).expect("head deadline");
         assert_eq!(head.reason, CloseReason::HeaderTimeout);
-        assert_eq!(head.at, Instant::now() + HEADER);
+        assert_eq!(state.instant(head.at), Instant::now() + HEADER_D);
 
         // Further bytes of the same head do not extend it.
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -251,8 +264,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         state.on_http2_preface();
         assert_eq!(
-            state.deadline(HEADER, IDLE).map(|d| (d.at, d.reason)),
-            Some((Instant::now() + IDLE, CloseReason::IdleTimeout))
+            state
+                .deadline(HEADER, IDLE)
+                .map(|d| (state.instant(d.at), d.reason)),
+            Some((Instant::now() + IDLE_D, CloseReason::IdleTimeout))
         );
         let first = state.request_started();
         let second = state.request_started();
@@ -261,8 +276,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(7)).await;
         drop(second);
         assert_eq!(
-            state.deadline(HEADER, IDLE).map(|d| d.at),
-            Some(Instant::now() + IDLE)
+            state.deadline(HEADER, IDLE).map(|d| state.instant(d.at)),
+            Some(Instant::now() + IDLE_D)
         );
         assert_eq!(state.in_flight.load(Ordering::Acquire), 0);
     }

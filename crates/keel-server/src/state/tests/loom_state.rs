@@ -9,11 +9,11 @@ use std::time::Duration;
 use loom::thread;
 use tokio::time::Instant;
 
-use super::ConnState;
+use super::{ConnState, Nanos, nanos};
 use crate::metrics::CloseReason;
 
-const HEADER: Duration = Duration::from_secs(10);
-const IDLE: Duration = Duration::from_secs(60);
+const HEADER: Nanos = nanos(Duration::from_secs(10));
+const IDLE: Nanos = nanos(Duration::from_secs(60));
 
 /// The driver's view: waits until the connection has a deadline (is idle), registering its
 /// waker before reading the state, as `Driver::poll` does. loom reports a deadlock if the
