@@ -240,3 +240,38 @@ async fn a_panic_while_calling_the_service_is_a_500_too() {
         .expect("task")
         .expect("serve");
 }
+
+#[tokio::test]
+async fn conn_info_can_be_turned_off() {
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let seen = request
+            .extensions()
+            .get::<keel::server::ConnInfo>()
+            .is_some();
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+            seen.to_string(),
+        ))))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .conn_info(false)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+    let mut sender = http1(addr).await;
+    let (status, body) = get(&mut sender, "/").await;
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"false"[..]));
+    drop(sender);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("serve");
+}

@@ -29,7 +29,7 @@ pub(crate) struct ConnService<S> {
     inner: S,
     state: Arc<ConnState>,
     metrics: Arc<ServerMetrics>,
-    info: ConnInfo,
+    info: Option<ConnInfo>,
 }
 
 impl<S> ConnService<S> {
@@ -37,7 +37,7 @@ impl<S> ConnService<S> {
         inner: S,
         state: Arc<ConnState>,
         metrics: Arc<ServerMetrics>,
-        info: ConnInfo,
+        info: Option<ConnInfo>,
     ) -> Self {
         Self {
             inner,
@@ -60,7 +60,9 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.info.clone());
+        if let Some(info) = &self.info {
+            request.extensions_mut().insert(info.clone());
+        }
         let in_flight = self.state.request_started();
         let mut service = self.inner.clone();
         // Most services are always ready: ask once without a real waker and call at once,

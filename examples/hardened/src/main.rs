@@ -108,7 +108,9 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         let config = ListenerConfig::default().acceptors(acceptors);
         let mut builder = Server::builder()
             .http(http)
-            .drain_timeout(settings.drain_timeout);
+            .drain_timeout(settings.drain_timeout)
+            // No route reads the peer address: skip the per-request ConnInfo extension.
+            .conn_info(false);
         let mut lines = String::new();
         // Started by systemd with sockets (LISTEN_FDS)? Serve those instead of binding.
         match SocketActivation::from_env().map_err(|e| e.to_string())? {

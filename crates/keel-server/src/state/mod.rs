@@ -26,6 +26,8 @@ use crate::loom::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering};
 use crate::metrics::CloseReason;
 
 const NONE: u64 = u64::MAX;
+/// A request head started but its start time was not read yet (see `on_http1_read`).
+const HEAD_UNTIMED: u64 = u64::MAX - 1;
 
 /// About 30 years: the stand-in for "never" when a timeout would overflow `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -89,7 +91,8 @@ impl ConnState {
     }
 
     fn nanos_since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NONE - 1)
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(HEAD_UNTIMED - 1)
     }
 
     /// Whether the greeting is over: a request started, or the HTTP/2 preface arrived.
@@ -108,8 +111,9 @@ impl ConnState {
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Relaxed) == NONE
         {
-            let now = self.nanos_since_origin(Instant::now());
-            self.head_since.store(now, Ordering::Relaxed);
+            // The time is read only if the driver needs it: usually the whole head is in this
+            // read and the request starts before the driver looks.
+            self.head_since.store(HEAD_UNTIMED, Ordering::Relaxed);
         }
     }
 
@@ -162,7 +166,18 @@ impl ConnState {
                 reason: CloseReason::HeaderTimeout,
             });
         }
-        let head = self.head_since.load(Ordering::Relaxed);
+        let mut head = self.head_since.load(Ordering::Relaxed);
+        if head == HEAD_UNTIMED {
+            // Read by the driver right after the read that started the head (HTTP/1 reads
+            // happen on the driver's task), so this is the head's start time.
+            head = self.now();
+            let _ = self.head_since.compare_exchange(
+                HEAD_UNTIMED,
+                head,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         if head != NONE {
             return Some(Deadline {
                 at: head.saturating_add(header_timeout),
