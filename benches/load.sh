@@ -2,7 +2,10 @@
 # keel end-to-end load benchmark: hardened (the candidate) against a bare hyper baseline and,
 # for the per-core mode, against nginx. Loopback only; every load run is bounded in time.
 #
-#   benches/load.sh [SCENARIO...]      scenarios: keepalive churn1 churn10 percore (default: all)
+#   benches/load.sh [SCENARIO...]      scenarios: keepalive churn1 churn10 churn1-mt churn10-mt percore
+#                                      (default: all)
+#   churn1-mt/churn10-mt: every server gets all cores (a worker per core; hardened binds an
+#   SO_REUSEPORT acceptor per core, the baseline has its single accept loop), load unpinned.
 #
 # Environment (defaults in brackets):
 #   ROUNDS [5]  DUR [10] seconds per measured run  WARMUP [1] seconds of unmeasured load first
@@ -48,7 +51,7 @@ NO_BUILD=${NO_BUILD:-0}
 NCPU=$(nproc)
 PERCORE_CORES=${PERCORE_CORES:-$NCPU}
 
-ALL_SCENARIOS=(keepalive churn1 churn10 percore)
+ALL_SCENARIOS=(keepalive churn1 churn10 churn1-mt churn10-mt percore)
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 warn() { echo "load.sh: warning: $*" >&2; }
@@ -65,7 +68,7 @@ SCENARIOS=()
 for arg in "$@"; do
     case $arg in
         -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        keepalive | churn1 | churn10 | percore) SCENARIOS+=("$arg") ;;
+        keepalive | churn1 | churn10 | churn1-mt | churn10-mt | percore) SCENARIOS+=("$arg") ;;
         *) die "unknown scenario '$arg' (want: ${ALL_SCENARIOS[*]})" ;;
     esac
 done
@@ -240,6 +243,8 @@ start_server() {
     local scenario=$1 name=$2 cpus workers
     if [[ $scenario == percore ]]; then
         cpus=$PERCORE_SERVER_CPUS workers=$PERCORE_CORES
+    elif [[ $scenario == *-mt ]]; then
+        cpus="" workers=$NCPU
     else
         cpus=$SERVER_CPUS workers=1
     fi
@@ -382,6 +387,10 @@ for scenario in "${SCENARIOS[@]}"; do
             desc="churn C=$CONNS K=1 for ${DUR}s, 1 server worker" ;;
         churn10) servers=(baseline "$CANDIDATE_NAME")
             desc="churn C=$CONNS K=10 for ${DUR}s, 1 server worker" ;;
+        churn1-mt) servers=(baseline "$CANDIDATE_NAME")
+            desc="churn C=$CONNS K=1 for ${DUR}s, $NCPU server workers, unpinned" ;;
+        churn10-mt) servers=(baseline "$CANDIDATE_NAME")
+            desc="churn C=$CONNS K=10 for ${DUR}s, $NCPU server workers, unpinned" ;;
         percore) servers=(nginx "$CANDIDATE_NAME" baseline)
             desc="wrk -t$PERCORE_WRK_THREADS -c$CONNS -d${DUR}s, $PERCORE_CORES cores (${PERCORE_FLAG:-no per-core flag})" ;;
     esac
@@ -399,6 +408,8 @@ for scenario in "${SCENARIOS[@]}"; do
                 keepalive) run_wrk "$LOAD_CPUS" 1 "$SRV_PORT" ;;
                 churn1) run_churn "$LOAD_CPUS" "$SRV_PORT" 1 ;;
                 churn10) run_churn "$LOAD_CPUS" "$SRV_PORT" 10 ;;
+                churn1-mt) run_churn "" "$SRV_PORT" 1 ;;
+                churn10-mt) run_churn "" "$SRV_PORT" 10 ;;
                 percore) run_wrk "$PERCORE_LOAD_CPUS" "$PERCORE_WRK_THREADS" "$SRV_PORT" ;;
             esac
             stop_server "$SRV_PID" "$name"

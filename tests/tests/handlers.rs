@@ -123,13 +123,15 @@ async fn a_plain_tower_service_and_its_errors() {
         .expect("task")
         .expect("serve");
     assert!(report.is_clean());
-    let _: Option<Infallible> = None;
 }
 
-/// Not ready on every other readiness check; fails readiness when asked to.
+/// Not ready for its first two readiness checks (per clone, so per request); each time it
+/// wakes the waker it was given only later, from another task, as a real backpressured
+/// service would. Fails readiness when asked to.
 #[derive(Clone)]
 struct Reluctant {
     checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    not_ready_left: u8,
     fail: bool,
 }
 
@@ -145,11 +147,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Reluctant {
         if self.fail {
             return std::task::Poll::Ready(Err(std::io::Error::other("not today")));
         }
-        let n = self
-            .checks
+        self.checks
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n.is_multiple_of(2) {
-            cx.waker().wake_by_ref();
+        if self.not_ready_left > 0 {
+            self.not_ready_left -= 1;
+            let waker = cx.waker().clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                waker.wake();
+            });
             std::task::Poll::Pending
         } else {
             std::task::Poll::Ready(Ok(()))
@@ -171,6 +177,7 @@ async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors
         let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let service = Reluctant {
             checks: checks.clone(),
+            not_ready_left: 2,
             fail,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -193,7 +200,7 @@ async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors
         }
         if !fail {
             assert!(
-                checks.load(std::sync::atomic::Ordering::SeqCst) >= 6,
+                checks.load(std::sync::atomic::Ordering::SeqCst) >= 9,
                 "readiness was checked again after Pending"
             );
         }

@@ -44,6 +44,7 @@ where
 
 pin_project! {
     /// Completes with the reason the connection closed.
+    #[project = DriverProj]
     pub(crate) struct Driver<C> {
         #[pin]
         conn: C,
@@ -103,122 +104,151 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut this = self.project();
-        // One atomic load per poll while nothing changes.
-        while this.phase.as_mut().poll_change(cx).is_ready() {}
-        match this.phase.stage() {
-            Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
-            Stage::Draining if this.drain_greeting_limit.is_none() => {
-                *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
-            }
-            _ => {}
-        }
         loop {
-            // Once draining, ask hyper to finish as soon as the connection knows its protocol.
-            // Earlier, hyper-util would drop a request that is already on its way.
-            if this.drain_greeting_limit.is_some()
-                && this.closing.is_none()
-                && this.state.is_greeted()
-            {
-                *this.closing = Some(CloseReason::Complete);
-                this.conn.as_mut().graceful_shutdown();
-            }
-            match this.conn.as_mut().poll(cx) {
-                Poll::Ready(Ok(_)) => {
-                    return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
+            // One atomic load per poll while nothing changes.
+            let stage = this.phase.current();
+            match stage {
+                Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
+                Stage::Draining if this.drain_greeting_limit.is_none() => {
+                    *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
                 }
-                Poll::Ready(Err(error)) => {
-                    if let Some(reason) = *this.closing {
-                        return Poll::Ready(reason);
-                    }
-                    tracing::debug!(%error, "connection ended with an error");
-                    return Poll::Ready(CloseReason::Error);
-                }
-                Poll::Pending => {}
+                _ => {}
             }
+            if let Poll::Ready(reason) = poll_connection(&mut this, cx) {
+                return Poll::Ready(reason);
+            }
+            // About to sleep: make sure a phase change wakes this task. A connection that
+            // finishes within one poll never registers.
+            while this.phase.as_mut().poll_change(cx).is_ready() {}
+            if this.phase.current() == stage {
+                return Poll::Pending;
+            }
+        }
+    }
+}
 
-            // Register before reading the state, so an HTTP/2 stream ending on another thread
-            // after the read still wakes this task.
-            this.state.register(cx.waker());
-            let deadline = match *this.closing {
-                Some(reason) => {
-                    if this.state.is_busy() {
-                        // Requests still in flight finish; the drain deadline bounds them.
-                        *this.grace_until = None;
-                        None
-                    } else {
-                        let state = &this.state;
-                        let at = *this
-                            .grace_until
-                            .get_or_insert_with(|| state.now().saturating_add(GRACE));
-                        Some(Deadline { at, reason })
-                    }
-                }
-                None => {
-                    let deadline = this
-                        .state
-                        .deadline(*this.header_timeout, *this.idle_timeout);
-                    match (*this.drain_greeting_limit, deadline) {
-                        (Some(limit), Some(d)) if limit < d.at && !this.state.is_greeted() => {
-                            Some(Deadline {
-                                at: limit,
-                                reason: CloseReason::Complete,
-                            })
-                        }
-                        _ => deadline,
-                    }
-                }
-            };
-            let Some(deadline) = deadline else {
-                return Poll::Pending;
-            };
-            // Re-arm only when the deadline moved earlier. A later deadline leaves the timer
-            // early; it fires, the deadline is recomputed and the timer re-armed. That keeps
-            // timer-wheel updates to about one per timeout period instead of one per request.
-            if *this.armed > deadline.at {
-                this.sleep.as_mut().reset(this.state.instant(deadline.at));
-                *this.armed = deadline.at;
-                *this.sleep_waker = None;
+/// Polls the timer, remembering the waker it now holds. tokio's cooperative budget can make
+/// the poll return `Pending` without registering anything (tokio reschedules the task then);
+/// such a poll is not remembered, so the next poll registers for real.
+fn poll_sleep(
+    sleep: Pin<&mut Sleep>,
+    sleep_waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let had_budget = tokio::task::coop::has_budget_remaining();
+    let polled = sleep.poll(cx);
+    *sleep_waker = (polled.is_pending() && had_budget).then(|| cx.waker().clone());
+    polled
+}
+
+/// Polls the connection and its deadline once the phase is handled.
+fn poll_connection<C, T, E>(this: &mut DriverProj<'_, C>, cx: &mut Context<'_>) -> Poll<CloseReason>
+where
+    C: GracefulConnection<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        // Once draining, ask hyper to finish as soon as the connection knows its protocol.
+        // Earlier, hyper-util would drop a request that is already on its way.
+        if this.drain_greeting_limit.is_some() && this.closing.is_none() && this.state.is_greeted()
+        {
+            *this.closing = Some(CloseReason::Complete);
+            this.conn.as_mut().graceful_shutdown();
+        }
+        match this.conn.as_mut().poll(cx) {
+            Poll::Ready(Ok(_)) => {
+                return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
             }
-            // The timer already holds this task's waker and has not fired: nothing to do.
-            if this
-                .sleep_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-                && !this.sleep.is_elapsed()
-            {
-                return Poll::Pending;
-            }
-            if this.sleep.as_mut().poll(cx).is_pending() {
-                *this.sleep_waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            if this.state.now() < deadline.at {
-                // Fired at an earlier deadline: move on to the current one.
-                this.sleep.as_mut().reset(this.state.instant(deadline.at));
-                *this.armed = deadline.at;
-                *this.sleep_waker = None;
-                if this.sleep.as_mut().poll(cx).is_pending() {
-                    *this.sleep_waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-            }
-            // The deadline passed.
-            if this.closing.is_some() {
-                return Poll::Ready(deadline.reason);
-            }
-            match deadline.reason {
-                CloseReason::IdleTimeout => {
-                    // Idle: close politely (HTTP/2 GOAWAY; an idle HTTP/1 connection closes at
-                    // once), with a short grace before dropping it. Loop to let the connection
-                    // act on it.
-                    tracing::trace!("closing idle connection");
-                    *this.closing = Some(CloseReason::IdleTimeout);
-                    this.conn.as_mut().graceful_shutdown();
-                }
-                reason => {
-                    tracing::debug!(reason = reason.as_str(), "closing connection at deadline");
+            Poll::Ready(Err(error)) => {
+                if let Some(reason) = *this.closing {
                     return Poll::Ready(reason);
                 }
+                tracing::debug!(%error, "connection ended with an error");
+                return Poll::Ready(CloseReason::Error);
+            }
+            Poll::Pending => {}
+        }
+
+        // Register before reading the state, so an HTTP/2 stream ending on another thread
+        // after the read still wakes this task.
+        this.state.register(cx.waker());
+        let deadline = match *this.closing {
+            Some(reason) => {
+                if this.state.is_busy() {
+                    // Requests still in flight finish; the drain deadline bounds them.
+                    *this.grace_until = None;
+                    None
+                } else {
+                    let state = &this.state;
+                    let at = *this
+                        .grace_until
+                        .get_or_insert_with(|| state.now().saturating_add(GRACE));
+                    Some(Deadline { at, reason })
+                }
+            }
+            None => {
+                let deadline = this
+                    .state
+                    .deadline(*this.header_timeout, *this.idle_timeout);
+                match (*this.drain_greeting_limit, deadline) {
+                    (Some(limit), Some(d)) if limit < d.at && !this.state.is_greeted() => {
+                        Some(Deadline {
+                            at: limit,
+                            reason: CloseReason::Complete,
+                        })
+                    }
+                    _ => deadline,
+                }
+            }
+        };
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        // Re-arm only when the deadline moved earlier. A later deadline leaves the timer
+        // early; it fires, the deadline is recomputed and the timer re-armed. That keeps
+        // timer-wheel updates to about one per timeout period instead of one per request.
+        if *this.armed > deadline.at {
+            this.sleep.as_mut().reset(this.state.instant(deadline.at));
+            *this.armed = deadline.at;
+            *this.sleep_waker = None;
+        }
+        // The timer already holds this task's waker and has not fired: nothing to do.
+        if this
+            .sleep_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+            && !this.sleep.is_elapsed()
+        {
+            return Poll::Pending;
+        }
+        if poll_sleep(this.sleep.as_mut(), this.sleep_waker, cx).is_pending() {
+            return Poll::Pending;
+        }
+        if this.state.now() < deadline.at {
+            // Fired at an earlier deadline: move on to the current one.
+            this.sleep.as_mut().reset(this.state.instant(deadline.at));
+            *this.armed = deadline.at;
+            *this.sleep_waker = None;
+            if poll_sleep(this.sleep.as_mut(), this.sleep_waker, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // The deadline passed.
+        if this.closing.is_some() {
+            return Poll::Ready(deadline.reason);
+        }
+        match deadline.reason {
+            CloseReason::IdleTimeout => {
+                // Idle: close politely (HTTP/2 GOAWAY; an idle HTTP/1 connection closes at
+                // once), with a short grace before dropping it. Loop to let the connection
+                // act on it.
+                tracing::trace!("closing idle connection");
+                *this.closing = Some(CloseReason::IdleTimeout);
+                this.conn.as_mut().graceful_shutdown();
+            }
+            reason => {
+                tracing::debug!(reason = reason.as_str(), "closing connection at deadline");
+                return Poll::Ready(reason);
             }
         }
     }
@@ -239,11 +269,19 @@ mod tests {
         /// Whether it honours graceful shutdown (an HTTP/2 peer that never answers the PING
         /// does not).
         honours_shutdown: bool,
+        /// Whether its next poll uses up the task's cooperative budget, as a busy HTTP/2
+        /// connection or a long response write can.
+        burn_budget: bool,
     }
 
     impl Future for FakeConn {
         type Output = Result<(), std::io::Error>;
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if std::mem::take(&mut self.burn_budget) {
+                while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+                    progress.made_progress();
+                }
+            }
             if self.honours_shutdown
                 && self.shutdowns.load(Ordering::SeqCst) > 0
                 && !self.state.is_busy()
@@ -279,6 +317,7 @@ mod tests {
             state: Arc::clone(&state),
             shutdowns: Arc::clone(&shutdowns),
             honours_shutdown,
+            burn_budget: false,
         };
         let driver = Driver::new(
             conn,
@@ -306,6 +345,21 @@ mod tests {
         assert_eq!(driver.await, CloseReason::IdleTimeout);
         assert_eq!(idle_from.elapsed(), IDLE);
         assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_deadline_holds_when_the_budget_ran_out_on_the_first_poll() {
+        let (mut driver, state, ..) = driver(true);
+        drop(state.request_started());
+        driver.conn.burn_budget = true;
+        let idle_from = Instant::now();
+        let closed = tokio::time::timeout(IDLE * 2, driver).await;
+        assert_eq!(
+            closed,
+            Ok(CloseReason::IdleTimeout),
+            "the idle timer was armed"
+        );
+        assert_eq!(idle_from.elapsed(), IDLE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -380,6 +434,7 @@ mod tests {
             state: Arc::clone(&state),
             shutdowns: Arc::new(AtomicUsize::new(0)),
             honours_shutdown: true,
+            burn_budget: false,
         };
         let never = Phase::new();
         let driver = Driver::new(

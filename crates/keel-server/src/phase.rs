@@ -55,9 +55,12 @@ impl Phase {
     /// Moves to `stage` if that is forward, and wakes every watcher.
     pub(crate) fn advance(&self, stage: Stage) {
         // Store before notifying: a watcher that registers after the notification re-reads
-        // the stage once registered and sees the store.
-        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
-        self.notify.notify_waiters();
+        // the stage once registered and sees the store. Notify only when the stage moved:
+        // watchers rely on every notification meaning a new stage (they re-register only
+        // then), so a spurious one would silently unregister them.
+        if self.stage.fetch_max(stage as u8, Ordering::AcqRel) < stage as u8 {
+            self.notify.notify_waiters();
+        }
     }
 
     /// Completes once the phase reaches `stage`.
@@ -90,6 +93,11 @@ impl PhaseWatch {
             notified,
             registered: None,
         }
+    }
+
+    /// The phase's stage now (one atomic load; registers nothing).
+    pub(crate) fn current(&self) -> Stage {
+        self.phase.stage()
     }
 
     /// The stage last returned by `poll_change` (or `Running`).
@@ -140,29 +148,77 @@ impl PhaseWatch {
 mod tests {
     use super::*;
 
+    /// Polls `watch` until it has registered (returned `Pending` once).
+    async fn registered(watch: &mut std::pin::Pin<&mut PhaseWatch>) -> Option<Stage> {
+        let mut first = true;
+        std::future::poll_fn(|cx| match watch.as_mut().poll_change(cx) {
+            Poll::Ready(stage) => Poll::Ready(Some(stage)),
+            Poll::Pending if first => {
+                first = false;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+
     #[tokio::test]
-    async fn watchers_see_each_stage_in_order() {
+    async fn a_registered_watcher_is_woken_for_each_stage() {
         let phase = Phase::new();
-        let watcher = {
+        let mut watch = std::pin::pin!(PhaseWatch::new(Arc::clone(&phase)));
+        assert_eq!(
+            registered(&mut watch).await,
+            None,
+            "registered, nothing changed"
+        );
+        phase.advance(Stage::Draining);
+        let seen = std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)).await;
+        assert_eq!(seen, Stage::Draining);
+        assert_eq!(registered(&mut watch).await, None);
+        // Only forward, and a repeat is no change.
+        phase.advance(Stage::Running);
+        phase.advance(Stage::Draining);
+        assert_eq!(phase.stage(), Stage::Draining);
+        assert_eq!(registered(&mut watch).await, None);
+        phase.advance(Stage::Forced);
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)),
+        )
+        .await
+        .expect("woken for Forced");
+        assert_eq!(seen, Stage::Forced);
+    }
+
+    // Current-thread, so that `yield_now` lets the watcher handle a (spurious) wake-up before
+    // the next advance.
+    #[tokio::test]
+    async fn a_repeated_advance_does_not_unregister_watchers() {
+        let phase = Phase::new();
+        phase.advance(Stage::Draining);
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel();
+        let waiter = {
             let phase = Arc::clone(&phase);
             tokio::spawn(async move {
                 let mut watch = std::pin::pin!(PhaseWatch::new(phase));
-                let mut seen = Vec::new();
-                while watch.stage() != Stage::Forced {
-                    seen.push(std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)).await);
-                }
-                seen
+                // Consume the Draining change, then register.
+                let _ = std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)).await;
+                assert_eq!(registered(&mut watch).await, None);
+                let _ = registered_tx.send(());
+                std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)).await
             })
         };
-        tokio::task::yield_now().await;
+        registered_rx.await.expect("registered");
+        // Every core of a per-core server advances to Draining: the repeats must not wake
+        // (and so unregister) anyone.
         phase.advance(Stage::Draining);
-        // Only forward.
-        phase.advance(Stage::Running);
-        assert_eq!(phase.stage(), Stage::Draining);
+        tokio::task::yield_now().await;
         phase.advance(Stage::Forced);
-        let seen = watcher.await.expect("watcher");
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-        assert_eq!(seen.last(), Some(&Stage::Forced));
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the watcher saw Forced")
+            .expect("task");
+        assert_eq!(seen, Stage::Forced);
     }
 
     #[tokio::test]

@@ -184,6 +184,12 @@ impl Builder {
     /// [`Error::NoListeners`] when no listener was added. Failures of individual connections
     /// are never errors of the server: they are counted and logged.
     ///
+    /// # Panics
+    ///
+    /// Needs a tokio runtime with its I/O and time drivers enabled (`#[tokio::main]` has both):
+    /// connection deadlines are tokio timers, and tokio panics on a timer without a time
+    /// driver.
+    ///
     /// # Cancellation safety
     ///
     /// Dropping the returned future stops everything it started: the accept loops end (the
@@ -257,7 +263,13 @@ impl Builder {
                 .map_err(|source| Error::Listener { addr, source })?;
             shares[i % threads.get()].push(detached);
         }
-        let tokens = Tokens::default();
+        let all_phases: Arc<[Arc<Phase>]> = (0..threads.get()).map(|_| Phase::new()).collect();
+        let tokens = Tokens {
+            shutdown: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
+            phase: Arc::clone(&all_phases[0]),
+            all_phases: Arc::clone(&all_phases),
+        };
         let make_service = Arc::new(make_service);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
         let mut cores = Cores {
@@ -269,7 +281,10 @@ impl Builder {
                 .enable_all()
                 .build()
                 .map_err(Error::Runtime)?;
-            let tokens = tokens.clone();
+            let tokens = Tokens {
+                phase: Arc::clone(&all_phases[index]),
+                ..tokens.clone()
+            };
             let make_service = Arc::clone(&make_service);
             let http = self.http.clone();
             let drain_timeout = self.drain_timeout;
@@ -357,7 +372,9 @@ impl Drop for Cores {
             return;
         }
         self.tokens.shutdown.cancel();
-        self.tokens.phase.advance(Stage::Forced);
+        for phase in self.tokens.all_phases.iter() {
+            phase.advance(Stage::Forced);
+        }
         for handle in self.handles.drain(..) {
             let _ = handle.join();
         }
@@ -372,7 +389,9 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(non-string panic payload)")
 }
 
-/// Signals shared by every connection of a server (and by every core in per-core mode).
+/// Signals of a server's shutdown. In per-core mode each core has its own phase (nothing on
+/// the request path is shared between cores); the shutdown token and the force trigger reach
+/// all of them.
 #[derive(Clone, Debug)]
 struct Tokens {
     /// Starts the shutdown (of every core, in per-core mode).
@@ -381,14 +400,18 @@ struct Tokens {
     stop_accepting: CancellationToken,
     /// Draining: every connection finishes gracefully; forced: every connection closes now.
     phase: Arc<Phase>,
+    /// Every core's phase (just `phase` outside per-core mode), for the force trigger.
+    all_phases: Arc<[Arc<Phase>]>,
 }
 
 impl Default for Tokens {
     fn default() -> Self {
+        let phase = Phase::new();
         Self {
             shutdown: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
-            phase: Phase::new(),
+            all_phases: Arc::from([Arc::clone(&phase)]),
+            phase,
         }
     }
 }
@@ -412,7 +435,7 @@ impl Tokens {
     ) -> [AbortOnDropHandle<()>; 2] {
         let on_shutdown = self.shutdown.clone();
         let shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
-        let on_force = (self.shutdown.clone(), Arc::clone(&self.phase));
+        let on_force = (self.shutdown.clone(), Arc::clone(&self.all_phases));
         let force = force.unwrap_or_else(|| Box::pin(std::future::pending()));
         [
             AbortOnDropHandle::new(tokio::spawn(async move {
@@ -422,7 +445,9 @@ impl Tokens {
             AbortOnDropHandle::new(tokio::spawn(async move {
                 force.await;
                 on_force.0.cancel();
-                on_force.1.advance(Stage::Forced);
+                for phase in on_force.1.iter() {
+                    phase.advance(Stage::Forced);
+                }
             })),
         ]
     }

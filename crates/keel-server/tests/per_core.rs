@@ -79,3 +79,69 @@ fn per_core_threads_share_the_connections_and_drain_together() {
     );
     drop(setup);
 }
+
+#[test]
+fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
+    let cores = NonZeroUsize::new(2).expect("2");
+    let setup = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listeners = setup.block_on(async {
+        ListenerConfig::default()
+            .acceptors(cores)
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind")
+    });
+    let addr = listeners[0].local_addr().as_inet().expect("inet");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let entered_tx = std::sync::Mutex::new(entered_tx);
+    let server = std::thread::spawn(move || {
+        Server::builder()
+            .listeners(listeners)
+            .drain_timeout(Duration::from_millis(300))
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve_per_core(cores, move || {
+                let entered = entered_tx.lock().expect("lock").clone();
+                tower::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    let _ = entered.send(());
+                    async {
+                        // Hung handler: never answers by itself.
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    }
+                })
+            })
+    });
+    // Several hung requests, so that both cores very likely hold one.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write");
+        entered_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("request reached its handler");
+        streams.push(stream);
+    }
+    let started = std::time::Instant::now();
+    let _ = tx.send(());
+    let report = server
+        .join()
+        .expect("server thread")
+        .expect("serve_per_core");
+    assert_eq!(report.forced, 8, "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "forced at the 300 ms deadline, took {:?}",
+        started.elapsed()
+    );
+    drop(setup);
+}
