@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::{TestServer, assert_between, dribble, get_hello, read_until_closed};
 use keel::server::HttpConfig;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
