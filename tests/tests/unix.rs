@@ -1,0 +1,70 @@
+//! A server on a Unix domain socket: same HTTP stack, `ConnInfo` names the socket path.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use keel::listen::ListenerConfig;
+use keel::server::Server;
+
+#[tokio::test]
+async fn serves_http_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("keel-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("server.sock");
+    let listener = ListenerConfig::default()
+        .bind_unix(&path, Some(0o600))
+        .expect("bind unix");
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let local = request
+            .extensions()
+            .get::<keel::server::ConnInfo>()
+            .map(|info| info.local.to_string())
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(local))))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+
+    let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = http::Request::get("/")
+        .header("host", "unix")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, format!("unix:{}", path.display()));
+
+    drop(sender);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("serve");
+    assert!(
+        !path.exists(),
+        "the socket file is removed with the listener"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
