@@ -6,11 +6,10 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestServer;
+use common::{Running, TestServer};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel::listen::Listener;
-use keel::server::{HttpConfig, Server};
+use keel::server::HttpConfig;
 use tokio::net::TcpStream;
 
 async fn http1(
@@ -83,8 +82,6 @@ async fn panicking_handler_over_http2_resets_nothing_but_its_request() {
 #[tokio::test]
 async fn a_plain_tower_service_and_its_errors() {
     // Not axum: a service_fn whose error becomes a 500 rather than a dropped connection.
-    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().as_inet().expect("inet");
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
         if request.uri().path() == "/fail" {
             return Err(std::io::Error::other("backend unavailable"));
@@ -96,15 +93,8 @@ async fn a_plain_tower_service_and_its_errors() {
             .unwrap_or_default();
         Ok(http::Response::new(Full::new(Bytes::from(info))))
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::builder()
-            .listener(listener)
-            .shutdown(async {
-                let _ = rx.await;
-            })
-            .serve(service),
-    );
+    let server = Running::start(|b| b, service);
+    let addr = server.addr();
     let mut sender = http1(addr).await;
     let (status, _) = get(&mut sender, "/fail").await;
     assert_eq!(status, 500);
@@ -116,12 +106,7 @@ async fn a_plain_tower_service_and_its_errors() {
         .expect("the peer address");
     assert!(peer.ip().is_loopback());
     drop(sender);
-    let _ = tx.send(());
-    let report = tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("drained")
-        .expect("task")
-        .expect("serve");
+    let report = server.stop().await;
     assert!(report.is_clean());
 }
 
@@ -172,23 +157,14 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Reluctant {
 #[tokio::test]
 async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors_are_500() {
     for fail in [false, true] {
-        let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().as_inet().expect("inet");
         let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let service = Reluctant {
             checks: checks.clone(),
             not_ready_left: 2,
             fail,
         };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            Server::builder()
-                .listener(listener)
-                .shutdown(async {
-                    let _ = rx.await;
-                })
-                .serve(service),
-        );
+        let server = Running::start(|b| b, service);
+        let addr = server.addr();
         let mut sender = http1(addr).await;
         for _ in 0..3 {
             let (status, body) = get(&mut sender, "/").await;
@@ -205,19 +181,12 @@ async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors
             );
         }
         drop(sender);
-        let _ = tx.send(());
-        tokio::time::timeout(Duration::from_secs(10), server)
-            .await
-            .expect("drained")
-            .expect("task")
-            .expect("serve");
+        server.stop().await;
     }
 }
 
 #[tokio::test]
 async fn a_panic_while_calling_the_service_is_a_500_too() {
-    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().as_inet().expect("inet");
     // The closure itself panics when `call` runs it, before any future exists.
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| {
         assert_ne!(request.uri().path(), "/sync-panic", "panicking on purpose");
@@ -225,33 +194,19 @@ async fn a_panic_while_calling_the_service_is_a_500_too() {
             Bytes::from_static(b"fine\n"),
         ))))
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::builder()
-            .listener(listener)
-            .shutdown(async {
-                let _ = rx.await;
-            })
-            .serve(service),
-    );
+    let server = Running::start(|b| b, service);
+    let addr = server.addr();
     let mut sender = http1(addr).await;
     let (status, _) = get(&mut sender, "/sync-panic").await;
     assert_eq!(status, 500);
     let (status, body) = get(&mut sender, "/").await;
     assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"fine\n"[..]));
     drop(sender);
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("drained")
-        .expect("task")
-        .expect("serve");
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn conn_info_can_be_turned_off() {
-    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().as_inet().expect("inet");
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
         let seen = request
             .extensions()
@@ -261,24 +216,11 @@ async fn conn_info_can_be_turned_off() {
             seen.to_string(),
         ))))
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::builder()
-            .listener(listener)
-            .conn_info(false)
-            .shutdown(async {
-                let _ = rx.await;
-            })
-            .serve(service),
-    );
+    let server = Running::start(|b| b.conn_info(false), service);
+    let addr = server.addr();
     let mut sender = http1(addr).await;
     let (status, body) = get(&mut sender, "/").await;
     assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"false"[..]));
     drop(sender);
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("drained")
-        .expect("task")
-        .expect("serve");
+    server.stop().await;
 }

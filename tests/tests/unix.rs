@@ -1,12 +1,12 @@
 //! A server on a Unix domain socket: same HTTP stack, `ConnInfo` names the socket path.
 
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
+use common::Running;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use keel::listen::ListenerConfig;
-use keel::server::Server;
 
 #[tokio::test]
 async fn serves_http_over_a_unix_socket() {
@@ -24,15 +24,7 @@ async fn serves_http_over_a_unix_socket() {
             .unwrap_or_default();
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(local))))
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::builder()
-            .listener(listener)
-            .shutdown(async {
-                let _ = rx.await;
-            })
-            .serve(service),
-    );
+    let server = Running::start_on(listener, |b| b, service);
 
     let stream = tokio::net::UnixStream::connect(&path)
         .await
@@ -56,12 +48,7 @@ async fn serves_http_over_a_unix_socket() {
     assert_eq!(body, format!("unix:{}", path.display()));
 
     drop(sender);
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("drained")
-        .expect("task")
-        .expect("serve");
+    server.stop().await;
     assert!(
         !path.exists(),
         "the socket file is removed with the listener"

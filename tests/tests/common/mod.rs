@@ -187,3 +187,77 @@ pub fn assert_between(elapsed: Duration, min: Duration, max: Duration, what: &st
         "{what}: took {elapsed:?}, expected between {min:?} and {max:?}"
     );
 }
+
+/// A keel server running any service on 127.0.0.1 with a free port (or on the given
+/// listener), stopped with [`Running::stop`].
+pub struct Running {
+    pub addr: Option<SocketAddr>,
+    shutdown: oneshot::Sender<()>,
+    handle: JoinHandle<Result<ServeReport, Error>>,
+}
+
+impl Running {
+    /// Serves `service` on a fresh loopback listener with `configure` applied to the builder.
+    pub fn start<S, B>(
+        configure: impl FnOnce(keel::server::Builder) -> keel::server::Builder,
+        service: S,
+    ) -> Self
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<keel::server::BoxError>,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<keel::server::BoxError>,
+    {
+        let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        Self::start_on(listener, configure, service)
+    }
+
+    /// Serves `service` on `listener`.
+    pub fn start_on<S, B>(
+        listener: Listener,
+        configure: impl FnOnce(keel::server::Builder) -> keel::server::Builder,
+        service: S,
+    ) -> Self
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<keel::server::BoxError>,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<keel::server::BoxError>,
+    {
+        let addr = listener.local_addr().as_inet();
+        let (shutdown, rx) = oneshot::channel::<()>();
+        let builder = configure(Server::builder().listener(listener)).shutdown(async {
+            let _ = rx.await;
+        });
+        let handle = tokio::spawn(builder.serve(service));
+        Self {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("an internet listener")
+    }
+
+    /// Shuts down and returns the report once drained.
+    pub async fn stop(self) -> ServeReport {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("drained within 10 s")
+            .expect("server task")
+            .expect("serve")
+    }
+}
