@@ -207,3 +207,23 @@ async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_str
         "h2 idle close",
     );
 }
+
+#[tokio::test]
+async fn silent_connections_do_not_hold_up_the_accept_loop() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    // Many connections that never send a byte, each waiting out its 10 s greeting deadline.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    // A real client behind them is served at once, long before any of them times out.
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    get_hello(&mut stream).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served after {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
