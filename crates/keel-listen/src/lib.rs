@@ -6,8 +6,8 @@
 //!
 //! - [`ListenerConfig`] binds TCP listeners with the options a production server wants
 //!   (backlog, `SO_REUSEADDR`, `IPV6_V6ONLY`, optional `SO_REUSEPORT`, buffer sizes,
-//!   `TCP_FASTOPEN`, `TCP_DEFER_ACCEPT`) and applies per-connection options to every accepted
-//!   socket (`TCP_NODELAY`, keep-alive, `TCP_USER_TIMEOUT`). It deserializes from TOML or any
+//!   `TCP_FASTOPEN`, `TCP_DEFER_ACCEPT`) and gives every accepted socket the per-connection
+//!   options (`TCP_NODELAY`, keep-alive, `TCP_USER_TIMEOUT`). It deserializes from TOML or any
 //!   serde format, with durations written as `"5s"` ([`parse_duration`]).
 //! - [`Listener::accept`] never fails and never exits. Errors are classified, counted
 //!   ([`metrics`]) and logged with rate limiting; the loop retries, backs off, or sheds
@@ -64,8 +64,10 @@
 //!
 //! **Binding.** Each option is set on the socket before `bind()`/`listen()`, so there is no
 //! window in which the socket accepts connections with the wrong settings. Per-connection
-//! options are applied once to the listening socket at bind time to validate them (and Linux
-//! copies them to accepted sockets), then to every accepted socket. With
+//! options are applied to the listening socket at bind time, which validates them; Linux
+//! copies them to every accepted socket, so accepting costs no extra system call there (the
+//! tests read them back on accepted sockets). Elsewhere they are applied to each accepted
+//! socket. With
 //! [`acceptors`](ListenerConfig::acceptors) above one, that many `SO_REUSEPORT` sockets share
 //! the address (port 0 resolves to the port picked for the first); each is its own
 //! [`Listener`] with its own [`ListenerId`], to be driven by its own task.
