@@ -149,4 +149,40 @@ mod tests {
             .expect("greeting");
         assert_eq!(deadline.reason, crate::metrics::CloseReason::HeaderTimeout);
     }
+
+    proptest::proptest! {
+        /// However the first bytes are split across reads, a connection is HTTP/2 exactly
+        /// when they start with the preface.
+        #[test]
+        fn detection_matches_the_prefix_whatever_the_split(
+            prefix_len in 0usize..=24,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            cuts in proptest::collection::vec(1usize..8, 0..16),
+        ) {
+            let mut bytes = H2_PREFACE[..prefix_len].to_vec();
+            bytes.extend_from_slice(&tail);
+            let expect_h2 = bytes.starts_with(H2_PREFACE);
+            let mut io = TrackedIo::new((), ConnState::new(Instant::now()));
+            let mut rest = &bytes[..];
+            for cut in cuts.iter().copied().chain(std::iter::repeat(3)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at(cut.min(rest.len()));
+                io.on_read(chunk);
+                rest = tail;
+            }
+            let detected = match io.protocol {
+                Protocol::Http2 => Some(true),
+                Protocol::Http1 => Some(false),
+                Protocol::Sniffing(_) => None,
+            };
+            if bytes.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&bytes) {
+                proptest::prop_assert_eq!(detected, Some(expect_h2));
+            } else {
+                // A strict prefix of the preface: still undecided.
+                proptest::prop_assert_eq!(detected, None);
+            }
+        }
+    }
 }
