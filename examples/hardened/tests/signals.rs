@@ -121,3 +121,17 @@ async fn second_signal_forces_at_once() {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest).await;
 }
+
+#[tokio::test]
+async fn per_core_mode_drains_on_sigterm_too() {
+    let server = Hardened::start(&["--listen", "127.0.0.1:0", "--per-core"], 1).await;
+    let mut in_flight = stream_in_flight(server.addr(), 300).await;
+    server.signal("TERM");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), in_flight.read_to_end(&mut rest))
+        .await
+        .expect("finishes within 10 s")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&rest).contains("chunk 1"));
+    assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
+}
