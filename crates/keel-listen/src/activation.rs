@@ -159,7 +159,9 @@ struct Inherited {
 /// Sockets are taken out by name with [`take`](Self::take) (systemd's `FileDescriptorName=`,
 /// `"unknown"` when unnamed) and become [`Listener`]s. Their listening options (backlog,
 /// reuse-port, buffers, ...) are the service manager's; the per-connection options of the
-/// [`ListenerConfig`] are applied to accepted connections. Unix socket files of activated
+/// [`ListenerConfig`] are set on the socket (so that accepted connections inherit them on
+/// Linux; this changes the inherited socket for as long as it lives). Unix socket files of
+/// activated
 /// sockets belong to the service manager and are not removed on drop.
 ///
 /// Sockets never taken are closed when this value is dropped.

@@ -509,10 +509,11 @@ impl ListenerConfig {
     /// Adopts an already bound and listening TCP socket (for example one handed over by a
     /// parent process).
     ///
-    /// Sets it non-blocking and applies the per-connection options (`nodelay`, `keepalive`,
-    /// `user_timeout`) to every accepted connection. Options of the listening socket itself
-    /// (backlog, reuse, buffers, Fast Open, defer-accept) are left as they are: the socket is
-    /// already listening.
+    /// Sets it non-blocking and gives accepted connections the per-connection options
+    /// (`nodelay`, `keepalive`, `user_timeout`): they are set on the listening socket, which
+    /// Linux copies to every accepted one (elsewhere they are also set per connection). The
+    /// other options of the listening socket (backlog, reuse, buffers, Fast Open,
+    /// defer-accept) are left as they are: the socket is already listening.
     ///
     /// # Errors
     ///

@@ -77,8 +77,9 @@
 //!
 //! - *Per-connection* errors (`ECONNABORTED`, `ECONNRESET`, `EPROTO`, `EPERM`, `EINTR`,
 //!   `ETIMEDOUT`, `EHOSTUNREACH`, `ENETUNREACH`, ...) concern one connection that is already
-//!   gone: counted, and the loop continues at once. Failing to set socket options on an
-//!   accepted connection (its peer already reset it, say) drops that connection likewise.
+//!   gone: counted, and the loop continues at once. Where options are set on each accepted
+//!   connection (not on Linux, which inherits them from the listening socket), failing to set
+//!   them (its peer already reset it, say) drops that connection likewise.
 //! - *Resource* errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) and unknown errors: the loop
 //!   backs off, 5 ms doubling to 1 s (as Go's net/http), and the next successful accept resets
 //!   the delay to 5 ms. It neither spins nor exits nor parks forever.

@@ -46,7 +46,7 @@ pub const LABEL_KIND: &str = "kind";
 /// | `would_block` | `EAGAIN` | retry at once |
 /// | `timed_out` | `ETIMEDOUT` | retry at once |
 /// | `unreachable` | `EHOSTUNREACH`, `ENETUNREACH`, `ENETDOWN`, `EHOSTDOWN`, `ENONET` | retry at once |
-/// | `socket_options` | setting `TCP_NODELAY`, keep-alive or `TCP_USER_TIMEOUT` on the accepted socket failed | drop that connection |
+/// | `socket_options` | setting `TCP_NODELAY`, keep-alive or `TCP_USER_TIMEOUT` on the accepted socket failed (only where they are set per connection; Linux inherits them) | drop that connection |
 /// | `other` | anything else | back off |
 pub const ACCEPT_ERROR_KINDS: &[&str] = &[
     "emfile",

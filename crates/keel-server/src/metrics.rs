@@ -9,12 +9,14 @@ pub const CONNECTIONS_ACCEPTED: &str = "keel_connections_accepted_total";
 /// Gauge: connections currently open.
 pub const CONNECTIONS_ACTIVE: &str = "keel_connections_active";
 /// Counter: connections closed, by `reason`: `complete` (the client or the protocol ended
-/// it, or the drain closed it gracefully), `header_timeout`, `idle_timeout`, `drain_forced` (still open at the drain deadline),
-/// `error` (an I/O or protocol error).
+/// it, or the drain closed it gracefully), `header_timeout`, `idle_timeout`, `drain_forced`
+/// (still open at the drain deadline, when the drain was forced, or when the serving future
+/// was dropped), `error` (an I/O or protocol error).
 pub const CONNECTIONS_CLOSED: &str = "keel_connections_closed_total";
 /// Histogram: how long connections stayed open, in seconds.
 pub const CONNECTION_DURATION: &str = "keel_connection_duration_seconds";
-/// Counter: handler panics caught and answered with 500.
+/// Counter: handler panics caught: in the service or its future (answered with 500), or
+/// while producing a response body (that response is cut short).
 pub const HANDLER_PANICS: &str = "keel_handler_panics_total";
 /// Counter: requests whose service returned an error, answered with 500.
 pub const HANDLER_ERRORS: &str = "keel_handler_errors_total";
@@ -83,7 +85,7 @@ pub fn describe() {
     metrics::describe_counter!(
         HANDLER_PANICS,
         Unit::Count,
-        "Handler panics caught and answered with 500."
+        "Handler panics caught (answered with 500, or the response body cut short)."
     );
     metrics::describe_counter!(
         HANDLER_ERRORS,

@@ -33,7 +33,7 @@ impl Stage {
     }
 }
 
-/// The phase of one server (shared by every core in per-core mode).
+/// The phase of one server (of one core, in per-core mode).
 #[derive(Debug)]
 pub(crate) struct Phase {
     stage: AtomicU8,

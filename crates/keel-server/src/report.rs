@@ -9,7 +9,8 @@ use std::time::Duration;
 pub struct ServeReport {
     /// Connections served over the whole run.
     pub connections: u64,
-    /// Connections that closed gracefully once the drain had begun, before its deadline.
+    /// Connections that closed without being forced once the drain had begun (gracefully,
+    /// or by a timeout or an error of their own).
     pub drained: u64,
     /// Connections still open at the drain deadline (or when the drain was forced), closed by
     /// force.

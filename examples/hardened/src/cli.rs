@@ -1,5 +1,5 @@
-//! The command line and `--config` file: the stable contract documented in DESIGN.md and
-//! README.md. Flags override the file; the file overrides the defaults.
+//! The command line and `--config` file: the stable contract documented in
+//! docs/architecture.md. Flags override the file; the file overrides the defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,13 +25,13 @@ struct Flags {
     /// After a shutdown signal, force the remaining connections closed after this long. [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     drain_timeout: Option<Duration>,
-    /// SO_REUSEPORT sockets (each with its own accept loop) per listen address. [default: cores]
+    /// SO_REUSEPORT sockets (each with its own accept loop) per listen address; --per-core uses one per core. [default: cores]
     #[arg(long, value_name = "N")]
     acceptors: Option<usize>,
     /// One single-threaded runtime per core, each with its own listeners and service.
     #[arg(long)]
     per_core: bool,
-    /// TOML file with the same settings; keys are the flag names without dashes.
+    /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }

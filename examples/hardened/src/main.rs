@@ -20,10 +20,12 @@
 //! Started by systemd with sockets (`LISTEN_FDS`, socket activation), it serves those instead
 //! of binding `--listen`.
 //!
-//! Once every listener accepts it prints `listening on http://IP:PORT`, one line per listener.
+//! Once every listener accepts it prints `listening on http://IP:PORT`, one line per `--listen`
+//! address (or per inherited socket).
 //! SIGTERM or SIGINT starts a graceful shutdown and a second one forces it. Exit status: 0
-//! after a clean drain, 1 when connections were forced closed, 2 for bad usage or a failed
-//! start-up, with one `error: ` line on stderr naming the problem.
+//! after a clean drain, 1 when connections were forced closed (or a per-core thread failed
+//! while serving), 2 for bad usage or a failed start-up, with one `error: ` line on stderr
+//! naming the problem.
 //!
 //! Copy this crate out of the repository to start your own server: only the `path` entries
 //! of the keel dependency need to go.

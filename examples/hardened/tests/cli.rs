@@ -12,7 +12,7 @@ fn one_error_line(stderr: &str) -> &str {
 }
 
 #[tokio::test]
-async fn prints_one_line_per_listener_with_real_ports() {
+async fn prints_one_line_per_listen_address_with_real_ports() {
     let server = Hardened::start(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"], 2).await;
     assert!(server.lines[0].starts_with("listening on http://127.0.0.1:"));
     assert!(
