@@ -7,8 +7,9 @@
 //! |---|---|---|---|
 //! | `listen` | [`listen`] | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
 //! | `server` | [`server`] | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
+//! | `shutdown` | [`shutdown`] | `keel-shutdown` | readiness and liveness state, systemd notify and watchdog |
 //!
-//! Shutdown, limits, TLS and metrics crates join as they land.
+//! Limits, TLS and metrics crates join as they land.
 //!
 //! # Example
 //!
@@ -36,6 +37,7 @@
 //!
 //! - `server` (default): [`server`], and `listen` with it.
 //! - `listen`: [`listen`] alone.
+//! - `shutdown`: [`shutdown`].
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
@@ -47,10 +49,16 @@ pub use keel_listen as listen;
 #[doc(inline)]
 pub use keel_server as server;
 
+#[cfg(feature = "shutdown")]
+#[doc(inline)]
+pub use keel_shutdown as shutdown;
+
 /// The types most servers need, for a glob import.
 pub mod prelude {
     #[cfg(feature = "listen")]
     pub use keel_listen::{Listener, ListenerConfig};
     #[cfg(feature = "server")]
     pub use keel_server::{HttpConfig, ServeReport, Server};
+    #[cfg(feature = "shutdown")]
+    pub use keel_shutdown::Health;
 }

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Started by systemd with sockets (`LISTEN_FDS`, socket activation), it serves those instead
-//! of binding `--listen`.
+//! of binding `--listen`. With `Type=notify` (`NOTIFY_SOCKET`) it reports `READY=1` once
+//! listening and `STOPPING=1` at shutdown, and pings the watchdog when `WatchdogSec=` is set.
 //!
 //! Once every listener accepts it prints `listening on http://IP:PORT`, one line per `--listen`
 //! address (or per inherited socket).
@@ -36,9 +37,11 @@ mod routes;
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use keel::listen::SocketActivation;
 use keel::prelude::*;
+use keel::shutdown::systemd;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -140,7 +143,38 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         Ok::<_, String>((builder, signals))
     })?;
 
+    // Under systemd with Type=notify: READY=1 now that every listener accepts, STOPPING=1 at
+    // the first signal, and WATCHDOG=1 pings at half of WatchdogSec= from a task of the
+    // serving runtime, so the pings stop when the runtime does.
+    let notifier = systemd::Notifier::from_env()
+        .map_err(|e| e.to_string())?
+        .map(Arc::new);
+    if let Some(notifier) = &notifier {
+        if let Err(error) = notifier.ready() {
+            tracing::warn!(%error, "cannot notify systemd");
+        }
+        if let Some(interval) = systemd::watchdog_interval() {
+            let notifier = Arc::clone(notifier);
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                loop {
+                    ticks.tick().await;
+                    if let Err(error) = notifier.watchdog() {
+                        tracing::warn!(%error, "cannot send the systemd watchdog ping");
+                    }
+                }
+            });
+        }
+    }
     let (first, second) = signals.into_triggers();
+    let first = async move {
+        first.await;
+        if let Some(notifier) = notifier
+            && let Err(error) = notifier.stopping()
+        {
+            tracing::warn!(%error, "cannot notify systemd");
+        }
+    };
     let builder = builder.shutdown(first).force(second);
     let served = if settings.per_core {
         let served = builder.serve_per_core(cores, || tower::service_fn(routes::route));

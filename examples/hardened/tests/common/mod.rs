@@ -34,6 +34,13 @@ impl Hardened {
         Self::start_command(command, args, listeners).await
     }
 
+    /// Starts `hardened` with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)], listeners: usize) -> Self {
+        let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
+        Self::start_command(command, args, listeners).await
+    }
+
     async fn start_command(mut command: Command, args: &[&str], listeners: usize) -> Self {
         command
             .args(args)

@@ -1,0 +1,46 @@
+//! Graceful-shutdown building blocks for production servers.
+//!
+//! This crate is growing into keel's shutdown coordinator (phases from running to drained,
+//! signals, drain tracking with a deadline). What it offers today:
+//!
+//! - [`Health`]: readiness and liveness state, shared by whoever changes it (start-up,
+//!   shutdown) and whoever reports it (`/readyz`, `/livez`). Readiness starts false and is
+//!   cleared at the first moment of a shutdown, before any listener closes.
+//! - [`systemd`]: the `sd_notify` protocol (`READY=1`, `STOPPING=1`, `STATUS=`,
+//!   `WATCHDOG=1`) and the watchdog interval from `WATCHDOG_USEC`.
+//!
+//! keel-server's drain (stop accepting, graceful close, deadline, force, report) lives in
+//! `keel-server` for now.
+//!
+//! It never installs process-global state and never changes the environment.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use keel_shutdown::{Health, systemd};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let health = Health::new();
+//! let notifier = systemd::Notifier::from_env()?; // None outside systemd
+//! // ... every listener accepts:
+//! health.set_ready(true);
+//! if let Some(notifier) = &notifier {
+//!     notifier.ready()?;
+//! }
+//! // ... shutdown begins: stop advertising first.
+//! health.set_ready(false);
+//! if let Some(notifier) = &notifier {
+//!     notifier.stopping()?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Crate features
+//!
+//! None. Unix only (the systemd protocol uses Unix datagram sockets).
+#![forbid(unsafe_code)]
+
+mod health;
+pub mod systemd;
+
+pub use health::Health;
