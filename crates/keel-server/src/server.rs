@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
+use keel_shutdown::Health;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -75,6 +76,8 @@ impl Server {
             shutdown: None,
             force: None,
             conn_info: true,
+            health: None,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct Builder {
     shutdown: Option<ShutdownFuture>,
     force: Option<ShutdownFuture>,
     conn_info: bool,
+    health: Option<Health>,
+    drain_delay: Duration,
 }
 
 impl fmt::Debug for Builder {
@@ -102,6 +107,8 @@ impl fmt::Debug for Builder {
             .field("shutdown", &self.shutdown.as_ref().map(|_| "..."))
             .field("force", &self.force.as_ref().map(|_| "..."))
             .field("conn_info", &self.conn_info)
+            .field("health", &self.health)
+            .field("drain_delay", &self.drain_delay)
             .finish()
     }
 }
@@ -117,6 +124,29 @@ impl Builder {
     /// [`ListenerConfig::bind`](keel_listen::ListenerConfig::bind).
     pub fn listeners(mut self, listeners: impl IntoIterator<Item = Listener>) -> Self {
         self.listeners.extend(listeners);
+        self
+    }
+
+    /// The readiness state this server reports: set ready once every listener accepts, and
+    /// not ready at the first moment of a shutdown, before the drain delay and before any
+    /// listener closes. Serve it as `/readyz` (and its liveness as `/livez`).
+    ///
+    /// Default: none (nothing is reported).
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// How long the server keeps accepting and serving after the shutdown began, with
+    /// readiness already off, before its listeners close.
+    ///
+    /// Default 0 s: without a load balancer that polls readiness there is nobody to wait for.
+    /// Behind Kubernetes set a few seconds: endpoints are removed at the same time as the
+    /// pod gets SIGTERM, and load balancers keep sending new connections until the removal
+    /// has propagated; closing the listeners at once would refuse them. A force trigger ends
+    /// the delay at once.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
         self
     }
 
@@ -214,7 +244,12 @@ impl Builder {
         let _triggers = tokens.watch(self.shutdown, self.force);
         let core = Core::new(service, &self.http, self.conn_info, tokens.clone());
         let accept_loops = core.start(self.listeners);
-        tokens.shutdown.cancelled().await;
+        if let Some(health) = &self.health {
+            health.set_ready(true);
+        }
+        tokens
+            .announce_shutdown(self.health.as_ref(), self.drain_delay)
+            .await;
         Ok(core.drain(accept_loops, self.drain_timeout).await)
     }
 
@@ -271,6 +306,8 @@ impl Builder {
             stop_accepting: CancellationToken::new(),
             phase: Arc::clone(&all_phases[0]),
             all_phases: Arc::clone(&all_phases),
+            begin_drain: CancellationToken::new(),
+            forced: CancellationToken::new(),
         };
         let make_service = Arc::new(make_service);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
@@ -311,7 +348,7 @@ impl Builder {
                         let _ = ready.send(Ok(()));
                         let core = Core::new(make_service(), &http, conn_info, tokens.clone());
                         let accept_loops = core.start(listeners);
-                        tokens.shutdown.cancelled().await;
+                        tokens.begin_drain.cancelled().await;
                         core.drain(accept_loops, drain_timeout).await
                     })
                 })
@@ -337,6 +374,17 @@ impl Builder {
             // The triggers keep running until every core has drained, so that a force
             // trigger is still heard during the drain.
             let _triggers = tokens.watch(self.shutdown, self.force);
+            if let Some(health) = &self.health {
+                health.set_ready(true);
+            }
+            let _announcer = {
+                let tokens = tokens.clone();
+                let health = self.health.clone();
+                let delay = self.drain_delay;
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    tokens.announce_shutdown(health.as_ref(), delay).await;
+                }))
+            };
             for (core, handle) in handles.into_iter().enumerate() {
                 match tokio::task::spawn_blocking(move || handle.join()).await {
                     Ok(Ok(part)) => report.merge(&part),
@@ -374,6 +422,7 @@ impl Drop for Cores {
             return;
         }
         self.tokens.shutdown.cancel();
+        self.tokens.begin_drain.cancel();
         for phase in self.tokens.all_phases.iter() {
             phase.advance(Stage::Forced);
         }
@@ -404,6 +453,10 @@ struct Tokens {
     phase: Arc<Phase>,
     /// Every core's phase (just `phase` outside per-core mode), for the force trigger.
     all_phases: Arc<[Arc<Phase>]>,
+    /// The drain delay is over: stop accepting and drain (every core, in per-core mode).
+    begin_drain: CancellationToken,
+    /// The force trigger fired.
+    forced: CancellationToken,
 }
 
 impl Default for Tokens {
@@ -414,6 +467,8 @@ impl Default for Tokens {
             stop_accepting: CancellationToken::new(),
             all_phases: Arc::from([Arc::clone(&phase)]),
             phase,
+            begin_drain: CancellationToken::new(),
+            forced: CancellationToken::new(),
         }
     }
 }
@@ -428,6 +483,23 @@ impl Drop for ForceOnDrop {
 }
 
 impl Tokens {
+    /// Waits for the shutdown trigger, turns readiness off at once, keeps serving for the
+    /// drain delay (cut short by the force trigger), then starts the drain.
+    async fn announce_shutdown(&self, health: Option<&Health>, delay: Duration) {
+        self.shutdown.cancelled().await;
+        if let Some(health) = health {
+            health.set_ready(false);
+        }
+        if !delay.is_zero() {
+            tracing::info!(?delay, "shutting down: readiness off, still serving");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.forced.cancelled() => {}
+            }
+        }
+        self.begin_drain.cancel();
+    }
+
     /// Spawns the tasks that turn the user's triggers into token cancellations. The tasks
     /// are aborted when the returned guard drops.
     fn watch(
@@ -437,7 +509,11 @@ impl Tokens {
     ) -> [AbortOnDropHandle<()>; 2] {
         let on_shutdown = self.shutdown.clone();
         let shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
-        let on_force = (self.shutdown.clone(), Arc::clone(&self.all_phases));
+        let on_force = (
+            self.shutdown.clone(),
+            Arc::clone(&self.all_phases),
+            self.forced.clone(),
+        );
         let force = force.unwrap_or_else(|| Box::pin(std::future::pending()));
         [
             AbortOnDropHandle::new(tokio::spawn(async move {
@@ -446,6 +522,7 @@ impl Tokens {
             })),
             AbortOnDropHandle::new(tokio::spawn(async move {
                 force.await;
+                on_force.2.cancel();
                 on_force.0.cancel();
                 for phase in on_force.1.iter() {
                     phase.advance(Stage::Forced);

@@ -22,6 +22,9 @@ struct Flags {
     /// Close connections with no request in progress after this long. [default: 60s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     idle_timeout: Option<Duration>,
+    /// After a shutdown signal, keep accepting and serving this long (readiness already off) before closing the listeners. [default: 0s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    drain_delay: Option<Duration>,
     /// After a shutdown signal, force the remaining connections closed after this long. [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     drain_timeout: Option<Duration>,
@@ -47,6 +50,7 @@ struct File {
     listen: Option<Vec<SocketAddr>>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    drain_delay: Option<String>,
     drain_timeout: Option<String>,
     acceptors: Option<usize>,
     per_core: Option<bool>,
@@ -58,6 +62,7 @@ pub(crate) struct Settings {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) drain_delay: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) acceptors: usize,
     pub(crate) per_core: bool,
@@ -124,6 +129,10 @@ pub(crate) fn parse() -> Result<Parsed, String> {
             .idle_timeout
             .or(from_file(&file.idle_timeout, "idle-timeout")?)
             .unwrap_or(keel::server::DEFAULT_IDLE_TIMEOUT),
+        drain_delay: flags
+            .drain_delay
+            .or(from_file(&file.drain_delay, "drain-delay")?)
+            .unwrap_or(Duration::ZERO),
         drain_timeout: flags
             .drain_timeout
             .or(from_file(&file.drain_timeout, "drain-timeout")?)

@@ -114,6 +114,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         let mut builder = Server::builder()
             .http(http)
             .drain_timeout(settings.drain_timeout)
+            .drain_delay(settings.drain_delay)
             // No route reads the peer address: skip the per-request ConnInfo extension.
             .conn_info(false);
         let mut lines = String::new();

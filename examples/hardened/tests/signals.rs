@@ -135,3 +135,38 @@ async fn per_core_mode_drains_on_sigterm_too() {
     assert!(String::from_utf8_lossy(&rest).contains("chunk 1"));
     assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
 }
+
+#[tokio::test]
+async fn drain_delay_keeps_serving_then_refuses() {
+    let delay = Duration::from_millis(800);
+    let server = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--acceptors",
+            "1",
+            "--drain-delay",
+            "800ms",
+        ],
+        1,
+    )
+    .await;
+    let addr = server.addr();
+    let started = Instant::now();
+    server.signal("TERM");
+    // Within the delay, new connections are still served.
+    let response = common::get(addr, "/").await;
+    assert!(response.ends_with("hello\n"), "{response}");
+    assert!(started.elapsed() < delay, "served within the delay");
+    // Then they are refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still open 10 s after SIGTERM"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(started.elapsed() >= delay - Duration::from_millis(50));
+    assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
+}

@@ -192,7 +192,8 @@ pub fn assert_between(elapsed: Duration, min: Duration, max: Duration, what: &st
 /// listener), stopped with [`Running::stop`].
 pub struct Running {
     pub addr: Option<SocketAddr>,
-    shutdown: oneshot::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    force: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<ServeReport, Error>>,
 }
 
@@ -236,14 +237,36 @@ impl Running {
     {
         let addr = listener.local_addr().as_inet();
         let (shutdown, rx) = oneshot::channel::<()>();
-        let builder = configure(Server::builder().listener(listener)).shutdown(async {
-            let _ = rx.await;
-        });
+        let (force, force_rx) = oneshot::channel::<()>();
+        let builder = configure(Server::builder().listener(listener))
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .force(async {
+                if force_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
         let handle = tokio::spawn(builder.serve(service));
         Self {
             addr,
-            shutdown,
+            shutdown: Some(shutdown),
+            force: Some(force),
             handle,
+        }
+    }
+
+    /// Starts the shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Fires the force trigger.
+    pub fn force(&mut self) {
+        if let Some(tx) = self.force.take() {
+            let _ = tx.send(());
         }
     }
 
@@ -252,8 +275,8 @@ impl Running {
     }
 
     /// Shuts down and returns the report once drained.
-    pub async fn stop(self) -> ServeReport {
-        let _ = self.shutdown.send(());
+    pub async fn stop(mut self) -> ServeReport {
+        self.begin_shutdown();
         tokio::time::timeout(Duration::from_secs(10), self.handle)
             .await
             .expect("drained within 10 s")
