@@ -6,8 +6,11 @@
 //! - [`Health`]: readiness and liveness state, shared by whoever changes it (start-up,
 //!   shutdown) and whoever reports it (`/readyz`, `/livez`). Readiness starts false and is
 //!   cleared at the first moment of a shutdown, before any listener closes.
+//! - [`Signals`]: SIGTERM and SIGINT (and optionally SIGQUIT) handled explicitly, so they
+//!   work as PID 1 in a container; the first starts a graceful shutdown, the next forces it.
 //! - [`systemd`]: the `sd_notify` protocol (`READY=1`, `STOPPING=1`, `STATUS=`,
 //!   `WATCHDOG=1`) and the watchdog interval from `WATCHDOG_USEC`.
+//! - [`metrics`]: the names of the metrics it emits (signals received).
 //!
 //! keel-server's drain (stop accepting, graceful close, deadline, force, report) lives in
 //! `keel-server` for now.
@@ -41,6 +44,9 @@
 #![forbid(unsafe_code)]
 
 mod health;
+pub mod metrics;
+mod signal;
 pub mod systemd;
 
 pub use health::Health;
+pub use signal::{Signal, Signals};

@@ -41,8 +41,7 @@ use std::sync::Arc;
 
 use keel::listen::SocketActivation;
 use keel::prelude::*;
-use keel::shutdown::systemd;
-use tokio::signal::unix::{SignalKind, signal};
+use keel::shutdown::{Signals, systemd};
 
 fn main() -> ExitCode {
     let settings = match cli::parse() {
@@ -188,47 +187,4 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
         _ => Failure::Usage(error.to_string()),
     })
-}
-
-/// SIGTERM and SIGINT: the first starts the drain, the second forces it.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM"),
-            _ = self.int.recv() => tracing::info!("SIGINT"),
-        }
-    }
-
-    /// Two futures: the first completes at the first signal, the second at the next one.
-    /// The second does the listening for both, so both must be polled (the server spawns
-    /// each trigger as its own task).
-    fn into_triggers(
-        mut self,
-    ) -> (
-        impl std::future::Future<Output = ()> + Send + 'static,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-        let second = async move {
-            self.next().await;
-            let _ = first_tx.send(());
-            self.next().await;
-        };
-        let first = async move {
-            let _ = first_rx.await;
-        };
-        (first, second)
-    }
 }

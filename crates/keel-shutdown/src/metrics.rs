@@ -1,0 +1,15 @@
+//! Names of the metrics `keel-shutdown` emits, and [`describe`] to register their help text.
+
+use metrics::Unit;
+
+/// Counter: shutdown signals received, by `signal`: `term`, `int`, `quit`.
+pub const SIGNALS_RECEIVED: &str = "keel_shutdown_signals_total";
+
+/// Registers unit and help text of every metric above with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(
+        SIGNALS_RECEIVED,
+        Unit::Count,
+        "Shutdown signals received, by signal: term, int, quit."
+    );
+}
