@@ -170,3 +170,79 @@ async fn drain_delay_keeps_serving_then_refuses() {
     assert!(started.elapsed() >= delay - Duration::from_millis(50));
     assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
 }
+
+/// Sends `GET /` requests on one keep-alive connection until the server closes it; returns
+/// how many complete responses arrived. Panics on a partial response: a request must get a
+/// whole answer or none at all (then the connection is closed and the client may retry).
+async fn keep_asking(addr: std::net::SocketAddr) -> usize {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return 0; // the listener already closed
+    };
+    let mut complete = 0;
+    loop {
+        if stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return complete;
+        }
+        let mut response = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("never a hang: an answer or a close within 10 s")
+            {
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                assert!(
+                    response.is_empty(),
+                    "a response was cut short: {:?}",
+                    String::from_utf8_lossy(&response)
+                );
+                return complete;
+            }
+            response.extend_from_slice(&buf[..n]);
+            if response.ends_with(b"hello\n") {
+                assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+                complete += 1;
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_racing_responses_loses_nothing_and_never_hangs() {
+    let mut answered_in_all = 0;
+    for round in 0..15u64 {
+        let server = Hardened::start(&["--listen", "127.0.0.1:0", "--acceptors", "1"], 1).await;
+        let addr = server.addr();
+        let clients: Vec<_> = (0..8).map(|_| tokio::spawn(keep_asking(addr))).collect();
+        // Let the clients get going, then signal at a different moment each round.
+        let mut warm = TcpStream::connect(addr).await.expect("connect");
+        warm.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let _ = warm.read(&mut buf).await;
+        for _ in 0..round {
+            tokio::task::yield_now().await;
+        }
+        server.signal("TERM");
+        let mut answered = 0;
+        for client in clients {
+            answered += client.await.expect("client");
+        }
+        drop(warm);
+        assert_eq!(
+            server.wait(Duration::from_secs(10)).await,
+            0,
+            "round {round}"
+        );
+        let _ = answered;
+    }
+}
