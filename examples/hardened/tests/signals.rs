@@ -190,13 +190,10 @@ async fn keep_asking(addr: std::net::SocketAddr) -> usize {
         let mut response = Vec::new();
         let mut buf = [0u8; 512];
         loop {
-            let n = match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
                 .await
                 .expect("never a hang: an answer or a close within 10 s")
-            {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+                .unwrap_or_default();
             if n == 0 {
                 assert!(
                     response.is_empty(),
