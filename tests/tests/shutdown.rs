@@ -126,3 +126,98 @@ async fn idle_http2_peer_that_never_answers_is_closed_promptly_by_the_drain() {
     let report = server.report().await;
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// An SSE-style endless stream that ends itself when the server's shutdown token fires.
+fn ticking_app(token: tokio_util::sync::CancellationToken) -> axum::Router {
+    axum::Router::new().route(
+        "/events",
+        axum::routing::get(move || {
+            let token = token.clone();
+            async move {
+                let ticks = futures_util::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((Ok::<_, std::convert::Infallible>("data: tick\n\n"), ()))
+                });
+                axum::body::Body::from_stream(keel::shutdown::end_on_shutdown(
+                    Box::pin(ticks),
+                    &token,
+                ))
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn streams_that_watch_the_shutdown_token_end_by_themselves() {
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut server = common::Running::start(
+        |b| {
+            b.shutdown_token(token.clone())
+                .drain_timeout(Duration::from_secs(30))
+        },
+        ticking_app(token.clone()),
+    );
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    assert!(stream.read(&mut buf).await.expect("first event") > 0);
+    let started = Instant::now();
+    server.begin_shutdown();
+    // The stream ends, the response completes, the connection drains: no 30 s wait.
+    let (rest, closed_at) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed_at - started < Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
+        "the chunked response ended properly"
+    );
+    let report = server.stop().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.forced, 0);
+}
+
+#[tokio::test]
+async fn tracked_background_tasks_are_waited_for_under_the_drain_deadline() {
+    // A task that needs 300 ms to wind down once told: the drain waits for it.
+    let token = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let token = token.clone();
+        let finished = finished.clone();
+        tasks.spawn(async move {
+            token.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let server = common::Running::start(
+        |b| b.shutdown_token(token.clone()).track_tasks(tasks.clone()),
+        common::app(Default::default()),
+    );
+    let report = server.stop().await;
+    assert!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        "waited for the task"
+    );
+    assert_eq!(report.tasks_left, 0);
+    assert!(report.is_clean());
+
+    // A task that never ends: reported at the deadline, the run is not clean.
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(std::future::pending::<()>());
+    let server = common::Running::start(
+        |b| {
+            b.track_tasks(tasks.clone())
+                .drain_timeout(Duration::from_millis(300))
+        },
+        common::app(Default::default()),
+    );
+    let started = Instant::now();
+    let report = server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(report.tasks_left, 1, "{report:?}");
+    assert!(!report.is_clean());
+}

@@ -17,12 +17,16 @@ pub struct ServeReport {
     pub forced: u64,
     /// From the start of the drain until the last connection closed.
     pub drain_duration: Duration,
+    /// Application tasks ([`Builder::track_tasks`](crate::Builder::track_tasks)) still
+    /// running at the drain deadline.
+    pub tasks_left: u64,
 }
 
 impl ServeReport {
-    /// Whether every connection finished by itself before the drain deadline.
+    /// Whether every connection, and every tracked application task, finished by itself
+    /// before the drain deadline.
     pub fn is_clean(&self) -> bool {
-        self.forced == 0
+        self.forced == 0 && self.tasks_left == 0
     }
 
     /// The process exit status this run deserves: success after a clean drain, 1 when
@@ -39,6 +43,7 @@ impl ServeReport {
         self.connections += other.connections;
         self.drained += other.drained;
         self.forced += other.forced;
+        self.tasks_left += other.tasks_left;
         self.drain_duration = self.drain_duration.max(other.drain_duration);
     }
 }

@@ -78,6 +78,8 @@ impl Server {
             conn_info: true,
             health: None,
             drain_delay: Duration::ZERO,
+            app_token: None,
+            app_tasks: None,
         }
     }
 }
@@ -96,6 +98,8 @@ pub struct Builder {
     conn_info: bool,
     health: Option<Health>,
     drain_delay: Duration,
+    app_token: Option<CancellationToken>,
+    app_tasks: Option<TaskTracker>,
 }
 
 impl fmt::Debug for Builder {
@@ -109,6 +113,8 @@ impl fmt::Debug for Builder {
             .field("conn_info", &self.conn_info)
             .field("health", &self.health)
             .field("drain_delay", &self.drain_delay)
+            .field("app_token", &self.app_token)
+            .field("app_tasks", &self.app_tasks)
             .finish()
     }
 }
@@ -134,6 +140,28 @@ impl Builder {
     /// Default: none (nothing is reported).
     pub fn health(mut self, health: Health) -> Self {
         self.health = Some(health);
+        self
+    }
+
+    /// A token cancelled at the first moment of a shutdown (together with readiness going
+    /// off), for application code that must wind down by itself: long-lived responses (SSE,
+    /// streams: see `keel_shutdown::end_on_shutdown`), background loops, upgraded connections.
+    /// Their connections are still drained, and forced at the drain deadline.
+    ///
+    /// Default: none.
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.app_token = Some(token);
+        self
+    }
+
+    /// Background tasks the application spawns on `tasks` (`TaskTracker::spawn`): the drain
+    /// waits for them too, under the same deadline. Tasks still running at the deadline are
+    /// not aborted (a tracker cannot abort); they are reported in
+    /// [`ServeReport::tasks_left`] and make the run unclean.
+    ///
+    /// Default: none.
+    pub fn track_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.app_tasks = Some(tasks);
         self
     }
 
@@ -248,9 +276,16 @@ impl Builder {
             health.set_ready(true);
         }
         tokens
-            .announce_shutdown(self.health.as_ref(), self.drain_delay)
+            .announce_shutdown(
+                self.health.as_ref(),
+                self.app_token.as_ref(),
+                self.drain_delay,
+            )
             .await;
-        Ok(core.drain(accept_loops, self.drain_timeout).await)
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut report = core.drain(accept_loops, self.drain_timeout).await;
+        report.tasks_left = wait_for_tasks(self.app_tasks.as_ref(), deadline, &tokens).await;
+        Ok(report)
     }
 
     /// Serves with one single-threaded runtime per core instead of one shared runtime.
@@ -377,12 +412,17 @@ impl Builder {
             if let Some(health) = &self.health {
                 health.set_ready(true);
             }
-            let _announcer = {
+            let drain_timeout = self.drain_timeout;
+            let deadline = {
                 let tokens = tokens.clone();
                 let health = self.health.clone();
+                let app_token = self.app_token.clone();
                 let delay = self.drain_delay;
                 AbortOnDropHandle::new(tokio::spawn(async move {
-                    tokens.announce_shutdown(health.as_ref(), delay).await;
+                    tokens
+                        .announce_shutdown(health.as_ref(), app_token.as_ref(), delay)
+                        .await;
+                    Instant::now() + drain_timeout
                 }))
             };
             for (core, handle) in handles.into_iter().enumerate() {
@@ -402,12 +442,42 @@ impl Builder {
                     }
                 }
             }
+            // Every core has drained, so the drain began and the announcer has its deadline
+            // (unless the cores failed, and no shutdown may ever come).
+            if failed.is_none()
+                && let Ok(deadline) = deadline.await
+            {
+                report.tasks_left =
+                    wait_for_tasks(self.app_tasks.as_ref(), deadline, &tokens).await;
+            }
         });
         match failed {
             Some(error) => Err(error),
             None => Ok(report),
         }
     }
+}
+
+/// Waits for the application's tracked tasks until `deadline` (or a force); returns how many
+/// are still running.
+async fn wait_for_tasks(tasks: Option<&TaskTracker>, deadline: Instant, tokens: &Tokens) -> u64 {
+    let Some(tasks) = tasks else {
+        return 0;
+    };
+    tasks.close();
+    tokio::select! {
+        () = tasks.wait() => {}
+        () = tokio::time::sleep_until(deadline) => {}
+        () = tokens.forced.cancelled() => {}
+    }
+    let left = tasks.len() as u64;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "application tasks still running at the drain deadline"
+        );
+    }
+    left
 }
 
 /// The started cores of [`Builder::serve_per_core`]; on an early return, stops and joins them.
@@ -485,10 +555,18 @@ impl Drop for ForceOnDrop {
 impl Tokens {
     /// Waits for the shutdown trigger, turns readiness off at once, keeps serving for the
     /// drain delay (cut short by the force trigger), then starts the drain.
-    async fn announce_shutdown(&self, health: Option<&Health>, delay: Duration) {
+    async fn announce_shutdown(
+        &self,
+        health: Option<&Health>,
+        app_token: Option<&CancellationToken>,
+        delay: Duration,
+    ) {
         self.shutdown.cancelled().await;
         if let Some(health) = health {
             health.set_ready(false);
+        }
+        if let Some(token) = app_token {
+            token.cancel();
         }
         if !delay.is_zero() {
             tracing::info!(?delay, "shutting down: readiness off, still serving");
@@ -652,6 +730,7 @@ where
             drained: shared.drained.load(Ordering::Acquire),
             forced: shared.forced.load(Ordering::Acquire),
             drain_duration: started.elapsed(),
+            tasks_left: 0,
         }
     }
 }

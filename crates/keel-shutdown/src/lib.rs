@@ -10,6 +10,8 @@
 //!   work as PID 1 in a container; the first starts a graceful shutdown, the next forces it.
 //! - [`systemd`]: the `sd_notify` protocol (`READY=1`, `STOPPING=1`, `STATUS=`,
 //!   `WATCHDOG=1`) and the watchdog interval from `WATCHDOG_USEC`.
+//! - [`end_on_shutdown`]: ends a long-lived stream (SSE, chunked responses) when the
+//!   server's shutdown token is cancelled, so its connection drains instead of being cut.
 //! - [`metrics`]: the names of the metrics it emits (signals received).
 //!
 //! keel-server's drain (stop accepting, graceful close, deadline, force, report) lives in
@@ -46,7 +48,9 @@
 mod health;
 pub mod metrics;
 mod signal;
+mod stream;
 pub mod systemd;
 
 pub use health::Health;
 pub use signal::{Signal, Signals};
+pub use stream::{EndOnShutdown, end_on_shutdown};
