@@ -58,6 +58,10 @@ async fn readiness_off_first_then_serving_through_the_delay_then_refusing() {
     drop(stream);
     let report = server.stop().await;
     assert!(report.is_clean(), "{report:?}");
+    assert!(
+        report.delay_duration >= delay - Duration::from_millis(50),
+        "{report:?}"
+    );
     assert!(!health.is_ready());
 }
 

@@ -21,6 +21,48 @@ pub const HANDLER_PANICS: &str = "keel_handler_panics_total";
 /// Counter: requests whose service returned an error, answered with 500.
 pub const HANDLER_ERRORS: &str = "keel_handler_errors_total";
 
+/// Gauge: the server's shutdown phase, one series per `phase` (`running`, `delay` (readiness
+/// off, still serving), `drain`, `done`), 1 for the current phase and 0 for the others.
+pub const SHUTDOWN_PHASE: &str = "keel_shutdown_phase";
+/// Gauge: how long the last drain took, in seconds (from the listeners closing until the last
+/// connection and tracked task was gone, or the deadline).
+pub const DRAIN_DURATION: &str = "keel_shutdown_drain_duration_seconds";
+
+/// A server's shutdown phase: the closed set of values of the `phase` label of
+/// [`SHUTDOWN_PHASE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ShutdownPhase {
+    /// Serving normally.
+    Running = 0,
+    /// Shutdown began: readiness off, still accepting and serving for the drain delay.
+    Delay = 1,
+    /// Listeners closed; connections and tracked tasks finishing.
+    Drain = 2,
+    /// Everything finished or was forced.
+    Done = 3,
+}
+
+impl ShutdownPhase {
+    /// Every phase, in order.
+    pub const ALL: [ShutdownPhase; 4] = [
+        ShutdownPhase::Running,
+        ShutdownPhase::Delay,
+        ShutdownPhase::Drain,
+        ShutdownPhase::Done,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownPhase::Running => "running",
+            ShutdownPhase::Delay => "delay",
+            ShutdownPhase::Drain => "drain",
+            ShutdownPhase::Done => "done",
+        }
+    }
+}
+
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +129,16 @@ pub fn describe() {
         Unit::Count,
         "Handler panics caught (answered with 500, or the response body cut short)."
     );
+    metrics::describe_gauge!(
+        SHUTDOWN_PHASE,
+        Unit::Count,
+        "Shutdown phase, 1 for the current one: running, delay, drain, done."
+    );
+    metrics::describe_gauge!(
+        DRAIN_DURATION,
+        Unit::Seconds,
+        "How long the last drain took."
+    );
     metrics::describe_counter!(
         HANDLER_ERRORS,
         Unit::Count,
@@ -103,6 +155,34 @@ pub(crate) struct ServerMetrics {
     pub(crate) duration: Histogram,
     pub(crate) panics: Counter,
     pub(crate) errors: Counter,
+}
+
+/// The shutdown metrics of one server (shared by all its cores in per-core mode).
+#[derive(Clone, Debug)]
+pub(crate) struct ShutdownMetrics {
+    phase: [Gauge; ShutdownPhase::ALL.len()],
+    drain_duration: Gauge,
+}
+
+impl ShutdownMetrics {
+    pub(crate) fn resolve() -> Self {
+        Self {
+            phase: ShutdownPhase::ALL
+                .map(|phase| metrics::gauge!(SHUTDOWN_PHASE, "phase" => phase.as_str())),
+            drain_duration: metrics::gauge!(DRAIN_DURATION),
+        }
+    }
+
+    pub(crate) fn enter(&self, current: ShutdownPhase) {
+        for phase in ShutdownPhase::ALL {
+            self.phase[phase as usize].set(if phase == current { 1.0 } else { 0.0 });
+        }
+        tracing::debug!(phase = current.as_str(), "shutdown phase");
+    }
+
+    pub(crate) fn drained_in(&self, duration: std::time::Duration) {
+        self.drain_duration.set(duration.as_secs_f64());
+    }
 }
 
 impl ServerMetrics {
@@ -127,6 +207,13 @@ impl ServerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_discriminants_are_positions_in_all() {
+        for (i, phase) in ShutdownPhase::ALL.iter().enumerate() {
+            assert_eq!(*phase as usize, i, "{phase:?}");
+        }
+    }
 
     #[test]
     fn discriminants_are_positions_in_all() {

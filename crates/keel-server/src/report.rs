@@ -15,7 +15,11 @@ pub struct ServeReport {
     /// Connections still open at the drain deadline (or when the drain was forced), closed by
     /// force.
     pub forced: u64,
-    /// From the start of the drain until the last connection closed.
+    /// From the shutdown trigger until the drain began: the drain delay, with readiness off
+    /// and the server still serving (shorter if the force trigger cut it).
+    pub delay_duration: Duration,
+    /// From the start of the drain (listeners closed) until the last connection and tracked
+    /// task was gone, or the deadline.
     pub drain_duration: Duration,
     /// Application tasks ([`Builder::track_tasks`](crate::Builder::track_tasks)) still
     /// running at the drain deadline.
@@ -45,5 +49,6 @@ impl ServeReport {
         self.forced += other.forced;
         self.tasks_left += other.tasks_left;
         self.drain_duration = self.drain_duration.max(other.drain_duration);
+        self.delay_duration = self.delay_duration.max(other.delay_duration);
     }
 }

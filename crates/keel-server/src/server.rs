@@ -26,7 +26,7 @@ use crate::config::HttpConfig;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::io::TrackedIo;
-use crate::metrics::{CloseReason, ServerMetrics};
+use crate::metrics::{CloseReason, ServerMetrics, ShutdownMetrics, ShutdownPhase};
 use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
 use crate::service::ConnService;
@@ -275,16 +275,21 @@ impl Builder {
         if let Some(health) = &self.health {
             health.set_ready(true);
         }
-        tokens
+        tokens.shutdown_metrics.enter(ShutdownPhase::Running);
+        let delay_duration = tokens
             .announce_shutdown(
                 self.health.as_ref(),
                 self.app_token.as_ref(),
                 self.drain_delay,
             )
             .await;
-        let deadline = Instant::now() + self.drain_timeout;
+        let drain_started = Instant::now();
+        let deadline = drain_started + self.drain_timeout;
         let mut report = core.drain(accept_loops, self.drain_timeout).await;
         report.tasks_left = wait_for_tasks(self.app_tasks.as_ref(), deadline, &tokens).await;
+        report.delay_duration = delay_duration;
+        report.drain_duration = drain_started.elapsed();
+        tokens.finish(drain_started);
         Ok(report)
     }
 
@@ -343,6 +348,7 @@ impl Builder {
             all_phases: Arc::clone(&all_phases),
             begin_drain: CancellationToken::new(),
             forced: CancellationToken::new(),
+            shutdown_metrics: ShutdownMetrics::resolve(),
         };
         let make_service = Arc::new(make_service);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
@@ -412,17 +418,18 @@ impl Builder {
             if let Some(health) = &self.health {
                 health.set_ready(true);
             }
+            tokens.shutdown_metrics.enter(ShutdownPhase::Running);
             let drain_timeout = self.drain_timeout;
-            let deadline = {
+            let drain_timing = {
                 let tokens = tokens.clone();
                 let health = self.health.clone();
                 let app_token = self.app_token.clone();
                 let delay = self.drain_delay;
                 AbortOnDropHandle::new(tokio::spawn(async move {
-                    tokens
+                    let delay_duration = tokens
                         .announce_shutdown(health.as_ref(), app_token.as_ref(), delay)
                         .await;
-                    Instant::now() + drain_timeout
+                    (Instant::now(), drain_timeout, delay_duration)
                 }))
             };
             for (core, handle) in handles.into_iter().enumerate() {
@@ -445,10 +452,17 @@ impl Builder {
             // Every core has drained, so the drain began and the announcer has its deadline
             // (unless the cores failed, and no shutdown may ever come).
             if failed.is_none()
-                && let Ok(deadline) = deadline.await
+                && let Ok((drain_started, drain_timeout, delay_duration)) = drain_timing.await
             {
-                report.tasks_left =
-                    wait_for_tasks(self.app_tasks.as_ref(), deadline, &tokens).await;
+                report.tasks_left = wait_for_tasks(
+                    self.app_tasks.as_ref(),
+                    drain_started + drain_timeout,
+                    &tokens,
+                )
+                .await;
+                report.delay_duration = delay_duration;
+                report.drain_duration = drain_started.elapsed();
+                tokens.finish(drain_started);
             }
         });
         match failed {
@@ -527,6 +541,8 @@ struct Tokens {
     begin_drain: CancellationToken,
     /// The force trigger fired.
     forced: CancellationToken,
+    /// The phase and drain-duration gauges (shared by every core).
+    shutdown_metrics: ShutdownMetrics,
 }
 
 impl Default for Tokens {
@@ -539,6 +555,7 @@ impl Default for Tokens {
             phase,
             begin_drain: CancellationToken::new(),
             forced: CancellationToken::new(),
+            shutdown_metrics: ShutdownMetrics::resolve(),
         }
     }
 }
@@ -560,8 +577,10 @@ impl Tokens {
         health: Option<&Health>,
         app_token: Option<&CancellationToken>,
         delay: Duration,
-    ) {
+    ) -> Duration {
         self.shutdown.cancelled().await;
+        let started = Instant::now();
+        self.shutdown_metrics.enter(ShutdownPhase::Delay);
         if let Some(health) = health {
             health.set_ready(false);
         }
@@ -575,7 +594,15 @@ impl Tokens {
                 () = self.forced.cancelled() => {}
             }
         }
+        self.shutdown_metrics.enter(ShutdownPhase::Drain);
         self.begin_drain.cancel();
+        started.elapsed()
+    }
+
+    /// Records the end of a drain that began at `drain_started`.
+    fn finish(&self, drain_started: Instant) {
+        self.shutdown_metrics.drained_in(drain_started.elapsed());
+        self.shutdown_metrics.enter(ShutdownPhase::Done);
     }
 
     /// Spawns the tasks that turn the user's triggers into token cancellations. The tasks
@@ -730,6 +757,7 @@ where
             drained: shared.drained.load(Ordering::Acquire),
             forced: shared.forced.load(Ordering::Acquire),
             drain_duration: started.elapsed(),
+            delay_duration: Duration::ZERO,
             tasks_left: 0,
         }
     }

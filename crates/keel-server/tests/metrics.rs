@@ -5,7 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use keel_listen::Listener;
-use keel_server::metrics::{CONNECTIONS_ACCEPTED, CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED};
+use keel_server::metrics::{
+    CONNECTIONS_ACCEPTED, CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED, DRAIN_DURATION, SHUTDOWN_PHASE,
+};
 use keel_server::{HttpConfig, Server};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -102,4 +104,33 @@ fn closes_are_counted_by_reason() {
             _ => f64::NAN,
         });
     assert_eq!(active, Some(0.0));
+
+    // The shutdown went through to `done`: exactly that phase is 1.
+    let gauge = |name: &str, label: Option<(&str, &str)>| -> Option<f64> {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| key.kind() == MetricKind::Gauge && key.key().name() == name)
+            .find(|(key, ..)| {
+                label
+                    .is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            })
+            .and_then(|(.., value)| match value {
+                DebugValue::Gauge(v) => Some(v.into_inner()),
+                _ => None,
+            })
+    };
+    for (phase, expected) in [
+        ("running", 0.0),
+        ("delay", 0.0),
+        ("drain", 0.0),
+        ("done", 1.0),
+    ] {
+        assert_eq!(
+            gauge(SHUTDOWN_PHASE, Some(("phase", phase))),
+            Some(expected),
+            "phase {phase}"
+        );
+    }
+    let drained_in = gauge(DRAIN_DURATION, None).expect("drain duration recorded");
+    assert!((0.0..10.0).contains(&drained_in), "{drained_in}");
 }
