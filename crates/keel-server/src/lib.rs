@@ -80,6 +80,7 @@ mod state;
 pub use body::{BodyPanicked, ResponseBody};
 pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
+pub use metrics::ShutdownPhase;
 pub use report::ServeReport;
 pub use server::{Builder, ConnInfo, DEFAULT_DRAIN_TIMEOUT, Server};
 

@@ -157,11 +157,24 @@ pub(crate) struct ServerMetrics {
     pub(crate) errors: Counter,
 }
 
-/// The shutdown metrics of one server (shared by all its cores in per-core mode).
-#[derive(Clone, Debug)]
+/// A hook called at every phase change.
+pub(crate) type PhaseHook = std::sync::Arc<dyn Fn(ShutdownPhase) + Send + Sync>;
+
+/// The shutdown metrics of one server (shared by all its cores in per-core mode), and the
+/// application's phase hook.
+#[derive(Clone)]
 pub(crate) struct ShutdownMetrics {
     phase: [Gauge; ShutdownPhase::ALL.len()],
     drain_duration: Gauge,
+    hook: Option<PhaseHook>,
+}
+
+impl std::fmt::Debug for ShutdownMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownMetrics")
+            .field("hook", &self.hook.as_ref().map(|_| "..."))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShutdownMetrics {
@@ -170,7 +183,12 @@ impl ShutdownMetrics {
             phase: ShutdownPhase::ALL
                 .map(|phase| metrics::gauge!(SHUTDOWN_PHASE, "phase" => phase.as_str())),
             drain_duration: metrics::gauge!(DRAIN_DURATION),
+            hook: None,
         }
+    }
+
+    pub(crate) fn set_hook(&mut self, hook: Option<PhaseHook>) {
+        self.hook = hook;
     }
 
     pub(crate) fn enter(&self, current: ShutdownPhase) {
@@ -178,6 +196,9 @@ impl ShutdownMetrics {
             self.phase[phase as usize].set(if phase == current { 1.0 } else { 0.0 });
         }
         tracing::debug!(phase = current.as_str(), "shutdown phase");
+        if let Some(hook) = &self.hook {
+            hook(current);
+        }
     }
 
     pub(crate) fn drained_in(&self, duration: std::time::Duration) {

@@ -26,7 +26,7 @@ use crate::config::HttpConfig;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::io::TrackedIo;
-use crate::metrics::{CloseReason, ServerMetrics, ShutdownMetrics, ShutdownPhase};
+use crate::metrics::{CloseReason, PhaseHook, ServerMetrics, ShutdownMetrics, ShutdownPhase};
 use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
 use crate::service::ConnService;
@@ -80,6 +80,7 @@ impl Server {
             drain_delay: Duration::ZERO,
             app_token: None,
             app_tasks: None,
+            on_phase: None,
         }
     }
 }
@@ -100,6 +101,7 @@ pub struct Builder {
     drain_delay: Duration,
     app_token: Option<CancellationToken>,
     app_tasks: Option<TaskTracker>,
+    on_phase: Option<PhaseHook>,
 }
 
 impl fmt::Debug for Builder {
@@ -115,6 +117,7 @@ impl fmt::Debug for Builder {
             .field("drain_delay", &self.drain_delay)
             .field("app_token", &self.app_token)
             .field("app_tasks", &self.app_tasks)
+            .field("on_phase", &self.on_phase.as_ref().map(|_| "..."))
             .finish()
     }
 }
@@ -151,6 +154,17 @@ impl Builder {
     /// Default: none.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.app_token = Some(token);
+        self
+    }
+
+    /// Called at every shutdown phase change (running, delay, drain, done), for example to
+    /// report progress to a service manager (`STATUS=` under systemd). Runs on the server's
+    /// runtime: keep it quick and non-blocking.
+    ///
+    /// Default: none. The phases are also visible as the
+    /// [`SHUTDOWN_PHASE`](crate::metrics::SHUTDOWN_PHASE) gauge.
+    pub fn on_phase(mut self, hook: impl Fn(ShutdownPhase) + Send + Sync + 'static) -> Self {
+        self.on_phase = Some(Arc::new(hook));
         self
     }
 
@@ -265,7 +279,8 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListeners);
         }
-        let tokens = Tokens::default();
+        let mut tokens = Tokens::default();
+        tokens.shutdown_metrics.set_hook(self.on_phase.clone());
         // Dropped early (the future was cancelled) or at the end: either way nothing of this
         // server outlives it.
         let _force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
@@ -341,7 +356,7 @@ impl Builder {
             shares[i % threads.get()].push(detached);
         }
         let all_phases: Arc<[Arc<Phase>]> = (0..threads.get()).map(|_| Phase::new()).collect();
-        let tokens = Tokens {
+        let mut tokens = Tokens {
             shutdown: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
             phase: Arc::clone(&all_phases[0]),
@@ -350,6 +365,7 @@ impl Builder {
             forced: CancellationToken::new(),
             shutdown_metrics: ShutdownMetrics::resolve(),
         };
+        tokens.shutdown_metrics.set_hook(self.on_phase.clone());
         let make_service = Arc::new(make_service);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
         let mut cores = Cores {

@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use keel::listen::SocketActivation;
 use keel::prelude::*;
+use keel::server::ShutdownPhase;
 use keel::shutdown::{Signals, systemd};
 
 fn main() -> ExitCode {
@@ -166,6 +167,24 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             });
         }
     }
+    // STATUS= lines for `systemctl status` as the shutdown goes through its phases.
+    let builder = match &notifier {
+        Some(notifier) => {
+            let notifier = Arc::clone(notifier);
+            builder.on_phase(move |phase| {
+                let status = match phase {
+                    ShutdownPhase::Running => "serving",
+                    ShutdownPhase::Delay => "shutting down: readiness off, still serving",
+                    ShutdownPhase::Drain => "draining connections",
+                    _ => "drained",
+                };
+                if let Err(error) = notifier.status(status) {
+                    tracing::warn!(%error, "cannot notify systemd");
+                }
+            })
+        }
+        None => builder,
+    };
     let (first, second) = signals.into_triggers();
     let first = async move {
         first.await;

@@ -34,27 +34,58 @@ async fn notifies_ready_watchdog_and_stopping() {
     )
     .await;
     let socket = tokio::task::spawn_blocking(move || {
-        assert_eq!(next(&socket), "READY=1\n", "READY=1 comes first");
-        assert_eq!(next(&socket), "WATCHDOG=1\n");
-        assert_eq!(next(&socket), "WATCHDOG=1\n", "the watchdog keeps pinging");
+        let (mut others, mut pings) = (Vec::new(), 0);
+        while others.len() < 2 || pings < 2 {
+            match next(&socket).as_str() {
+                "WATCHDOG=1\n" => pings += 1,
+                other => others.push(other.to_owned()),
+            }
+        }
+        assert_eq!(
+            others,
+            ["READY=1\n", "STATUS=serving\n"],
+            "ready, then serving"
+        );
         socket
     })
     .await
     .expect("notifications");
 
     server.signal("TERM");
-    let stopping = tokio::task::spawn_blocking(move || {
-        // Watchdog pings may still come in between.
+    let messages = tokio::task::spawn_blocking(move || {
+        // Everything but the watchdog pings, until the drain is reported done.
+        let mut messages = Vec::new();
         loop {
             let message = next(&socket);
-            if message != "WATCHDOG=1\n" {
-                return message;
+            if message == "WATCHDOG=1\n" {
+                continue;
+            }
+            let done = message == "STATUS=drained\n";
+            messages.push(message);
+            if done {
+                return messages;
             }
         }
     })
     .await
     .expect("notifications");
-    assert_eq!(stopping, "STOPPING=1\n");
+    assert!(
+        messages.contains(&"STOPPING=1\n".to_owned()),
+        "{messages:?}"
+    );
+    let statuses: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m.strip_prefix("STATUS="))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "shutting down: readiness off, still serving\n",
+            "draining connections\n",
+            "drained\n"
+        ],
+        "{messages:?}"
+    );
     assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
