@@ -221,3 +221,31 @@ async fn tracked_background_tasks_are_waited_for_under_the_drain_deadline() {
     assert_eq!(report.tasks_left, 1, "{report:?}");
     assert!(!report.is_clean());
 }
+
+#[tokio::test]
+async fn a_panicking_phase_hook_does_not_stop_the_shutdown() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = {
+        let seen = seen.clone();
+        common::Running::start(
+            move |b| {
+                b.on_phase(move |phase| {
+                    seen.lock().expect("lock").push(phase);
+                    panic!("hook panics on purpose");
+                })
+            },
+            common::app(Default::default()),
+        )
+    };
+    let report = server.stop().await;
+    assert!(report.is_clean());
+    use keel::server::ShutdownPhase;
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        [
+            ShutdownPhase::Running,
+            ShutdownPhase::Drain,
+            ShutdownPhase::Done
+        ]
+    );
+}

@@ -197,7 +197,11 @@ impl ShutdownMetrics {
         }
         tracing::debug!(phase = current.as_str(), "shutdown phase");
         if let Some(hook) = &self.hook {
-            hook(current);
+            // The application's code: a panic in it must not stop the shutdown halfway.
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(current)));
+            if called.is_err() {
+                tracing::error!(phase = current.as_str(), "the shutdown phase hook panicked");
+            }
         }
     }
 

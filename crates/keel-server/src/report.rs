@@ -47,7 +47,8 @@ impl ServeReport {
         self.connections += other.connections;
         self.drained += other.drained;
         self.forced += other.forced;
-        self.tasks_left += other.tasks_left;
+        // Every core sees the same application tracker: the count is shared, not per core.
+        self.tasks_left = self.tasks_left.max(other.tasks_left);
         self.drain_duration = self.drain_duration.max(other.drain_duration);
         self.delay_duration = self.delay_duration.max(other.delay_duration);
     }

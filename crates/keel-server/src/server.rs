@@ -385,6 +385,7 @@ impl Builder {
             let http = self.http.clone();
             let drain_timeout = self.drain_timeout;
             let conn_info = self.conn_info;
+            let app_tasks = self.app_tasks.clone();
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("keel-core-{index}"))
@@ -406,7 +407,13 @@ impl Builder {
                         let core = Core::new(make_service(), &http, conn_info, tokens.clone());
                         let accept_loops = core.start(listeners);
                         tokens.begin_drain.cancelled().await;
-                        core.drain(accept_loops, drain_timeout).await
+                        let deadline = Instant::now() + drain_timeout;
+                        let mut report = core.drain(accept_loops, drain_timeout).await;
+                        // Application tasks spawned on this core run on its runtime, which
+                        // ends with this closure: wait for them here, under the deadline.
+                        report.tasks_left =
+                            wait_for_tasks(app_tasks.as_ref(), deadline, &tokens).await;
+                        report
                     })
                 })
                 .map_err(Error::Runtime)?;
@@ -470,15 +477,28 @@ impl Builder {
             if failed.is_none()
                 && let Ok((drain_started, drain_timeout, delay_duration)) = drain_timing.await
             {
-                report.tasks_left = wait_for_tasks(
+                // Tasks spawned outside the cores (on this thread's runtime or elsewhere).
+                let left = wait_for_tasks(
                     self.app_tasks.as_ref(),
                     drain_started + drain_timeout,
                     &tokens,
                 )
                 .await;
+                report.tasks_left = report.tasks_left.max(left);
                 report.delay_duration = delay_duration;
                 report.drain_duration = drain_started.elapsed();
                 tokens.finish(drain_started);
+            }
+            if failed.is_some() {
+                // A core died: whatever state the shutdown got to, nobody should keep
+                // routing here or waiting for it.
+                if let Some(health) = &self.health {
+                    health.set_ready(false);
+                }
+                if let Some(token) = &self.app_token {
+                    token.cancel();
+                }
+                tokens.shutdown_metrics.enter(ShutdownPhase::Done);
             }
         });
         match failed {
@@ -596,7 +616,6 @@ impl Tokens {
     ) -> Duration {
         self.shutdown.cancelled().await;
         let started = Instant::now();
-        self.shutdown_metrics.enter(ShutdownPhase::Delay);
         if let Some(health) = health {
             health.set_ready(false);
         }
@@ -604,6 +623,7 @@ impl Tokens {
             token.cancel();
         }
         if !delay.is_zero() {
+            self.shutdown_metrics.enter(ShutdownPhase::Delay);
             tracing::info!(?delay, "shutting down: readiness off, still serving");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -145,3 +145,73 @@ fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
     );
     drop(setup);
 }
+
+#[test]
+fn per_core_waits_for_tasks_handlers_spawned_on_their_core() {
+    let cores = NonZeroUsize::new(2).expect("2");
+    let setup = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listeners = setup.block_on(async {
+        ListenerConfig::default()
+            .acceptors(cores)
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind")
+    });
+    let addr = listeners[0].local_addr().as_inet().expect("inet");
+    let token = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let (token, tasks, finished) = (token.clone(), tasks.clone(), finished.clone());
+        std::thread::spawn(move || {
+            Server::builder()
+                .listeners(listeners)
+                .shutdown_token(token.clone())
+                .track_tasks(tasks.clone())
+                .shutdown(async {
+                    let _ = rx.await;
+                })
+                .serve_per_core(cores, move || {
+                    let (token, tasks, finished) = (token.clone(), tasks.clone(), finished.clone());
+                    tower::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                        // A background job started by the handler, on this core's runtime,
+                        // that needs 300 ms to finish once the shutdown begins.
+                        let (token, finished) = (token.clone(), finished.clone());
+                        tasks.spawn(async move {
+                            token.cancelled().await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                        });
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    })
+                })
+        })
+    };
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let _ = tx.send(());
+    let report = server
+        .join()
+        .expect("server thread")
+        .expect("serve_per_core");
+    assert!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        "the task ran to its end before the core stopped"
+    );
+    assert_eq!(report.tasks_left, 0, "{report:?}");
+    assert!(report.is_clean());
+    drop(setup);
+}

@@ -139,6 +139,9 @@ impl Notifier {
             )));
         };
         let socket = UnixDatagram::unbound().map_err(error)?;
+        // Never block the caller (often a runtime thread) on a full service-manager queue: a
+        // notification that cannot be sent at once fails with `WouldBlock` instead.
+        socket.set_nonblocking(true).map_err(error)?;
         Ok(Notifier { socket, target })
     }
 
@@ -229,7 +232,8 @@ fn watchdog_interval_from(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -
         return None;
     }
     let usec: u64 = usec?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    let half = usec / 2;
+    (half > 0).then(|| Duration::from_micros(half))
 }
 
 #[cfg(test)]
@@ -313,6 +317,11 @@ mod tests {
             None
         );
         assert_eq!(watchdog_interval_from(Some("0"), None, 42), None);
+        assert_eq!(
+            watchdog_interval_from(Some("1"), None, 42),
+            None,
+            "never a zero interval"
+        );
         assert_eq!(watchdog_interval_from(Some("soon"), None, 42), None);
         assert_eq!(watchdog_interval_from(None, None, 42), None);
         assert_eq!(

@@ -172,8 +172,10 @@ async fn drain_delay_keeps_serving_then_refuses() {
 }
 
 /// Sends `GET /` requests on one keep-alive connection until the server closes it; returns
-/// how many complete responses arrived. Panics on a partial response: a request must get a
-/// whole answer or none at all (then the connection is closed and the client may retry).
+/// how many complete responses arrived. Panics on a partial response. A request must get a
+/// whole answer, or none at all with the connection closed: HTTP/1.1's signal that it was not
+/// processed and may be retried (a request crossing the server's close on the wire can never
+/// be answered; what matters is that it is never half-answered and never hangs).
 async fn keep_asking(addr: std::net::SocketAddr) -> usize {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return 0; // the listener already closed
@@ -213,7 +215,7 @@ async fn keep_asking(addr: std::net::SocketAddr) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signal_racing_responses_loses_nothing_and_never_hangs() {
+async fn signal_racing_responses_never_cuts_a_response_or_hangs() {
     let mut answered_in_all = 0;
     for round in 0..15u64 {
         let server = Hardened::start(&["--listen", "127.0.0.1:0", "--acceptors", "1"], 1).await;
