@@ -22,7 +22,8 @@ pub const HANDLER_PANICS: &str = "keel_handler_panics_total";
 pub const HANDLER_ERRORS: &str = "keel_handler_errors_total";
 
 /// Gauge: the server's shutdown phase, one series per `phase` (`running`, `delay` (readiness
-/// off, still serving), `drain`, `done`), 1 for the current phase and 0 for the others.
+/// off, still serving; only with a drain delay), `drain`, `done`), 1 for the current phase and
+/// 0 for the others. The series carry no server label: one keel server per process.
 pub const SHUTDOWN_PHASE: &str = "keel_shutdown_phase";
 /// Gauge: how long the last drain took, in seconds (from the listeners closing until the last
 /// connection and tracked task was gone, or the deadline).
