@@ -249,3 +249,55 @@ async fn a_panicking_phase_hook_does_not_stop_the_shutdown() {
         ]
     );
 }
+
+#[tokio::test]
+async fn one_shutdown_value_configures_the_whole_sequence() {
+    use keel::shutdown::Shutdown;
+    let shutdown = Shutdown::new().drain_delay(Duration::from_millis(300));
+    let (handle, health, token, tasks) = (
+        shutdown.handle(),
+        shutdown.health(),
+        shutdown.token(),
+        shutdown.tasks(),
+    );
+    let wound_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (token, wound_down) = (token.clone(), wound_down.clone());
+        tasks.spawn(async move {
+            token.cancelled().await;
+            wound_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let listener =
+        keel::listen::Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let server = tokio::spawn(
+        keel::server::Server::builder()
+            .listener(listener)
+            .graceful(shutdown)
+            .serve(common::app(Default::default())),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !health.is_ready() {
+        assert!(Instant::now() < deadline, "ready within 5 s");
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    handle.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("serve");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the drain delay applied"
+    );
+    assert!(!health.is_ready() && token.is_cancelled());
+    assert!(
+        wound_down.load(std::sync::atomic::Ordering::SeqCst),
+        "tasks were waited for"
+    );
+    assert!(report.is_clean(), "{report:?}");
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}

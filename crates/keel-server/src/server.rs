@@ -35,8 +35,9 @@ use crate::state::ConnState;
 /// hyper's built-in HTTP/1 header count limit, and keel's default.
 const HYPER_MAX_HEADERS: usize = 100;
 
-/// Default for [`Builder::drain_timeout`].
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Builder::drain_timeout`]: 30 s, Kubernetes' default termination grace
+/// period.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = keel_shutdown::DEFAULT_DRAIN_TIMEOUT;
 
 type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -144,6 +145,44 @@ impl Builder {
     pub fn health(mut self, health: Health) -> Self {
         self.health = Some(health);
         self
+    }
+
+    /// Runs `shutdown` as this server's graceful shutdown: its triggers (signals, handle),
+    /// drain delay and deadline, readiness, token and tracked tasks. The same as setting
+    /// [`shutdown`](Self::shutdown), [`force`](Self::force),
+    /// [`drain_delay`](Self::drain_delay), [`drain_timeout`](Self::drain_timeout),
+    /// [`health`](Self::health), [`shutdown_token`](Self::shutdown_token) and
+    /// [`track_tasks`](Self::track_tasks) one by one.
+    ///
+    /// ```no_run
+    /// # async fn run(listener: keel_listen::Listener) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use keel_shutdown::Shutdown;
+    ///
+    /// let shutdown = Shutdown::from_signals()?.drain_delay(Duration::from_secs(5));
+    /// let health = shutdown.health(); // serve it as /readyz
+    /// let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+    /// });
+    /// let report = keel_server::Server::builder()
+    ///     .listener(listener)
+    ///     .graceful(shutdown)
+    ///     .serve(service)
+    ///     .await?;
+    /// # let _ = (health, report);
+    /// # Ok(()) }
+    /// ```
+    pub fn graceful(self, shutdown: keel_shutdown::Shutdown) -> Self {
+        let parts = shutdown.into_parts();
+        let mut builder = self
+            .drain_delay(parts.drain_delay)
+            .drain_timeout(parts.drain_timeout)
+            .health(parts.health)
+            .shutdown_token(parts.token)
+            .track_tasks(parts.tasks);
+        builder.shutdown = Some(parts.trigger);
+        builder.force = Some(parts.force);
+        builder
     }
 
     /// A token cancelled at the first moment of a shutdown (together with readiness going

@@ -1,8 +1,12 @@
 //! Graceful-shutdown building blocks for production servers.
 //!
-//! This crate is growing into keel's shutdown coordinator (phases from running to drained,
-//! signals, drain tracking with a deadline). What it offers today:
+//! keel-server runs the shutdown (readiness off, drain delay, listeners closed, drain,
+//! deadline, force, report); this crate holds what configures it and what application code
+//! watches:
 //!
+//! - [`Shutdown`]: one value with the triggers (signals and/or a [`ShutdownHandle`]), the
+//!   drain delay and deadline, and the handles: [`Health`], the shutdown token, the task
+//!   tracker. Hand it to `keel_server::Builder::graceful`.
 //! - [`Health`]: readiness and liveness state, shared by whoever changes it (start-up,
 //!   shutdown) and whoever reports it (`/readyz`, `/livez`). Readiness starts false and is
 //!   cleared at the first moment of a shutdown, before any listener closes.
@@ -13,9 +17,6 @@
 //! - [`end_on_shutdown`]: ends a long-lived stream (SSE, chunked responses) when the
 //!   server's shutdown token is cancelled, so its connection drains instead of being cut.
 //! - [`metrics`]: the names of the metrics it emits (signals received).
-//!
-//! keel-server's drain (stop accepting, graceful close, deadline, force, report) lives in
-//! `keel-server` for now.
 //!
 //! It never installs process-global state and never changes the environment.
 //!
@@ -47,10 +48,14 @@
 
 mod health;
 pub mod metrics;
+mod shutdown;
 mod signal;
 mod stream;
 pub mod systemd;
 
 pub use health::Health;
+pub use shutdown::{
+    DEFAULT_DRAIN_DELAY, DEFAULT_DRAIN_TIMEOUT, Shutdown, ShutdownHandle, ShutdownParts, Trigger,
+};
 pub use signal::{Signal, Signals};
 pub use stream::{EndOnShutdown, end_on_shutdown};

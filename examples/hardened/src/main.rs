@@ -42,7 +42,7 @@ use std::sync::Arc;
 use keel::listen::SocketActivation;
 use keel::prelude::*;
 use keel::server::ShutdownPhase;
-use keel::shutdown::{Signals, systemd};
+use keel::shutdown::{Shutdown, systemd};
 
 fn main() -> ExitCode {
     let settings = match cli::parse() {
@@ -108,13 +108,16 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
     // container there is no default action at all).
-    let (builder, signals) = runtime.block_on(async {
-        let signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let builder = runtime.block_on(async {
+        // SIGTERM/SIGINT start the drain, the next one forces it.
+        let shutdown = Shutdown::from_signals()
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?
+            .drain_delay(settings.drain_delay)
+            .drain_timeout(settings.drain_timeout);
         let config = ListenerConfig::default().acceptors(acceptors);
         let mut builder = Server::builder()
             .http(http)
-            .drain_timeout(settings.drain_timeout)
-            .drain_delay(settings.drain_delay)
+            .graceful(shutdown)
             // No route reads the peer address: skip the per-request ConnInfo extension.
             .conn_info(false);
         let mut lines = String::new();
@@ -141,11 +144,11 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .write_all(lines.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        Ok::<_, String>((builder, signals))
+        Ok::<_, String>(builder)
     })?;
 
-    // Under systemd with Type=notify: READY=1 now that every listener accepts, STOPPING=1 at
-    // the first signal, and WATCHDOG=1 pings at half of WatchdogSec= from a task of the
+    // Under systemd with Type=notify: READY=1 now that every listener accepts, STOPPING=1 when
+    // the shutdown begins, and WATCHDOG=1 pings at half of WatchdogSec= from a task of the
     // serving runtime, so the pings stop when the runtime does.
     let notifier = systemd::Notifier::from_env()
         .map_err(|e| e.to_string())?
@@ -167,11 +170,19 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             });
         }
     }
-    // STATUS= lines for `systemctl status` as the shutdown goes through its phases.
-    let builder = match &notifier {
+    // STOPPING=1 as the shutdown begins, and a STATUS= line for `systemctl status` at every
+    // phase.
+    let builder = match notifier {
         Some(notifier) => {
-            let notifier = Arc::clone(notifier);
+            let stopping_sent = std::sync::atomic::AtomicBool::new(false);
             builder.on_phase(move |phase| {
+                let stopping = matches!(phase, ShutdownPhase::Delay | ShutdownPhase::Drain);
+                if stopping
+                    && !stopping_sent.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    && let Err(error) = notifier.stopping()
+                {
+                    tracing::warn!(%error, "cannot notify systemd");
+                }
                 let status = match phase {
                     ShutdownPhase::Running => "serving",
                     ShutdownPhase::Delay => "shutting down: readiness off, still serving",
@@ -185,16 +196,6 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }
         None => builder,
     };
-    let (first, second) = signals.into_triggers();
-    let first = async move {
-        first.await;
-        if let Some(notifier) = notifier
-            && let Err(error) = notifier.stopping()
-        {
-            tracing::warn!(%error, "cannot notify systemd");
-        }
-    };
-    let builder = builder.shutdown(first).force(second);
     let served = if settings.per_core {
         let served = builder.serve_per_core(cores, || tower::service_fn(routes::route));
         drop(runtime);
