@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `listen` | [`listen`] | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
 //! | `server` | [`server`] | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
-//! | `shutdown` | [`shutdown`] | `keel-shutdown` | readiness and liveness state, systemd notify and watchdog |
+//! | `shutdown` | [`shutdown`] | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
 //!
 //! Limits, TLS and metrics crates join as they land.
 //!
@@ -60,5 +60,5 @@ pub mod prelude {
     #[cfg(feature = "server")]
     pub use keel_server::{HttpConfig, ServeReport, Server};
     #[cfg(feature = "shutdown")]
-    pub use keel_shutdown::Health;
+    pub use keel_shutdown::{Health, Shutdown};
 }
