@@ -35,7 +35,7 @@
 //!
 //! # Crate features
 //!
-//! - `server` (default): [`server`], and `listen` with it.
+//! - `server` (default): [`server`], and `listen` and `shutdown` with it.
 //! - `listen`: [`listen`] alone.
 //! - `shutdown`: [`shutdown`].
 //! - `full`: everything.
