@@ -5,9 +5,9 @@
 //!
 //! | feature | module | crate | what it does |
 //! |---|---|---|---|
-//! | `listen` | [`listen`] | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
-//! | `server` | [`server`] | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
-//! | `shutdown` | [`shutdown`] | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
+//! | `listen` | `listen` | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
+//! | `server` | `server` | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
+//! | `shutdown` | `shutdown` | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
 //!
 //! Limits, TLS and metrics crates join as they land.
 //!
@@ -35,9 +35,9 @@
 //!
 //! # Crate features
 //!
-//! - `server` (default): [`server`], and `listen` and `shutdown` with it.
-//! - `listen`: [`listen`] alone.
-//! - `shutdown`: [`shutdown`].
+//! - `server` (default): `server`, and `listen` and `shutdown` with it.
+//! - `listen`: `listen` alone.
+//! - `shutdown`: `shutdown`.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
