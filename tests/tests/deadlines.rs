@@ -159,7 +159,7 @@ async fn keep_alive_connection_serves_many_requests_within_the_idle_timeout() {
 
 #[tokio::test]
 async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_stream_is_open() {
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::Empty;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let idle = SHORT;
@@ -183,13 +183,8 @@ async fn idle_http2_connection_is_closed_at_the_idle_timeout_but_not_while_a_str
         .body(Empty::new())
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = common::status_and_body(response).await;
+    assert_eq!(status, 200);
     assert_eq!(&body[..], b"ok\n");
 
     let idle_from = Instant::now();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Running, TestServer};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel::server::HttpConfig;
 use tokio::net::TcpStream;
@@ -33,14 +33,7 @@ async fn get(
         .body(Empty::new())
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
+    common::status_and_body(response).await
 }
 
 #[tokio::test]

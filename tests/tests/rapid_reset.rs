@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel::server::HttpConfig;
 use tokio::net::TcpStream;
@@ -60,13 +60,8 @@ async fn rapid_reset_flood_does_not_starve_a_concurrent_client() {
             .await
             .expect("served within 5 s during the flood")
             .expect("response");
-        assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (status, body) = common::status_and_body(response).await;
+        assert_eq!(status, 200);
         assert_eq!(&body[..], b"hello\n");
     }
 

@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use common::Running;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
 use keel::listen::ListenerConfig;
 
@@ -38,13 +38,8 @@ async fn serves_http_over_a_unix_socket() {
         .body(Empty::<Bytes>::new())
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = common::status_and_body(response).await;
+    assert_eq!(status, 200);
     assert_eq!(body, format!("unix:{}", path.display()));
 
     drop(sender);

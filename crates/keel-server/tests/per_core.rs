@@ -10,10 +10,15 @@ use http_body_util::Full;
 use keel_listen::ListenerConfig;
 use keel_server::Server;
 
-#[test]
-fn per_core_threads_share_the_connections_and_drain_together() {
-    let cores = NonZeroUsize::new(2).expect("2");
-    // Listeners are created on a runtime, then handed to the per-core threads.
+/// `cores` SO_REUSEPORT listeners on one loopback port, created on a runtime that stays alive
+/// (the listeners are moved off it by `serve_per_core`), and their address.
+fn reuseport_listeners(
+    cores: NonZeroUsize,
+) -> (
+    tokio::runtime::Runtime,
+    Vec<keel_listen::Listener>,
+    std::net::SocketAddr,
+) {
     let setup = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -26,6 +31,13 @@ fn per_core_threads_share_the_connections_and_drain_together() {
             .expect("bind")
     });
     let addr = listeners[0].local_addr().as_inet().expect("inet");
+    (setup, listeners, addr)
+}
+
+#[test]
+fn per_core_threads_share_the_connections_and_drain_together() {
+    let cores = NonZeroUsize::new(2).expect("2");
+    let (setup, listeners, addr) = reuseport_listeners(cores);
     let builder = Server::builder().listeners(listeners);
     assert_eq!(builder.local_addrs().len(), 2);
 
@@ -83,18 +95,7 @@ fn per_core_threads_share_the_connections_and_drain_together() {
 #[test]
 fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
     let cores = NonZeroUsize::new(2).expect("2");
-    let setup = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listeners = setup.block_on(async {
-        ListenerConfig::default()
-            .acceptors(cores)
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .expect("bind")
-    });
-    let addr = listeners[0].local_addr().as_inet().expect("inet");
+    let (setup, listeners, addr) = reuseport_listeners(cores);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let entered_tx = std::sync::Mutex::new(entered_tx);
@@ -149,18 +150,7 @@ fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
 #[test]
 fn per_core_waits_for_tasks_handlers_spawned_on_their_core() {
     let cores = NonZeroUsize::new(2).expect("2");
-    let setup = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listeners = setup.block_on(async {
-        ListenerConfig::default()
-            .acceptors(cores)
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .expect("bind")
-    });
-    let addr = listeners[0].local_addr().as_inet().expect("inet");
+    let (setup, listeners, addr) = reuseport_listeners(cores);
     let token = tokio_util::sync::CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -284,3 +284,18 @@ impl Running {
             .expect("serve")
     }
 }
+
+/// A client response's status and whole body.
+pub async fn status_and_body(
+    response: http::Response<hyper::body::Incoming>,
+) -> (http::StatusCode, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
