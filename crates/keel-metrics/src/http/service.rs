@@ -1,0 +1,53 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use tower::Service;
+
+use super::future::{InFlight, MetricsBody, ResponseFuture};
+use super::labels::{method_index, route_of};
+use super::series::Series;
+
+/// The service of [`HttpMetricsLayer`](super::HttpMetricsLayer).
+#[derive(Clone, Debug)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    series: Arc<Series>,
+}
+
+impl<S> HttpMetrics<S> {
+    pub(crate) fn new(inner: S, series: Arc<Series>) -> Self {
+        Self { inner, series }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<MetricsBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let method = method_index(request.method());
+        let route = route_of(request.extensions());
+        let in_flight = InFlight::start(Arc::clone(&self.series), method, route, Instant::now());
+        ResponseFuture::new(self.inner.call(request), in_flight)
+    }
+}
