@@ -37,7 +37,10 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -76,7 +79,11 @@ async fn memory_stays_flat_across_requests_and_scrapes() {
         // Past the next upkeep tick (paused time: the tick fires first).
         tokio::time::sleep(UPKEEP_INTERVAL + Duration::from_millis(1)).await;
         if scrape {
-            assert!(exporter.render().contains("http_server_request_duration_seconds"));
+            assert!(
+                exporter
+                    .render()
+                    .contains("http_server_request_duration_seconds")
+            );
         }
     };
 

@@ -4,8 +4,6 @@
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-/// Counter: connections accepted and handed to a connection task.
-pub const CONNECTIONS_ACCEPTED: &str = "keel_connections_accepted_total";
 /// Gauge: connections currently open.
 pub const CONNECTIONS_ACTIVE: &str = "keel_connections_active";
 /// Counter: connections closed, by `reason`: `complete` (the client or the protocol ended
@@ -105,11 +103,6 @@ impl CloseReason {
 
 /// Registers unit and help text of every metric above with the installed recorder.
 pub fn describe() {
-    metrics::describe_counter!(
-        CONNECTIONS_ACCEPTED,
-        Unit::Count,
-        "Connections accepted and handed to a connection task."
-    );
     metrics::describe_gauge!(
         CONNECTIONS_ACTIVE,
         Unit::Count,
@@ -147,10 +140,42 @@ pub fn describe() {
     );
 }
 
+/// Registers unit and help text of every metric keel emits: this crate's, and those of
+/// keel-listen, keel-shutdown and keel-metrics. Call it once from the executable, after
+/// installing the recorder.
+pub fn describe_all() {
+    describe();
+    keel_listen::metrics::describe();
+    keel_shutdown::metrics::describe();
+    keel_metrics::describe();
+}
+
+/// Registers every series of the closed label sets of keel's connection and shutdown
+/// metrics, so that they are exported (as 0) before their first event: `rate()` and alerts
+/// on, say, `drain_forced` closes then see a counter that exists from the start instead of
+/// one that appears with the first incident. The HTTP request series appear with their first
+/// request (their routes are the application's).
+pub fn register_all() {
+    let _ = ServerMetrics::resolve();
+    let _ = ShutdownMetrics::resolve();
+    metrics::counter!(keel_listen::metrics::CONNECTIONS_ACCEPTED_TOTAL).increment(0);
+    metrics::counter!(keel_listen::metrics::CONNECTIONS_SHED_TOTAL).increment(0);
+    for kind in keel_listen::metrics::ACCEPT_ERROR_KINDS {
+        metrics::counter!(
+            keel_listen::metrics::ACCEPT_ERRORS_TOTAL,
+            keel_listen::metrics::LABEL_KIND => *kind
+        )
+        .increment(0);
+    }
+    for signal in keel_shutdown::metrics::SIGNALS {
+        metrics::counter!(keel_shutdown::metrics::SIGNALS_RECEIVED, "signal" => *signal)
+            .increment(0);
+    }
+}
+
 /// Handles resolved once per server, so the per-connection path does no key lookups.
 #[derive(Clone, Debug)]
 pub(crate) struct ServerMetrics {
-    pub(crate) accepted: Counter,
     pub(crate) active: Gauge,
     closed: [Counter; CloseReason::ALL.len()],
     pub(crate) duration: Histogram,
@@ -212,9 +237,19 @@ impl ShutdownMetrics {
 }
 
 impl ServerMetrics {
+    /// Handles that record nothing (the admin listener's connections).
+    pub(crate) fn noop() -> Self {
+        Self {
+            active: Gauge::noop(),
+            closed: CloseReason::ALL.map(|_| Counter::noop()),
+            duration: Histogram::noop(),
+            panics: Counter::noop(),
+            errors: Counter::noop(),
+        }
+    }
+
     pub(crate) fn resolve() -> Self {
         Self {
-            accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
             active: metrics::gauge!(CONNECTIONS_ACTIVE),
             closed: CloseReason::ALL
                 .map(|reason| metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str())),

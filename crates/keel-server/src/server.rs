@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
+use keel_metrics::Admin;
 use keel_shutdown::Health;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,11 @@ use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
 use crate::service::ConnService;
 use crate::state::ConnState;
+
+mod admin;
+
+pub use admin::ADMIN_DRAIN_TIMEOUT;
+use admin::AdminServer;
 
 /// hyper's built-in HTTP/1 header count limit, and keel's default.
 const HYPER_MAX_HEADERS: usize = 100;
@@ -82,6 +88,7 @@ impl Server {
             app_token: None,
             app_tasks: None,
             on_phase: None,
+            admin: None,
         }
     }
 }
@@ -103,6 +110,7 @@ pub struct Builder {
     app_token: Option<CancellationToken>,
     app_tasks: Option<TaskTracker>,
     on_phase: Option<PhaseHook>,
+    admin: Option<(Listener, Admin)>,
 }
 
 impl fmt::Debug for Builder {
@@ -119,11 +127,30 @@ impl fmt::Debug for Builder {
             .field("app_token", &self.app_token)
             .field("app_tasks", &self.app_tasks)
             .field("on_phase", &self.on_phase.as_ref().map(|_| "..."))
+            .field("admin", &self.admin)
             .finish()
     }
 }
 
 impl Builder {
+    /// Serves `admin` (`/metrics`, `/livez`, `/readyz`) on its own listener.
+    ///
+    /// The admin listener is outside everything that protects the application's listeners
+    /// from clients (connection and rate limits): a scraper or a probe must get through when
+    /// the server is overloaded. Its connections are not in the connection metrics, so that
+    /// scrapes do not count themselves. It accepts from the start (`/readyz` answers 503
+    /// until every listener accepts) until the drain of the application's connections has
+    /// ended, so the not-ready state can be seen throughout the shutdown; then it closes,
+    /// giving its own connections [`ADMIN_DRAIN_TIMEOUT`] to finish.
+    ///
+    /// Unless `admin` has its own checks, `/readyz` and `/livez` report the server's
+    /// [`Health`] (the one given to [`health`](Self::health) or
+    /// [`graceful`](Self::graceful), or one of the server's own).
+    pub fn admin(mut self, listener: Listener, admin: Admin) -> Self {
+        self.admin = Some((listener, admin));
+        self
+    }
+
     /// Adds a listener. Each listener gets its own accept loop.
     pub fn listener(mut self, listener: Listener) -> Self {
         self.listeners.push(listener);
@@ -318,24 +345,33 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListeners);
         }
+        let health = self
+            .health
+            .clone()
+            .or_else(|| self.admin.is_some().then(Health::new));
+        let admin = self
+            .admin
+            .map(|(listener, admin)| AdminServer::start(listener, admin, health.as_ref()));
         let mut tokens = Tokens::default();
         tokens.shutdown_metrics.set_hook(self.on_phase.clone());
         // Dropped early (the future was cancelled) or at the end: either way nothing of this
         // server outlives it.
         let _force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
         let _triggers = tokens.watch(self.shutdown, self.force);
-        let core = Core::new(service, &self.http, self.conn_info, tokens.clone());
+        let core = Core::new(
+            service,
+            &self.http,
+            self.conn_info,
+            tokens.clone(),
+            ServerMetrics::resolve(),
+        );
         let accept_loops = core.start(self.listeners);
-        if let Some(health) = &self.health {
+        if let Some(health) = &health {
             health.set_ready(true);
         }
         tokens.shutdown_metrics.enter(ShutdownPhase::Running);
         let delay_duration = tokens
-            .announce_shutdown(
-                self.health.as_ref(),
-                self.app_token.as_ref(),
-                self.drain_delay,
-            )
+            .announce_shutdown(health.as_ref(), self.app_token.as_ref(), self.drain_delay)
             .await;
         let drain_started = Instant::now();
         let deadline = drain_started + self.drain_timeout;
@@ -344,6 +380,9 @@ impl Builder {
         report.delay_duration = delay_duration;
         report.drain_duration = drain_started.elapsed();
         tokens.finish(drain_started);
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         Ok(report)
     }
 
@@ -383,6 +422,31 @@ impl Builder {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::InsideRuntime);
         }
+        let health = self
+            .health
+            .clone()
+            .or_else(|| self.admin.is_some().then(Health::new));
+        // Runs the triggers, the admin listener, and waits for the cores.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let admin = match self.admin {
+            Some((listener, admin)) => {
+                let addr = listener.local_addr().clone();
+                let detached = listener.detach().map_err(|source| Error::Listener {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                let _on_waiter = waiter.enter();
+                let listener = detached.attach().map_err(|error| Error::Listener {
+                    addr,
+                    source: std::io::Error::from(error),
+                })?;
+                Some((listener, admin))
+            }
+            None => None,
+        };
         // Move every listener off the runtime it was created on; each core re-registers its
         // share on its own runtime.
         let mut shares: Vec<Vec<DetachedListener>> =
@@ -443,7 +507,13 @@ impl Builder {
                             }
                         }
                         let _ = ready.send(Ok(()));
-                        let core = Core::new(make_service(), &http, conn_info, tokens.clone());
+                        let core = Core::new(
+                            make_service(),
+                            &http,
+                            conn_info,
+                            tokens.clone(),
+                            ServerMetrics::resolve(),
+                        );
                         let accept_loops = core.start(listeners);
                         tokens.begin_drain.cancelled().await;
                         let deadline = Instant::now() + drain_timeout;
@@ -466,25 +536,23 @@ impl Builder {
                 Err(_) => break,
             }
         }
-        let waiter = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
         let handles = std::mem::take(&mut cores.handles);
         let mut report = ServeReport::default();
         let mut failed = None;
         waiter.block_on(async {
+            let admin =
+                admin.map(|(listener, admin)| AdminServer::start(listener, admin, health.as_ref()));
             // The triggers keep running until every core has drained, so that a force
             // trigger is still heard during the drain.
             let _triggers = tokens.watch(self.shutdown, self.force);
-            if let Some(health) = &self.health {
+            if let Some(health) = &health {
                 health.set_ready(true);
             }
             tokens.shutdown_metrics.enter(ShutdownPhase::Running);
             let drain_timeout = self.drain_timeout;
             let drain_timing = {
                 let tokens = tokens.clone();
-                let health = self.health.clone();
+                let health = health.clone();
                 let app_token = self.app_token.clone();
                 let delay = self.drain_delay;
                 AbortOnDropHandle::new(tokio::spawn(async move {
@@ -531,13 +599,16 @@ impl Builder {
             if failed.is_some() {
                 // A core died: whatever state the shutdown got to, nobody should keep
                 // routing here or waiting for it.
-                if let Some(health) = &self.health {
+                if let Some(health) = &health {
                     health.set_ready(false);
                 }
                 if let Some(token) = &self.app_token {
                     token.cancel();
                 }
                 tokens.shutdown_metrics.enter(ShutdownPhase::Done);
+            }
+            if let Some(admin) = admin {
+                admin.stop().await;
             }
         });
         match failed {
@@ -767,7 +838,13 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    fn new(service: S, http: &HttpConfig, conn_info: bool, tokens: Tokens) -> Self {
+    fn new(
+        service: S,
+        http: &HttpConfig,
+        conn_info: bool,
+        tokens: Tokens,
+        metrics: ServerMetrics,
+    ) -> Self {
         let tracker = TaskTracker::new();
         let executor = TrackedExecutor {
             tracker: tracker.clone(),
@@ -780,7 +857,7 @@ where
                 http: http.clone(),
                 conn_info,
                 tokens,
-                metrics: Arc::new(ServerMetrics::resolve()),
+                metrics: Arc::new(metrics),
                 tracker,
                 connections: AtomicU64::new(0),
                 drained: AtomicU64::new(0),
@@ -922,7 +999,6 @@ where
     B::Error: Into<BoxError>,
 {
     let metrics = &shared.metrics;
-    metrics.accepted.increment(1);
     metrics.active.increment(1.0);
     // Reports `Error` unless the driver finishes: a panic anywhere below still closes the
     // books on this connection.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use keel_listen::Listener;
 use keel_server::metrics::{
-    CONNECTIONS_ACCEPTED, CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED, DRAIN_DURATION, SHUTDOWN_PHASE,
+    CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED, DRAIN_DURATION, SHUTDOWN_PHASE,
 };
 use keel_server::{HttpConfig, Server};
 use metrics_util::MetricKind;
@@ -87,7 +87,10 @@ fn closes_are_counted_by_reason() {
             })
             .sum()
     };
-    assert_eq!(counter(CONNECTIONS_ACCEPTED, None), 2);
+    assert_eq!(
+        counter(keel_listen::metrics::CONNECTIONS_ACCEPTED_TOTAL, None),
+        2
+    );
     assert_eq!(
         counter(CONNECTIONS_CLOSED, Some(("reason", "header_timeout"))),
         1

@@ -8,8 +8,9 @@
 //! | `listen` | `listen` | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
 //! | `server` | `server` | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
 //! | `shutdown` | `shutdown` | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
+//! | `metrics` | `metrics` | `keel-metrics` | the HTTP metrics layer with bounded labels, the admin service (`/metrics`, `/livez`, `/readyz`), the Prometheus exporter |
 //!
-//! Limits, TLS and metrics crates join as they land.
+//! Limits and TLS crates join as they land.
 //!
 //! # Example
 //!
@@ -38,6 +39,7 @@
 //! - `server` (default): `server`, and `listen` and `shutdown` with it.
 //! - `listen`: `listen` alone.
 //! - `shutdown`: `shutdown`.
+//! - `metrics`: `metrics`, with the Prometheus exporter.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
@@ -53,10 +55,16 @@ pub use keel_server as server;
 #[doc(inline)]
 pub use keel_shutdown as shutdown;
 
+#[cfg(feature = "metrics")]
+#[doc(inline)]
+pub use keel_metrics as metrics;
+
 /// The types most servers need, for a glob import.
 pub mod prelude {
     #[cfg(feature = "listen")]
     pub use keel_listen::{Listener, ListenerConfig};
+    #[cfg(feature = "metrics")]
+    pub use keel_metrics::{Admin, HttpMetricsLayer, PrometheusExporter, Route};
     #[cfg(feature = "server")]
     pub use keel_server::{HttpConfig, ServeReport, Server};
     #[cfg(feature = "shutdown")]

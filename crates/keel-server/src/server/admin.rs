@@ -1,0 +1,68 @@
+//! The admin listener: keel-metrics' admin service on a listener of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_listen::Listener;
+use keel_metrics::Admin;
+use keel_shutdown::Health;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{Core, ForceOnDrop, Tokens};
+use crate::config::HttpConfig;
+use crate::metrics::ServerMetrics;
+
+/// How long the admin listener's own connections get to finish once the application's drain
+/// has ended: a scrape in progress completes, an idle scraper is closed at once.
+pub const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A running admin listener. Dropping it closes everything at once.
+pub(super) struct AdminServer {
+    core: Core<Admin>,
+    accept_loops: Vec<AbortOnDropHandle<()>>,
+    _force_on_drop: ForceOnDrop,
+}
+
+impl AdminServer {
+    /// Starts serving `admin` on `listener`; its probes report `health` unless `admin` has
+    /// checks of its own. Call within the runtime that serves it.
+    pub(super) fn start(listener: Listener, mut admin: Admin, health: Option<&Health>) -> Self {
+        if let Some(health) = health {
+            if !admin.has_readiness() {
+                let health = health.clone();
+                admin = admin.readiness(move || health.is_ready());
+            }
+            if !admin.has_liveness() {
+                let health = health.clone();
+                admin = admin.liveness(move || health.is_live());
+            }
+        }
+        // Its own phase: the admin listener outlives the application's drain.
+        let tokens = Tokens::default();
+        let force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
+        // Scrapes and probes are not the application's traffic: no connection metrics.
+        let core = Core::new(
+            admin,
+            &HttpConfig::default(),
+            false,
+            tokens,
+            ServerMetrics::noop(),
+        );
+        let accept_loops = core.start(vec![listener]);
+        Self {
+            core,
+            accept_loops,
+            _force_on_drop: force_on_drop,
+        }
+    }
+
+    /// Closes the admin listener and drains its connections under [`ADMIN_DRAIN_TIMEOUT`].
+    pub(super) async fn stop(self) {
+        let Self {
+            core,
+            accept_loops,
+            _force_on_drop,
+        } = self;
+        core.drain(accept_loops, ADMIN_DRAIN_TIMEOUT).await;
+    }
+}
