@@ -16,6 +16,9 @@ struct Flags {
     /// Listen address; repeatable. Port 0 picks a free port. [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Admin listener serving /metrics (Prometheus), /livez and /readyz; off unless given.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Deadline for a whole request head, and for the start of a new connection. [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     header_timeout: Option<Duration>,
@@ -48,6 +51,7 @@ fn duration(value: &str) -> Result<Duration, String> {
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 struct File {
     listen: Option<Vec<SocketAddr>>,
+    admin: Option<SocketAddr>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     drain_delay: Option<String>,
@@ -60,6 +64,7 @@ struct File {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) drain_delay: Duration,
@@ -121,6 +126,7 @@ pub(crate) fn parse() -> Result<Parsed, String> {
     }
     Ok(Parsed::Run(Settings {
         listen,
+        admin: flags.admin.or(file.admin),
         header_timeout: flags
             .header_timeout
             .or(from_file(&file.header_timeout, "header-timeout")?)

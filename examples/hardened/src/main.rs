@@ -14,6 +14,7 @@
 //! curl -N 'http://127.0.0.1:8080/stream?n=5&ms=200'   # five lines, 200 ms apart
 //! curl --data-binary @Cargo.toml http://127.0.0.1:8080/echo
 //! curl --http2-prior-knowledge http://127.0.0.1:8080/ # h2c
+//! curl http://127.0.0.1:9090/metrics                  # with --admin 127.0.0.1:9090
 //! kill -TERM <pid>                                    # graceful drain; exit 0 when clean
 //! ```
 //!
@@ -22,7 +23,9 @@
 //! listening and `STOPPING=1` at shutdown, and pings the watchdog when `WatchdogSec=` is set.
 //!
 //! Once every listener accepts it prints `listening on http://IP:PORT`, one line per `--listen`
-//! address (or per inherited socket).
+//! address (or per inherited socket), then `admin on http://IP:PORT` with `--admin`: that
+//! listener serves `/metrics` (Prometheus), `/livez` and `/readyz`, and stays up through the
+//! drain so the not-ready state can be seen.
 //! SIGTERM or SIGINT starts a graceful shutdown and a second one forces it. Exit status: 0
 //! after a clean drain, 1 when connections were forced closed (or a per-core thread failed
 //! while serving), 2 for bad usage or a failed start-up, with one `error: ` line on stderr
@@ -40,6 +43,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use keel::listen::SocketActivation;
+use keel::metrics::{Admin, HttpMetricsLayer, PrometheusExporter};
 use keel::prelude::*;
 use keel::server::ShutdownPhase;
 use keel::shutdown::{Shutdown, systemd};
@@ -104,6 +108,19 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     let http = HttpConfig::default()
         .header_timeout(settings.header_timeout)
         .idle_timeout(settings.idle_timeout);
+    // With an admin listener, metrics go to a Prometheus exporter that it serves; without one
+    // no recorder is installed and recording costs next to nothing.
+    let exporter = match settings.admin {
+        Some(_) => {
+            let exporter = PrometheusExporter::install().map_err(|e| e.to_string())?;
+            keel::server::metrics::describe_all();
+            keel::server::metrics::register_all();
+            Some(exporter)
+        }
+        None => None,
+    };
+    // Built after the recorder is installed; every clone (one per core) shares its series.
+    let metrics = HttpMetricsLayer::new();
 
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
@@ -114,6 +131,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .map_err(|e| format!("cannot install signal handlers: {e}"))?
             .drain_delay(settings.drain_delay)
             .drain_timeout(settings.drain_timeout);
+        let upkeep_stop = shutdown.token();
         let config = ListenerConfig::default().acceptors(acceptors);
         let mut builder = Server::builder()
             .http(http)
@@ -138,6 +156,14 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
                     builder = builder.listeners(listeners);
                 }
             }
+        }
+        if let (Some(addr), Some(exporter)) = (settings.admin, &exporter) {
+            let listener = Listener::bind(addr).map_err(|e| e.to_string())?;
+            // The admin line comes after every listener line.
+            lines.push_str(&format!("admin on http://{}\n", listener.local_addr()));
+            builder = builder.admin(listener, Admin::new().prometheus(exporter));
+            // Fold histogram samples into their buckets even when nobody scrapes.
+            tokio::spawn(exporter.clone().run_upkeep(upkeep_stop.clone()));
         }
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -196,12 +222,19 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }
         None => builder,
     };
+    // The router names the route template, the metrics layer records it, the routes answer.
+    let app = move || {
+        tower::ServiceBuilder::new()
+            .map_request(routes::name_route)
+            .layer(metrics.clone())
+            .service_fn(routes::route)
+    };
     let served = if settings.per_core {
-        let served = builder.serve_per_core(cores, || tower::service_fn(routes::route));
+        let served = builder.serve_per_core(cores, app);
         drop(runtime);
         served
     } else {
-        runtime.block_on(builder.serve(tower::service_fn(routes::route)))
+        runtime.block_on(builder.serve(app()))
     };
     served.map_err(|error| match error {
         keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),

@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
+use keel::metrics::Route;
 
 /// Largest request body any route accepts.
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -33,6 +34,20 @@ pub(crate) type RouteFuture = Either<
     std::future::Ready<Result<Response<AppBody>, Infallible>>,
     Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>,
 >;
+
+/// Names the route template of a request for the metrics (`http_route`): the path for the
+/// four routes, nothing (`unmatched`) for the rest, never the raw path of a 404.
+pub(crate) fn name_route(mut request: Request<Incoming>) -> Request<Incoming> {
+    let template = match request.uri().path() {
+        "/" => Route::new("/"),
+        "/slow" => Route::new("/slow"),
+        "/stream" => Route::new("/stream"),
+        "/echo" => Route::new("/echo"),
+        _ => return request,
+    };
+    request.extensions_mut().insert(template);
+    request
+}
 
 /// Serves one request.
 pub(crate) fn route(request: Request<Incoming>) -> RouteFuture {

@@ -19,6 +19,8 @@ pub struct Hardened {
     pub addrs: Vec<SocketAddr>,
     /// The `listening on` lines as printed.
     pub lines: Vec<String>,
+    /// The address of the `admin on` line (printed after the listener lines) with `--admin`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Hardened {
@@ -65,17 +67,34 @@ impl Hardened {
             addrs.push(addr.parse().expect("a socket address"));
             lines.push(line);
         }
+        let mut admin = None;
+        if args.contains(&"--admin") {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines_in.next_line())
+                .await
+                .expect("admin line within 60 s")
+                .expect("read stdout")
+                .expect("hardened exited before the admin line");
+            let addr = line
+                .strip_prefix("admin on http://")
+                .unwrap_or_else(|| panic!("expected the admin line, got {line:?}"));
+            admin = Some(addr.parse().expect("a socket address"));
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines_in.next_line().await {} });
         Self {
             child,
             addrs,
             lines,
+            admin,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("started with --admin")
     }
 
     pub fn pid(&self) -> u32 {
