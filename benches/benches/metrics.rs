@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // The whole catalogue: touch every series keel can emit, and a dozen routes.
-    keel_server::metrics::touch_all();
+    keel_server::metrics::register_all();
     let layer = HttpMetricsLayer::new();
     for route in [
         "/", "/a", "/b", "/c", "/d", "/e", "/f", "/g", "/h", "/i", "/j", "/k",

@@ -82,7 +82,9 @@ pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
 pub use metrics::ShutdownPhase;
 pub use report::ServeReport;
-pub use server::{ADMIN_DRAIN_TIMEOUT, Builder, ConnInfo, DEFAULT_DRAIN_TIMEOUT, Server};
+pub use server::{
+    ADMIN_DRAIN_TIMEOUT, Builder, ConnInfo, DEFAULT_DRAIN_TIMEOUT, DrainProgress, Server,
+};
 
 /// The boxed error type of bodies and services, as in tower and hyper.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -88,6 +88,7 @@ impl Server {
             app_token: None,
             app_tasks: None,
             on_phase: None,
+            on_drain_progress: None,
             admin: None,
         }
     }
@@ -110,6 +111,7 @@ pub struct Builder {
     app_token: Option<CancellationToken>,
     app_tasks: Option<TaskTracker>,
     on_phase: Option<PhaseHook>,
+    on_drain_progress: Option<(Duration, ProgressHook)>,
     admin: Option<(Listener, Admin)>,
 }
 
@@ -127,6 +129,10 @@ impl fmt::Debug for Builder {
             .field("app_token", &self.app_token)
             .field("app_tasks", &self.app_tasks)
             .field("on_phase", &self.on_phase.as_ref().map(|_| "..."))
+            .field(
+                "on_drain_progress",
+                &self.on_drain_progress.as_ref().map(|(every, _)| every),
+            )
             .field("admin", &self.admin)
             .finish()
     }
@@ -231,6 +237,22 @@ impl Builder {
     /// [`SHUTDOWN_PHASE`](crate::metrics::SHUTDOWN_PHASE) gauge.
     pub fn on_phase(mut self, hook: impl Fn(ShutdownPhase) + Send + Sync + 'static) -> Self {
         self.on_phase = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called every `every` during the drain with how many connections are still open, once
+    /// as the drain begins and once more when it has ended, for example to report progress to
+    /// a service manager (`STATUS=` under systemd) or a log. Runs on the server's runtime:
+    /// keep it quick and non-blocking.
+    ///
+    /// Default: none. The count is also the [`CONNECTIONS_ACTIVE`](crate::metrics::CONNECTIONS_ACTIVE)
+    /// gauge.
+    pub fn on_drain_progress(
+        mut self,
+        every: Duration,
+        hook: impl Fn(DrainProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_drain_progress = Some((every, Arc::new(hook)));
         self
     }
 
@@ -370,6 +392,7 @@ impl Builder {
             health.set_ready(true);
         }
         tokens.shutdown_metrics.enter(ShutdownPhase::Running);
+        let progress = Progress::start(&tokens, self.on_drain_progress, self.drain_timeout);
         let delay_duration = tokens
             .announce_shutdown(health.as_ref(), self.app_token.as_ref(), self.drain_delay)
             .await;
@@ -379,6 +402,7 @@ impl Builder {
         report.tasks_left = wait_for_tasks(self.app_tasks.as_ref(), deadline, &tokens).await;
         report.delay_duration = delay_duration;
         report.drain_duration = drain_started.elapsed();
+        progress.finish(&tokens, report.drain_duration);
         tokens.finish(drain_started);
         if let Some(admin) = admin {
             admin.stop().await;
@@ -459,7 +483,12 @@ impl Builder {
             shares[i % threads.get()].push(detached);
         }
         let all_phases: Arc<[Arc<Phase>]> = (0..threads.get()).map(|_| Phase::new()).collect();
+        let all_open: Arc<[Arc<AtomicU64>]> = (0..threads.get())
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect();
         let mut tokens = Tokens {
+            open: Arc::clone(&all_open[0]),
+            all_open: Arc::clone(&all_open),
             shutdown: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
             phase: Arc::clone(&all_phases[0]),
@@ -482,6 +511,7 @@ impl Builder {
                 .map_err(Error::Runtime)?;
             let tokens = Tokens {
                 phase: Arc::clone(&all_phases[index]),
+                open: Arc::clone(&all_open[index]),
                 ..tokens.clone()
             };
             let make_service = Arc::clone(&make_service);
@@ -549,6 +579,7 @@ impl Builder {
                 health.set_ready(true);
             }
             tokens.shutdown_metrics.enter(ShutdownPhase::Running);
+            let progress = Progress::start(&tokens, self.on_drain_progress, self.drain_timeout);
             let drain_timeout = self.drain_timeout;
             let drain_timing = {
                 let tokens = tokens.clone();
@@ -594,6 +625,7 @@ impl Builder {
                 report.tasks_left = report.tasks_left.max(left);
                 report.delay_duration = delay_duration;
                 report.drain_duration = drain_started.elapsed();
+                progress.finish(&tokens, report.drain_duration);
                 tokens.finish(drain_started);
             }
             if failed.is_some() {
@@ -614,6 +646,79 @@ impl Builder {
         match failed {
             Some(error) => Err(error),
             None => Ok(report),
+        }
+    }
+}
+
+/// A hook called with the drain's progress.
+type ProgressHook = Arc<dyn Fn(DrainProgress) + Send + Sync>;
+
+/// How far a drain has got: the argument of [`Builder::on_drain_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainProgress {
+    /// Connections still open (on every core).
+    pub open: u64,
+    /// Time since the drain began (the listeners closed).
+    pub elapsed: Duration,
+    /// Time left until the drain deadline forces the rest closed (zero once it passed).
+    pub remaining: Duration,
+    /// Whether the drain has ended (the last call).
+    pub finished: bool,
+}
+
+/// The drain-progress reporter of a server: a task that calls the hook as the drain goes.
+struct Progress {
+    hook: Option<(ProgressHook, Duration)>,
+    _task: Option<AbortOnDropHandle<()>>,
+}
+
+impl Progress {
+    /// Starts a task that waits for the drain to begin, then reports every `every`.
+    fn start(tokens: &Tokens, hook: Option<(Duration, ProgressHook)>, timeout: Duration) -> Self {
+        let Some((every, hook)) = hook else {
+            return Self {
+                hook: None,
+                _task: None,
+            };
+        };
+        let task = {
+            let hook = Arc::clone(&hook);
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                tokens.begin_drain.cancelled().await;
+                let started = Instant::now();
+                let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let elapsed = started.elapsed();
+                    hook(DrainProgress {
+                        open: tokens.open_connections(),
+                        elapsed,
+                        remaining: timeout.saturating_sub(elapsed),
+                        finished: false,
+                    });
+                }
+            })
+        };
+        Self {
+            hook: Some((hook, timeout)),
+            _task: Some(AbortOnDropHandle::new(task)),
+        }
+    }
+
+    /// Stops the reporting and makes the last call.
+    fn finish(self, tokens: &Tokens, elapsed: Duration) {
+        let Self { hook, _task } = self;
+        drop(_task);
+        if let Some((hook, timeout)) = hook {
+            hook(DrainProgress {
+                open: tokens.open_connections(),
+                elapsed,
+                remaining: timeout.saturating_sub(elapsed),
+                finished: true,
+            });
         }
     }
 }
@@ -689,12 +794,19 @@ struct Tokens {
     forced: CancellationToken,
     /// The phase and drain-duration gauges (shared by every core).
     shutdown_metrics: ShutdownMetrics,
+    /// Connections open on this core.
+    open: Arc<AtomicU64>,
+    /// Connections open on every core (just `open` outside per-core mode).
+    all_open: Arc<[Arc<AtomicU64>]>,
 }
 
 impl Default for Tokens {
     fn default() -> Self {
         let phase = Phase::new();
+        let open = Arc::new(AtomicU64::new(0));
         Self {
+            all_open: Arc::from([Arc::clone(&open)]),
+            open,
             shutdown: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
             all_phases: Arc::from([Arc::clone(&phase)]),
@@ -716,6 +828,14 @@ impl Drop for ForceOnDrop {
 }
 
 impl Tokens {
+    /// Connections open on every core.
+    fn open_connections(&self) -> u64 {
+        self.all_open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Waits for the shutdown trigger, turns readiness off at once, keeps serving for the
     /// drain delay (cut short by the force trigger), then starts the drain.
     async fn announce_shutdown(
@@ -982,6 +1102,7 @@ impl<S> Drop for Closing<'_, S> {
         } else if shared.tokens.phase.stage() >= Stage::Draining {
             shared.drained.fetch_add(1, Ordering::Relaxed);
         }
+        shared.tokens.open.fetch_sub(1, Ordering::Relaxed);
         metrics.closed(self.reason).increment(1);
         metrics.active.decrement(1.0);
         metrics
@@ -999,6 +1120,7 @@ where
     B::Error: Into<BoxError>,
 {
     let metrics = &shared.metrics;
+    shared.tokens.open.fetch_add(1, Ordering::Relaxed);
     metrics.active.increment(1.0);
     // Reports `Error` unless the driver finishes: a panic anywhere below still closes the
     // books on this connection.

@@ -197,28 +197,44 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }
     }
     // STOPPING=1 as the shutdown begins, and a STATUS= line for `systemctl status` at every
-    // phase.
+    // phase and every second of the drain (with the connections still open).
     let builder = match notifier {
         Some(notifier) => {
             let stopping_sent = std::sync::atomic::AtomicBool::new(false);
-            builder.on_phase(move |phase| {
-                let stopping = matches!(phase, ShutdownPhase::Delay | ShutdownPhase::Drain);
-                if stopping
-                    && !stopping_sent.swap(true, std::sync::atomic::Ordering::Relaxed)
-                    && let Err(error) = notifier.stopping()
-                {
-                    tracing::warn!(%error, "cannot notify systemd");
-                }
-                let status = match phase {
-                    ShutdownPhase::Running => "serving",
-                    ShutdownPhase::Delay => "shutting down: readiness off, still serving",
-                    ShutdownPhase::Drain => "draining connections",
-                    _ => "drained",
-                };
-                if let Err(error) = notifier.status(status) {
-                    tracing::warn!(%error, "cannot notify systemd");
-                }
-            })
+            let progress = Arc::clone(&notifier);
+            builder
+                .on_drain_progress(std::time::Duration::from_secs(1), move |drain| {
+                    if drain.finished {
+                        return; // the phase hook reports "drained"
+                    }
+                    let status = format!(
+                        "draining: {} connection{} open, {} s to the deadline",
+                        drain.open,
+                        if drain.open == 1 { "" } else { "s" },
+                        drain.remaining.as_secs()
+                    );
+                    if let Err(error) = progress.status(&status) {
+                        tracing::warn!(%error, "cannot notify systemd");
+                    }
+                })
+                .on_phase(move |phase| {
+                    let stopping = matches!(phase, ShutdownPhase::Delay | ShutdownPhase::Drain);
+                    if stopping
+                        && !stopping_sent.swap(true, std::sync::atomic::Ordering::Relaxed)
+                        && let Err(error) = notifier.stopping()
+                    {
+                        tracing::warn!(%error, "cannot notify systemd");
+                    }
+                    let status = match phase {
+                        ShutdownPhase::Running => "serving",
+                        ShutdownPhase::Delay => "shutting down: readiness off, still serving",
+                        ShutdownPhase::Drain => "draining connections",
+                        _ => "drained",
+                    };
+                    if let Err(error) = notifier.status(status) {
+                        tracing::warn!(%error, "cannot notify systemd");
+                    }
+                })
         }
         None => builder,
     };

@@ -51,6 +51,27 @@ async fn notifies_ready_watchdog_and_stopping() {
     .await
     .expect("notifications");
 
+    // A response in flight across the shutdown (its first chunk is here, the second comes
+    // 1.5 s later): the drain reports it as open.
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /stream?n=2&ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("chunk 0") {
+        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the first chunk");
+        seen.extend_from_slice(&buf[..n]);
+    }
+
     server.signal("TERM");
     let messages = tokio::task::spawn_blocking(move || {
         // Everything but the watchdog pings, until the drain is reported done.
@@ -77,11 +98,35 @@ async fn notifies_ready_watchdog_and_stopping() {
         .iter()
         .filter_map(|m| m.strip_prefix("STATUS="))
         .collect();
+    // No drain delay by default, so no "still serving" phase; then the drain's progress
+    // (the stream still open), then done.
     assert_eq!(
-        statuses,
-        // No drain delay by default, so no "still serving" phase.
-        ["draining connections\n", "drained\n"],
+        statuses.first(),
+        Some(&"draining connections\n"),
         "{messages:?}"
+    );
+    assert_eq!(statuses.last(), Some(&"drained\n"), "{messages:?}");
+    let progress = &statuses[1..statuses.len() - 1];
+    assert!(
+        !progress.is_empty(),
+        "progress during the drain: {messages:?}"
+    );
+    for (i, status) in progress.iter().enumerate() {
+        assert!(status.starts_with("draining: "), "{status:?}");
+        if i == 0 {
+            assert!(
+                status.starts_with("draining: 1 connection open, "),
+                "the stream is open as the drain begins: {status:?}"
+            );
+        }
+    }
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+        .await
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("chunk 1"),
+        "the stream finished"
     );
     assert_eq!(server.wait(Duration::from_secs(10)).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
