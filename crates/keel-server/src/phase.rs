@@ -2,18 +2,25 @@
 //!
 //! Connections check it on every poll, so checking must be cheap: one atomic load. A
 //! `CancellationToken` would take a mutex shared by every connection on each check. Wake-ups
-//! go through a `tokio::sync::Notify`, with each watcher registered once (and again only if
-//! its task's waker changes), so the lock is taken about twice per connection, not per poll.
+//! go through one `tokio::sync::Notify` per stage, with each watcher registered once for the
+//! next stage (and again only if its task's waker changes), so the lock is taken about twice
+//! per connection, not per poll.
+//!
+//! One `Notify` per stage, not one for all: a watcher skips re-registering while its waker is
+//! unchanged, which is only sound if every notification it can receive means a stage it has
+//! not seen yet. With a single `Notify`, the notification for a stage the watcher had already
+//! read (the stage is stored before it is notified) would use up its registration, and the
+//! next stage would wake nobody (the loom model `loom_concurrent_advances_only_move_forward`
+//! finds that schedule).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
+
+use crate::loom::{AtomicU8, Notify, Ordering, OwnedNotified};
 
 /// Where the server is in its life. Only moves forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,14 +44,15 @@ impl Stage {
 #[derive(Debug)]
 pub(crate) struct Phase {
     stage: AtomicU8,
-    notify: Arc<Notify>,
+    /// `entered[i]` is notified once, when the stage first reaches `i + 1`.
+    entered: [Arc<Notify>; 2],
 }
 
 impl Phase {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             stage: AtomicU8::new(Stage::Running as u8),
-            notify: Arc::new(Notify::new()),
+            entered: [Arc::new(Notify::new()), Arc::new(Notify::new())],
         })
     }
 
@@ -52,15 +60,23 @@ impl Phase {
         Stage::from_u8(self.stage.load(Ordering::Acquire))
     }
 
-    /// Moves to `stage` if that is forward, and wakes every watcher.
+    /// Moves to `stage` if that is forward, and wakes every watcher of each stage entered.
     pub(crate) fn advance(&self, stage: Stage) {
         // Store before notifying: a watcher that registers after the notification re-reads
-        // the stage once registered and sees the store. Notify only when the stage moved:
-        // watchers rely on every notification meaning a new stage (they re-register only
-        // then), so a spurious one would silently unregister them.
-        if self.stage.fetch_max(stage as u8, Ordering::AcqRel) < stage as u8 {
-            self.notify.notify_waiters();
+        // the stage once registered and sees the store. A repeat (or a step back) notifies
+        // nobody, and each stage's `Notify` fires once: a watcher's registration is only used
+        // up by a stage it has not seen.
+        let previous = self.stage.fetch_max(stage as u8, Ordering::AcqRel);
+        for entered in previous + 1..=stage as u8 {
+            self.entered[usize::from(entered - 1)].notify_waiters();
         }
+    }
+
+    /// A registration for the first stage after `seen` (none after the last).
+    fn next_after(&self, seen: Stage) -> Option<OwnedNotified> {
+        self.entered
+            .get(seen as usize)
+            .map(|notify| Arc::clone(notify).notified_owned())
     }
 
     /// Completes once the phase reaches `stage`.
@@ -77,20 +93,21 @@ pin_project! {
     pub(crate) struct PhaseWatch {
         phase: Arc<Phase>,
         seen: Stage,
+        // Registration for the stage after `seen`; `None` once `seen` is the last stage.
         #[pin]
-        notified: OwnedNotified,
-        // The waker the registration in `notified` holds, if registered.
+        next: Option<OwnedNotified>,
+        // The waker the registration in `next` holds, if registered.
         registered: Option<Waker>,
     }
 }
 
 impl PhaseWatch {
     pub(crate) fn new(phase: Arc<Phase>) -> Self {
-        let notified = Arc::clone(&phase.notify).notified_owned();
+        let next = phase.next_after(Stage::Running);
         Self {
             seen: Stage::Running,
             phase,
-            notified,
+            next,
             registered: None,
         }
     }
@@ -112,12 +129,17 @@ impl PhaseWatch {
             let stage = this.phase.stage();
             if stage != *this.seen {
                 *this.seen = stage;
-                // The notification (if any) was used up: register afresh next time.
-                this.notified
-                    .set(Arc::clone(&this.phase.notify).notified_owned());
+                // Watch for the stage after this one from now on.
+                this.next.set(this.phase.next_after(stage));
                 *this.registered = None;
                 return Poll::Ready(stage);
             }
+            let Some(next) = this.next.as_mut().as_pin_mut() else {
+                return Poll::Pending; // the last stage: nothing more will change
+            };
+            // Registered with this waker already: only the next stage's notification can use
+            // the registration up, and that stage is stored before it is notified, so the
+            // load above would have seen it.
             if this
                 .registered
                 .as_ref()
@@ -127,7 +149,7 @@ impl PhaseWatch {
             }
             // Register (or update the waker), then look at the stage once more: an advance
             // between the load above and the registration is seen here.
-            match this.notified.as_mut().poll(cx) {
+            match next.poll(cx) {
                 Poll::Pending => {
                     *this.registered = Some(cx.waker().clone());
                     if this.phase.stage() == *this.seen {
@@ -135,8 +157,7 @@ impl PhaseWatch {
                     }
                 }
                 Poll::Ready(()) => {
-                    this.notified
-                        .set(Arc::clone(&this.phase.notify).notified_owned());
+                    // Notified: the stage moved; the load at the top of the loop sees it.
                     *this.registered = None;
                 }
             }
@@ -144,7 +165,10 @@ impl PhaseWatch {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, keel_loom))]
+mod loom_phase;
+
+#[cfg(all(test, not(keel_loom)))]
 mod tests {
     use super::*;
 

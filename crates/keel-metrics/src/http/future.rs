@@ -1,8 +1,8 @@
+use quanta::Instant;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use http::Response;
 use http_body::{Body, Frame, SizeHint};

@@ -1,6 +1,6 @@
+use quanta::Instant;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::{Request, Response};
 use tower::Service;
