@@ -316,3 +316,42 @@ async fn clones_of_the_layer_share_series_and_routes_past_the_cap_are_other() {
         ])
     );
 }
+
+#[tokio::test]
+async fn a_route_fn_names_requests_without_an_extension() {
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(recorder.snapshotter());
+    let _local = metrics::set_default_local_recorder(&recorder);
+    keel_metrics::describe();
+    let layer = HttpMetricsLayer::new().route_fn(|method, uri| {
+        (method == Method::GET && uri.path().starts_with("/users/")).then_some("/users/{id}")
+    });
+    for path in ["/users/1", "/users/2", "/elsewhere"] {
+        let service = layer.layer(tower::service_fn(app));
+        let response = service
+            .oneshot(request("GET", path).body(String::new()).expect("request"))
+            .await
+            .expect("ok");
+        drop(response);
+    }
+    // An extension still wins over the function.
+    let mut named = request("GET", "/users/3")
+        .body(String::new())
+        .expect("request");
+    named.extensions_mut().insert(Route::new("/explicit"));
+    drop(
+        layer
+            .layer(tower::service_fn(app))
+            .oneshot(named)
+            .await
+            .expect("ok"),
+    );
+    assert_eq!(
+        seen.durations(),
+        HashMap::from([
+            (key("GET", "200", "/users/{id}"), 2),
+            (key("GET", "200", UNMATCHED), 1),
+            (key("GET", "200", "/explicit"), 1),
+        ])
+    );
+}

@@ -14,8 +14,10 @@
 //! shutdown future           listeners close -> connections drain gracefully -> deadline -> force
 //! ```
 //!
-//! What it does not do (yet): TLS, connection and rate limits, and the admin endpoint live in
-//! their own keel crates and are composed in as they land.
+//! An admin listener ([`Builder::admin`]) serves keel-metrics' admin service (`/metrics`,
+//! `/livez`, `/readyz`) outside the application's listeners, up until the drain has ended.
+//! What it does not do (yet): TLS and connection and rate limits live in their own keel crates
+//! and are composed in as they land.
 //!
 //! # Example
 //!
@@ -50,9 +52,9 @@
 //! counted by reason (see [`metrics`]).
 //!
 //! The server's phase (running, draining, forced) is one atomic that every connection reads
-//! on each poll; a `Notify` wakes them when it moves. The per-connection state shared with
-//! HTTP/2 stream tasks is checked with loom (`RUSTFLAGS="--cfg keel_loom" cargo test -p
-//! keel-server --lib loom`).
+//! on each poll; a `Notify` per stage wakes them when it moves. The phase and the
+//! per-connection state shared with HTTP/2 stream tasks are checked with loom
+//! (`RUSTFLAGS="--cfg keel_loom" cargo test -p keel-server --lib loom`).
 //!
 //! hyper's HTTP/2 stream tasks run on a tracked executor: the drain waits for them, and a
 //! forced drain stops them. Connections upgraded away from HTTP (`101 Switching Protocols`)

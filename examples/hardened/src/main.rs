@@ -120,7 +120,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         None => None,
     };
     // Built after the recorder is installed; every clone (one per core) shares its series.
-    let metrics = HttpMetricsLayer::new();
+    let metrics = HttpMetricsLayer::new().route_fn(routes::template);
 
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
@@ -238,10 +238,9 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }
         None => builder,
     };
-    // The router names the route template, the metrics layer records it, the routes answer.
+    // The metrics layer (naming each request's route template), then the routes.
     let app = move || {
         tower::ServiceBuilder::new()
-            .map_request(routes::name_route)
             .layer(metrics.clone())
             .service_fn(routes::route)
     };

@@ -13,7 +13,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use keel::metrics::Route;
 
 /// Largest request body any route accepts.
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -35,18 +34,16 @@ pub(crate) type RouteFuture = Either<
     Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>,
 >;
 
-/// Names the route template of a request for the metrics (`http_route`): the path for the
-/// four routes, nothing (`unmatched`) for the rest, never the raw path of a 404.
-pub(crate) fn name_route(mut request: Request<Incoming>) -> Request<Incoming> {
-    let template = match request.uri().path() {
-        "/" => Route::new("/"),
-        "/slow" => Route::new("/slow"),
-        "/stream" => Route::new("/stream"),
-        "/echo" => Route::new("/echo"),
-        _ => return request,
-    };
-    request.extensions_mut().insert(template);
-    request
+/// The route template of a request for the metrics (`http_route`): the path of the four
+/// routes, nothing (`unmatched`) for the rest, never the raw path of a 404.
+pub(crate) fn template(_method: &Method, uri: &http::Uri) -> Option<&'static str> {
+    match uri.path() {
+        "/" => Some("/"),
+        "/slow" => Some("/slow"),
+        "/stream" => Some("/stream"),
+        "/echo" => Some("/echo"),
+        _ => None,
+    }
 }
 
 /// Serves one request.

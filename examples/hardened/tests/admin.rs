@@ -37,6 +37,23 @@ fn value(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Polls `path` until it answers `status`, for at most 10 s. (`/readyz` turns 200 once the
+/// server runs its listeners, a moment after the lines are printed.)
+async fn until_status(addr: SocketAddr, path: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = get(addr, path).await;
+        if self::status(&response) == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still {response:?} after 10 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn scrape(admin: SocketAddr) -> String {
     let response = get(admin, "/metrics").await;
     assert_eq!(status(&response), 200, "{response}");
@@ -65,7 +82,7 @@ async fn the_admin_listener_serves_a_valid_catalogue_with_bounded_series() {
     .await;
     let (addr, admin) = (server.addr(), server.admin());
     assert_eq!(status(&get(admin, "/livez").await), 200);
-    assert_eq!(status(&get(admin, "/readyz").await), 200);
+    until_status(admin, "/readyz", 200).await;
 
     for path in ["/", "/", "/nope", "/slow?ms=1"] {
         get(addr, path).await;
@@ -149,7 +166,7 @@ async fn during_the_drain_delay_readyz_is_503_while_requests_are_served_then_ref
     )
     .await;
     let (addr, admin) = (server.addr(), server.admin());
-    assert_eq!(status(&get(admin, "/readyz").await), 200);
+    until_status(admin, "/readyz", 200).await;
     // A request in flight across the whole shutdown keeps the drain (and the admin
     // listener) up until it is answered.
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=3000").await });

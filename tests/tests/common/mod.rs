@@ -299,3 +299,20 @@ pub async fn status_and_body(
         .to_bytes();
     (status, body)
 }
+
+/// `GET path` on a new connection with `Connection: close`; the raw response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::series::Series;
+use super::series::{RouteFn, Series};
 use super::service::HttpMetrics;
 
 /// Default of [`HttpMetricsLayer::max_routes`]: far more templates than any router has, far
@@ -23,13 +23,17 @@ pub const DEFAULT_MAX_ROUTES: usize = 512;
 #[derive(Clone, Debug)]
 pub struct HttpMetricsLayer {
     series: Arc<Series>,
+    max_routes: usize,
+    route_fn: Option<RouteFn>,
 }
 
 impl HttpMetricsLayer {
     /// A layer recording through the recorder installed now.
     pub fn new() -> Self {
         Self {
-            series: Arc::new(Series::new(DEFAULT_MAX_ROUTES)),
+            series: Arc::new(Series::new(DEFAULT_MAX_ROUTES, None)),
+            max_routes: DEFAULT_MAX_ROUTES,
+            route_fn: None,
         }
     }
 
@@ -39,7 +43,31 @@ impl HttpMetricsLayer {
     /// cloning the layer.
     pub fn max_routes(self, max_routes: usize) -> Self {
         Self {
-            series: Arc::new(Series::new(max_routes)),
+            series: Arc::new(Series::new(max_routes, self.route_fn)),
+            max_routes,
+            ..self
+        }
+    }
+
+    /// Names the route template of requests that carry no [`Route`](super::Route) extension,
+    /// from their method and URI: for a router whose routes are fixed paths, this is the
+    /// cheapest way (no extension is allocated per request). Return `None` for a request no
+    /// route matches (`unmatched`); return templates, never the path itself. Starts a fresh
+    /// set of handles: call it before cloning the layer.
+    ///
+    /// ```
+    /// let layer = keel_metrics::HttpMetricsLayer::new().route_fn(|_method, uri| match uri.path() {
+    ///     "/" => Some("/"),
+    ///     "/health" => Some("/health"),
+    ///     _ => None,
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn route_fn(self, route_fn: fn(&http::Method, &http::Uri) -> Option<&'static str>) -> Self {
+        Self {
+            series: Arc::new(Series::new(self.max_routes, Some(route_fn))),
+            route_fn: Some(route_fn),
+            ..self
         }
     }
 }

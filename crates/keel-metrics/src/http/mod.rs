@@ -20,8 +20,8 @@
 //! - [`STATUS`]: the response's status code (at most 900 values, from 100 to 999); a service
 //!   error is counted as `500`, the answer keel-server gives for it.
 //! - [`ROUTE`]: the route template the router matched, named by a [`Route`] extension on the
-//!   request or the response (or axum's `MatchedPath`, feature `axum`); [`UNMATCHED`] when
-//!   there is none. Never the raw path. The number of distinct templates per layer is capped
+//!   request or the response, axum's `MatchedPath` (feature `axum`), or the layer's
+//!   [`route_fn`](HttpMetricsLayer::route_fn); [`UNMATCHED`] when there is none. Never the raw path. The number of distinct templates per layer is capped
 //!   ([`HttpMetricsLayer::max_routes`], default [`DEFAULT_MAX_ROUTES`]); past the cap a new
 //!   template is counted as [`OTHER_ROUTE`], so even a router that names raw paths by mistake
 //!   cannot grow the series without bound.

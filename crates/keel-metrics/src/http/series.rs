@@ -60,8 +60,12 @@ impl Equivalent<Key> for KeyRef<'_> {
     }
 }
 
+/// Names a request's route template from its method and URI.
+pub(crate) type RouteFn = fn(&http::Method, &http::Uri) -> Option<&'static str>;
+
 pub(crate) struct Series {
     active: [Gauge; METHODS.len()],
+    pub(crate) route_fn: Option<RouteFn>,
     durations: ArcSwap<Map>,
     /// Serializes additions to `durations`, and holds the route templates seen so far.
     routes: Mutex<HashSet<Box<str>, foldhash::fast::RandomState>>,
@@ -73,14 +77,16 @@ impl std::fmt::Debug for Series {
         f.debug_struct("Series")
             .field("durations", &self.durations.load().len())
             .field("max_routes", &self.max_routes)
+            .field("route_fn", &self.route_fn.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Series {
-    pub(crate) fn new(max_routes: usize) -> Self {
+    pub(crate) fn new(max_routes: usize, route_fn: Option<RouteFn>) -> Self {
         Self {
             active: METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method)),
+            route_fn,
             durations: ArcSwap::from_pointee(Map::default()),
             routes: Mutex::default(),
             max_routes,

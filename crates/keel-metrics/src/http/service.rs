@@ -6,7 +6,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::future::{InFlight, MetricsBody, ResponseFuture};
-use super::labels::{method_index, route_of};
+use super::labels::{Route, method_index, route_of};
 use super::series::Series;
 
 /// The service of [`HttpMetricsLayer`](super::HttpMetricsLayer).
@@ -46,7 +46,10 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = method_index(request.method());
-        let route = route_of(request.extensions());
+        let route = route_of(request.extensions()).or_else(|| {
+            let route_fn = self.series.route_fn?;
+            route_fn(request.method(), request.uri()).map(Route::new)
+        });
         let in_flight = InFlight::start(Arc::clone(&self.series), method, route, Instant::now());
         ResponseFuture::new(self.inner.call(request), in_flight)
     }
