@@ -44,9 +44,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.series.active(self.method).decrement(1.0);
         if let Some(status) = self.status {
-            let route = self.route.as_ref().map(Route::as_str);
-            self.series
-                .record(self.method, status, route, self.started.elapsed());
+            self.series.record(
+                self.method,
+                status,
+                self.route.as_ref(),
+                self.started.elapsed(),
+            );
         }
     }
 }

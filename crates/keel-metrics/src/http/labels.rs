@@ -81,6 +81,14 @@ impl Route {
         Route(Name::Shared(template))
     }
 
+    /// The template, if it is a `&'static str` (its address then identifies it).
+    pub(crate) fn as_static(&self) -> Option<&'static str> {
+        match &self.0 {
+            Name::Static(template) => Some(template),
+            Name::Shared(_) => None,
+        }
+    }
+
     /// The template.
     pub fn as_str(&self) -> &str {
         match &self.0 {

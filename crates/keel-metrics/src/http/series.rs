@@ -3,8 +3,12 @@
 //! Resolving a handle through the `metrics` facade hashes the name and labels and takes a
 //! lock in the recorder's registry. The active-requests gauges (one per method) are resolved
 //! when the layer is built; the duration histograms (one per method, status and route) on the
-//! first request of each combination, then kept in a copy-on-write map that requests read
-//! without a lock. The map only grows with new series, which the closed label sets bound.
+//! first request of each combination, then kept in copy-on-write maps that requests read
+//! without a lock. The maps only grow with new series, which the closed label sets bound.
+//!
+//! Most templates are `&'static str` (`Route::new`, `route_fn`, `unmatched`): those series are
+//! found by the string's address, hashed as integers, so the hot path never hashes or compares
+//! the template's text. Templates built at run time (axum's `MatchedPath`) are found by text.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,10 +18,21 @@ use arc_swap::ArcSwap;
 use hashbrown::{Equivalent, HashMap, HashSet};
 use metrics::{Gauge, Histogram};
 
-use super::labels::METHODS;
+use super::labels::{METHODS, Route};
 use super::{ACTIVE_REQUESTS, METHOD, OTHER_ROUTE, REQUEST_DURATION, ROUTE, STATUS, UNMATCHED};
 
 type Map = HashMap<Key, Histogram, foldhash::fast::RandomState>;
+
+/// Series of `&'static str` templates by (method and status, address, length).
+type ByAddr = HashMap<(u32, usize, usize), Histogram, rustc_hash::FxBuildHasher>;
+
+fn addr_key(method: u8, status: u16, route: &'static str) -> (u32, usize, usize) {
+    (
+        u32::from(method) << 16 | u32::from(status),
+        route.as_ptr() as usize,
+        route.len(),
+    )
+}
 
 #[derive(Clone, PartialEq, Eq)]
 struct Key {
@@ -67,6 +82,7 @@ pub(crate) struct Series {
     active: [Gauge; METHODS.len()],
     pub(crate) route_fn: Option<RouteFn>,
     durations: ArcSwap<Map>,
+    by_addr: ArcSwap<ByAddr>,
     /// Serializes additions to `durations`, and holds the route templates seen so far.
     routes: Mutex<HashSet<Box<str>, foldhash::fast::RandomState>>,
     max_routes: usize,
@@ -88,6 +104,7 @@ impl Series {
             active: METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method)),
             route_fn,
             durations: ArcSwap::from_pointee(Map::default()),
+            by_addr: ArcSwap::from_pointee(ByAddr::default()),
             routes: Mutex::default(),
             max_routes,
         }
@@ -98,33 +115,67 @@ impl Series {
     }
 
     /// Records one request's duration in its series.
-    pub(crate) fn record(&self, method: u8, status: u16, route: Option<&str>, took: Duration) {
-        let key = KeyRef {
+    pub(crate) fn record(&self, method: u8, status: u16, route: Option<&Route>, took: Duration) {
+        match route.map_or(Some(UNMATCHED), Route::as_static) {
+            Some(name) => {
+                let key = addr_key(method, status, name);
+                if let Some(histogram) = self.by_addr.load().get(&key) {
+                    histogram.record(took);
+                    return;
+                }
+                self.add_static(method, status, name).record(took);
+            }
+            None => {
+                let key = KeyRef {
+                    method,
+                    status,
+                    route: route.map_or(UNMATCHED, Route::as_str),
+                };
+                if let Some(histogram) = self.durations.load().get(&key) {
+                    histogram.record(took);
+                    return;
+                }
+                self.add(key).0.record(took);
+            }
+        }
+    }
+
+    /// The first request of a series of a `&'static str` template at this address: found or
+    /// created by text, then remembered by address (unless the template is over the cap,
+    /// which keeps the address map as bounded as the series).
+    #[cold]
+    fn add_static(&self, method: u8, status: u16, name: &'static str) -> Histogram {
+        let (histogram, capped) = self.add(KeyRef {
             method,
             status,
-            route: route.unwrap_or(UNMATCHED),
-        };
-        if let Some(histogram) = self.durations.load().get(&key) {
-            histogram.record(took);
-            return;
+            route: name,
+        });
+        if !capped {
+            let _routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut next = ByAddr::clone(&self.by_addr.load());
+            next.insert(addr_key(method, status, name), histogram.clone());
+            self.by_addr.store(Arc::new(next));
         }
-        self.add(key).record(took);
+        histogram
     }
 
     /// The slow path: the first request of a series (or of a template over the cap).
+    /// Returns the histogram and whether the template was over the cap.
     #[cold]
-    fn add(&self, mut key: KeyRef<'_>) -> Histogram {
+    fn add(&self, mut key: KeyRef<'_>) -> (Histogram, bool) {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut capped = false;
         if key.route != UNMATCHED && !routes.contains(key.route) {
             if routes.len() >= self.max_routes {
                 key.route = OTHER_ROUTE;
+                capped = true;
             } else {
                 routes.insert(key.route.into());
             }
         }
         let current = self.durations.load();
         if let Some(histogram) = current.get(&key) {
-            return histogram.clone();
+            return (histogram.clone(), capped);
         }
         let histogram = metrics::histogram!(
             REQUEST_DURATION,
@@ -142,10 +193,27 @@ impl Series {
             histogram.clone(),
         );
         self.durations.store(Arc::new(next));
-        histogram
+        (histogram, capped)
     }
 }
 
 fn status_label(status: u16) -> String {
     status.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_templates_are_found_by_address_after_their_first_request() {
+        let series = Series::new(8, None);
+        let route = Route::new("/");
+        for _ in 0..3 {
+            series.record(0, 200, Some(&route), Duration::from_millis(1));
+            series.record(0, 200, None, Duration::from_millis(1));
+        }
+        assert_eq!(series.by_addr.load().len(), 2, "`/` and unmatched");
+        assert_eq!(series.durations.load().len(), 2);
+    }
 }
