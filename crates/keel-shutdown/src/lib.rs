@@ -43,7 +43,9 @@
 //!
 //! # Crate features
 //!
-//! None. Unix only (the systemd protocol uses Unix datagram sockets).
+//! None. Builds on every target tokio supports: [`systemd`] exists on Unix only (the protocol
+//! uses Unix datagram sockets); [`Signals`] maps the Windows console events to the signals and
+//! is unsupported elsewhere.
 #![forbid(unsafe_code)]
 
 mod health;
@@ -51,6 +53,7 @@ pub mod metrics;
 mod shutdown;
 mod signal;
 mod stream;
+#[cfg(unix)]
 pub mod systemd;
 
 pub use health::Health;

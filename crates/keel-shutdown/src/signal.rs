@@ -3,11 +3,16 @@
 //! Handlers are installed explicitly, so SIGTERM works when the process runs as PID 1 in a
 //! container (where the kernel gives it no default action and an unhandled SIGTERM is simply
 //! ignored).
+//!
+//! On Windows the console events stand in for the signals: Ctrl-C for SIGINT, closing the
+//! console or a system shutdown for SIGTERM, Ctrl-Break for SIGQUIT. Other targets have no
+//! signals: [`Signals::new`] fails there with `ErrorKind::Unsupported`.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 
+#[cfg(unix)]
 use tokio::signal::unix::{Signal as TokioSignal, SignalKind};
 
 /// A shutdown signal.
@@ -56,9 +61,78 @@ impl fmt::Display for Signal {
 /// # Ok(()) }
 /// ```
 pub struct Signals {
-    term: TokioSignal,
-    int: TokioSignal,
-    quit: Option<TokioSignal>,
+    term: Listener,
+    int: Listener,
+    quit: Option<Listener>,
+}
+
+/// One signal's handler on this platform.
+enum Listener {
+    #[cfg(unix)]
+    Unix(TokioSignal),
+    #[cfg(windows)]
+    CtrlC(tokio::signal::windows::CtrlC),
+    #[cfg(windows)]
+    CtrlBreak(tokio::signal::windows::CtrlBreak),
+    #[cfg(windows)]
+    Close(tokio::signal::windows::CtrlClose, tokio::signal::windows::CtrlShutdown),
+}
+
+impl Listener {
+    fn term() -> io::Result<Self> {
+        #[cfg(unix)]
+        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::terminate())?));
+        #[cfg(windows)]
+        return Ok(Listener::Close(
+            tokio::signal::windows::ctrl_close()?,
+            tokio::signal::windows::ctrl_shutdown()?,
+        ));
+        #[cfg(not(any(unix, windows)))]
+        return Err(unsupported());
+    }
+
+    fn int() -> io::Result<Self> {
+        #[cfg(unix)]
+        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::interrupt())?));
+        #[cfg(windows)]
+        return Ok(Listener::CtrlC(tokio::signal::windows::ctrl_c()?));
+        #[cfg(not(any(unix, windows)))]
+        return Err(unsupported());
+    }
+
+    fn quit() -> io::Result<Self> {
+        #[cfg(unix)]
+        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::quit())?));
+        #[cfg(windows)]
+        return Ok(Listener::CtrlBreak(tokio::signal::windows::ctrl_break()?));
+        #[cfg(not(any(unix, windows)))]
+        return Err(unsupported());
+    }
+
+    /// Completes at the next signal (or never, once the handler is gone).
+    async fn recv(&mut self) {
+        let received = match self {
+            #[cfg(unix)]
+            Listener::Unix(signal) => signal.recv().await,
+            #[cfg(windows)]
+            Listener::CtrlC(signal) => signal.recv().await,
+            #[cfg(windows)]
+            Listener::CtrlBreak(signal) => signal.recv().await,
+            #[cfg(windows)]
+            Listener::Close(close, shutdown) => tokio::select! {
+                received = close.recv() => received,
+                received = shutdown.recv() => received,
+            },
+        };
+        if received.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
+fn unsupported() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "this platform has no process signals")
 }
 
 impl fmt::Debug for Signals {
@@ -74,15 +148,16 @@ impl Signals {
     ///
     /// # Errors
     ///
-    /// When a handler cannot be installed.
+    /// When a handler cannot be installed, or on a target without signals (neither Unix nor
+    /// Windows).
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime with its I/O driver enabled (tokio's own requirement).
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            term: tokio::signal::unix::signal(SignalKind::terminate())?,
-            int: tokio::signal::unix::signal(SignalKind::interrupt())?,
+            term: Listener::term()?,
+            int: Listener::int()?,
             quit: None,
         })
     }
@@ -94,7 +169,7 @@ impl Signals {
     ///
     /// When the handler cannot be installed.
     pub fn with_quit(mut self) -> io::Result<Self> {
-        self.quit = Some(tokio::signal::unix::signal(SignalKind::quit())?);
+        self.quit = Some(Listener::quit()?);
         Ok(self)
     }
 
