@@ -75,13 +75,18 @@ enum Listener {
     #[cfg(windows)]
     CtrlBreak(tokio::signal::windows::CtrlBreak),
     #[cfg(windows)]
-    Close(tokio::signal::windows::CtrlClose, tokio::signal::windows::CtrlShutdown),
+    Close(
+        tokio::signal::windows::CtrlClose,
+        tokio::signal::windows::CtrlShutdown,
+    ),
 }
 
 impl Listener {
     fn term() -> io::Result<Self> {
         #[cfg(unix)]
-        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::terminate())?));
+        return Ok(Listener::Unix(tokio::signal::unix::signal(
+            SignalKind::terminate(),
+        )?));
         #[cfg(windows)]
         return Ok(Listener::Close(
             tokio::signal::windows::ctrl_close()?,
@@ -93,7 +98,9 @@ impl Listener {
 
     fn int() -> io::Result<Self> {
         #[cfg(unix)]
-        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::interrupt())?));
+        return Ok(Listener::Unix(tokio::signal::unix::signal(
+            SignalKind::interrupt(),
+        )?));
         #[cfg(windows)]
         return Ok(Listener::CtrlC(tokio::signal::windows::ctrl_c()?));
         #[cfg(not(any(unix, windows)))]
@@ -102,7 +109,9 @@ impl Listener {
 
     fn quit() -> io::Result<Self> {
         #[cfg(unix)]
-        return Ok(Listener::Unix(tokio::signal::unix::signal(SignalKind::quit())?));
+        return Ok(Listener::Unix(tokio::signal::unix::signal(
+            SignalKind::quit(),
+        )?));
         #[cfg(windows)]
         return Ok(Listener::CtrlBreak(tokio::signal::windows::ctrl_break()?));
         #[cfg(not(any(unix, windows)))]
@@ -132,7 +141,10 @@ impl Listener {
 
 #[cfg(not(any(unix, windows)))]
 fn unsupported() -> io::Error {
-    io::Error::new(io::ErrorKind::Unsupported, "this platform has no process signals")
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this platform has no process signals",
+    )
 }
 
 impl fmt::Debug for Signals {
