@@ -1,0 +1,87 @@
+//! docs/metrics.md and docs/grafana-dashboard.json stay true to the metric names in the code:
+//! every metric keel emits is in the catalogue, and the dashboard queries only those.
+
+use std::collections::BTreeSet;
+
+/// Every metric name keel's crates define.
+fn emitted() -> BTreeSet<&'static str> {
+    use keel::listen::metrics as listen;
+    use keel::metrics::http;
+    use keel::server::metrics as server;
+    use keel::shutdown::metrics as shutdown;
+    BTreeSet::from([
+        listen::CONNECTIONS_ACCEPTED_TOTAL,
+        listen::ACCEPT_ERRORS_TOTAL,
+        listen::CONNECTIONS_SHED_TOTAL,
+        server::CONNECTIONS_ACTIVE,
+        server::CONNECTIONS_CLOSED,
+        server::CONNECTION_DURATION,
+        server::HANDLER_PANICS,
+        server::HANDLER_ERRORS,
+        server::SHUTDOWN_PHASE,
+        server::DRAIN_DURATION,
+        shutdown::SIGNALS_RECEIVED,
+        http::REQUEST_DURATION,
+        http::ACTIVE_REQUESTS,
+    ])
+}
+
+fn doc(name: &str) -> String {
+    let path = format!("{}/../docs/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The metric names in `text`: words starting `keel_` or `http_server_` (with at least two
+/// underscores: `keel_listen` alone is a crate), without the histogram series suffixes.
+fn mentioned(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("keel_") || word.starts_with("http_server_"))
+        .filter(|word| word.matches('_').count() >= 2)
+        .map(|word| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn every_emitted_metric_is_in_the_catalogue() {
+    let catalogue = doc("metrics.md");
+    for name in emitted() {
+        assert!(
+            catalogue.contains(&format!("| `{name}` |")),
+            "{name} has no row in docs/metrics.md"
+        );
+    }
+    let unknown: Vec<_> = mentioned(&catalogue)
+        .into_iter()
+        .filter(|name| !emitted().contains(name.as_str()))
+        .collect();
+    assert_eq!(
+        unknown,
+        Vec::<String>::new(),
+        "docs/metrics.md names metrics keel does not emit"
+    );
+}
+
+#[test]
+fn the_dashboard_queries_only_catalogue_metrics() {
+    let dashboard = doc("grafana-dashboard.json");
+    let used = mentioned(&dashboard);
+    assert!(
+        used.len() >= 8,
+        "the dashboard uses the catalogue: {used:?}"
+    );
+    let unknown: Vec<_> = used
+        .into_iter()
+        .filter(|name| !emitted().contains(name.as_str()))
+        .collect();
+    assert_eq!(
+        unknown,
+        Vec::<String>::new(),
+        "the dashboard queries unknown metrics"
+    );
+}
