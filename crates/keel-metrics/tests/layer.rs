@@ -355,3 +355,29 @@ async fn a_route_fn_names_requests_without_an_extension() {
         ])
     );
 }
+
+#[tokio::test]
+async fn a_disabled_layer_records_nothing() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let service = HttpMetricsLayer::disabled().layer(tower::service_fn(app));
+    let response = service
+        .oneshot(
+            request("GET", "/")
+                .header("x-route", "/")
+                .body(String::new())
+                .expect("request"),
+        )
+        .await
+        .expect("ok");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("body");
+    let recorded: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == REQUEST_DURATION)
+        .collect();
+    assert!(recorded.is_empty(), "{recorded:?}");
+}

@@ -109,7 +109,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         .header_timeout(settings.header_timeout)
         .idle_timeout(settings.idle_timeout);
     // With an admin listener, metrics go to a Prometheus exporter that it serves; without one
-    // no recorder is installed and recording costs next to nothing.
+    // no recorder is installed and the HTTP metrics layer is switched off.
     let exporter = match settings.admin {
         Some(_) => {
             let exporter = PrometheusExporter::install().map_err(|e| e.to_string())?;
@@ -120,7 +120,11 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         None => None,
     };
     // Built after the recorder is installed; every clone (one per core) shares its series.
-    let metrics = HttpMetricsLayer::new().route_fn(routes::template);
+    // Without an admin listener nothing could read the metrics: the layer records nothing.
+    let metrics = match exporter {
+        Some(_) => HttpMetricsLayer::new().route_fn(routes::template),
+        None => HttpMetricsLayer::disabled(),
+    };
 
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a

@@ -65,11 +65,8 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            in_flight: Some(in_flight),
-        }
+    pub(crate) fn new(inner: F, in_flight: Option<InFlight>) -> Self {
+        Self { inner, in_flight }
     }
 }
 

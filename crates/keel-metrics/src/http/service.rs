@@ -14,11 +14,16 @@ use super::series::Series;
 pub struct HttpMetrics<S> {
     inner: S,
     series: Arc<Series>,
+    enabled: bool,
 }
 
 impl<S> HttpMetrics<S> {
-    pub(crate) fn new(inner: S, series: Arc<Series>) -> Self {
-        Self { inner, series }
+    pub(crate) fn new(inner: S, series: Arc<Series>, enabled: bool) -> Self {
+        Self {
+            inner,
+            series,
+            enabled,
+        }
     }
 
     /// The wrapped service.
@@ -45,12 +50,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if !self.enabled {
+            return ResponseFuture::new(self.inner.call(request), None);
+        }
         let method = method_index(request.method());
         let route = route_of(request.extensions()).or_else(|| {
             let route_fn = self.series.route_fn?;
             route_fn(request.method(), request.uri()).map(Route::new)
         });
         let in_flight = InFlight::start(Arc::clone(&self.series), method, route, Instant::now());
-        ResponseFuture::new(self.inner.call(request), in_flight)
+        ResponseFuture::new(self.inner.call(request), Some(in_flight))
     }
 }
