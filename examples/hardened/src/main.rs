@@ -120,11 +120,10 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         None => None,
     };
     // Built after the recorder is installed; every clone (one per core) shares its series.
-    // Without an admin listener nothing could read the metrics: the layer records nothing.
-    let metrics = match exporter {
-        Some(_) => HttpMetricsLayer::new().route_fn(routes::template),
-        None => HttpMetricsLayer::disabled(),
-    };
+    // Without an admin listener nothing could read the metrics: no layer at all.
+    let metrics = exporter
+        .as_ref()
+        .map(|_| HttpMetricsLayer::new().route_fn(routes::template));
 
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
@@ -243,20 +242,49 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         None => builder,
     };
     // The metrics layer (naming each request's route template), then the routes.
-    let app = move || {
-        tower::ServiceBuilder::new()
-            .layer(metrics.clone())
-            .service_fn(routes::route)
-    };
-    let served = if settings.per_core {
-        let served = builder.serve_per_core(cores, app);
-        drop(runtime);
-        served
-    } else {
-        runtime.block_on(builder.serve(app()))
+    let served = match metrics {
+        Some(metrics) => serve(builder, runtime, settings.per_core, cores, move || {
+            tower::ServiceBuilder::new()
+                .layer(metrics.clone())
+                .service_fn(routes::route)
+        }),
+        None => serve(builder, runtime, settings.per_core, cores, || {
+            tower::service_fn(routes::route)
+        }),
     };
     served.map_err(|error| match error {
         keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
         _ => Failure::Usage(error.to_string()),
     })
+}
+
+/// Serves the services `app` makes: on `runtime`, or with one runtime per core.
+fn serve<F, S, B>(
+    builder: keel::server::Builder,
+    runtime: tokio::runtime::Runtime,
+    per_core: bool,
+    cores: NonZeroUsize,
+    app: F,
+) -> Result<ServeReport, keel::server::Error>
+where
+    F: Fn() -> S + Send + Sync + 'static,
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<keel::server::BoxError>,
+{
+    if per_core {
+        let served = builder.serve_per_core(cores, app);
+        drop(runtime);
+        served
+    } else {
+        runtime.block_on(builder.serve(app()))
+    }
 }
