@@ -31,6 +31,14 @@ fn doc(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The names in `used` that keel does not emit.
+fn unknown(used: BTreeSet<String>) -> Vec<String> {
+    let emitted = emitted();
+    used.into_iter()
+        .filter(|name| !emitted.contains(name.as_str()))
+        .collect()
+}
+
 /// The metric names in `text`: words starting `keel_` or `http_server_` (with at least two
 /// underscores: `keel_listen` alone is a crate), without the histogram series suffixes.
 fn mentioned(text: &str) -> BTreeSet<String> {
