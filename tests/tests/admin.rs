@@ -17,19 +17,7 @@ use tokio::time::Instant;
 
 /// One `GET path` on a fresh connection: status and body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+    let response = common::try_http_get(addr, path).await?;
     let status = response
         .get(9..12)
         .and_then(|s| s.parse().ok())

@@ -302,17 +302,20 @@ pub async fn status_and_body(
 
 /// `GET path` on a new connection with `Connection: close`; the raw response.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    try_http_get(addr, path).await.expect("GET")
+}
+
+/// [`http_get`], failing instead of panicking (a closed listener refuses the connection).
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
         )
-        .await
-        .expect("write");
+        .await?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
         .await
-        .expect("answer within 10 s")
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
+        .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
