@@ -1,0 +1,110 @@
+//! What a rate limit is keyed by: [`KeyBy`], [`Key`], and the [`PeerAddr`] request extension.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
+
+/// The TCP peer address of the connection a request came on, as a request extension.
+///
+/// keel-server inserts it into every request (the PROXY protocol source when the connection
+/// carried a PROXY header from a trusted proxy). With another server, insert it yourself, or
+/// use axum's `ConnectInfo<SocketAddr>` (crate feature `axum`). A request without either is
+/// keyed as `0.0.0.0`, so requests of unknown origin share one bucket instead of escaping the
+/// limit; a warning is logged once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A rate-limit key: a client address (after prefix aggregation) or bytes of the application's
+/// choosing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Ip(IpAddr),
+    Bytes(Box<[u8]>),
+}
+
+/// The longest header value or custom key used as is: longer values are keyed by the client
+/// address instead, so a key never costs more than this in the table.
+pub const MAX_KEY_LEN: usize = 256;
+
+impl Key {
+    /// A key for an address, used as given (no prefix aggregation).
+    pub fn ip(ip: IpAddr) -> Self {
+        Key(Repr::Ip(ip))
+    }
+
+    /// A key of at most [`MAX_KEY_LEN`] bytes (an API key, a tenant id); `None` if longer.
+    pub fn bytes(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() <= MAX_KEY_LEN).then(|| Key(Repr::Bytes(bytes.into())))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Ip(ip) => write!(f, "Key({ip})"),
+            Repr::Bytes(bytes) => write!(f, "Key({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// The parts of a request a custom key extractor may look at, with the resolved client
+/// address.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RequestInfo<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request target.
+    pub uri: &'a Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request extensions (an authenticated user inserted by an earlier layer, say).
+    pub extensions: &'a Extensions,
+    /// The client address, resolved through the trusted proxies and aggregated to the key
+    /// prefix.
+    pub client: IpAddr,
+}
+
+type Extract = dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync;
+
+/// What requests are counted together.
+///
+/// Whenever a key cannot be taken from the request (no such header, a value over
+/// [`MAX_KEY_LEN`], an extractor returning `None`), the client address is the key: leaving a
+/// header out never escapes the limit.
+#[derive(Clone)]
+pub enum KeyBy {
+    /// The client address (see [`ClientIp`](crate::client::ClientIp)).
+    Client,
+    /// One bucket for every request.
+    Global,
+    /// The value of a header, for example an API key.
+    Header(HeaderName),
+    /// A key computed by the application.
+    Custom(Arc<Extract>),
+}
+
+impl KeyBy {
+    /// A key computed by `extract`.
+    pub fn custom(
+        extract: impl Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync + 'static,
+    ) -> Self {
+        KeyBy::Custom(Arc::new(extract))
+    }
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyBy::Client => f.write_str("Client"),
+            KeyBy::Global => f.write_str("Global"),
+            KeyBy::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            KeyBy::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
