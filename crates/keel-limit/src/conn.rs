@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::PoisonError;
 
-use crate::client::KeyPrefix;
+use crate::client::{KeyPrefix, TrustedProxies};
 use crate::loom::{Arc, AtomicUsize, Mutex, Ordering};
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 
@@ -77,6 +77,7 @@ struct Inner {
     total: AtomicUsize,
     per_client: Option<PerClient>,
     prefix: KeyPrefix,
+    exempt: TrustedProxies,
     rejected_total: metrics::Counter,
     rejected_per_client: metrics::Counter,
 }
@@ -98,28 +99,63 @@ impl PerClient {
 impl ConnLimiter {
     /// At most `max_total` connections at once, no per-client cap.
     pub fn new(max_total: usize) -> Self {
-        Self::build(max_total, None, KeyPrefix::default())
+        Self::build(
+            max_total,
+            None,
+            KeyPrefix::default(),
+            TrustedProxies::none(),
+        )
     }
 
     /// The same global cap, and at most `max` connections per client.
     #[must_use]
     pub fn per_client(self, max: NonZeroU32) -> Self {
-        Self::build(self.inner.max_total, Some(max), self.inner.prefix)
+        Self::build(
+            self.inner.max_total,
+            Some(max),
+            self.inner.prefix,
+            self.inner.exempt.clone(),
+        )
+    }
+
+    /// Peers in these ranges are not held to the per-client cap: a reverse proxy or load
+    /// balancer carries many clients over its connections. Usually the same ranges as the
+    /// trusted proxies. The global cap still counts them.
+    #[must_use]
+    pub fn exempt_from_per_client(self, ranges: TrustedProxies) -> Self {
+        Self::build(
+            self.inner.max_total,
+            self.max_per_client(),
+            self.inner.prefix,
+            ranges,
+        )
+    }
+
+    fn max_per_client(&self) -> Option<NonZeroU32> {
+        self.inner
+            .per_client
+            .as_ref()
+            .and_then(|p| NonZeroU32::new(p.max))
     }
 
     /// Aggregates client addresses to `prefix` for the per-client cap (default IPv4 /32, IPv6
     /// /64).
     #[must_use]
     pub fn key_prefix(self, prefix: KeyPrefix) -> Self {
-        let max = self
-            .inner
-            .per_client
-            .as_ref()
-            .and_then(|p| NonZeroU32::new(p.max));
-        Self::build(self.inner.max_total, max, prefix)
+        Self::build(
+            self.inner.max_total,
+            self.max_per_client(),
+            prefix,
+            self.inner.exempt.clone(),
+        )
     }
 
-    fn build(max_total: usize, per_client: Option<NonZeroU32>, prefix: KeyPrefix) -> Self {
+    fn build(
+        max_total: usize,
+        per_client: Option<NonZeroU32>,
+        prefix: KeyPrefix,
+        exempt: TrustedProxies,
+    ) -> Self {
         let hasher = foldhash::fast::RandomState::default();
         let per_client = per_client.map(|max| PerClient {
             max: max.get(),
@@ -134,6 +170,7 @@ impl ConnLimiter {
                 total: AtomicUsize::new(0),
                 per_client,
                 prefix,
+                exempt,
                 rejected_total: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_conns"),
                 rejected_per_client: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_conns_per_ip"),
             }),
@@ -147,6 +184,19 @@ impl ConnLimiter {
     ///
     /// [`ConnRejected`] when a cap is reached; nothing was taken.
     pub fn try_acquire(&self, client: IpAddr) -> Result<ConnPermit, ConnRejected> {
+        let mut permit = self.try_acquire_global()?;
+        permit.add_client(client)?;
+        Ok(permit)
+    }
+
+    /// Takes a place under the global cap only, for a connection whose client is not known
+    /// yet (it comes in a PROXY protocol header) or has no address (a Unix socket). Add the
+    /// client with [`ConnPermit::add_client`] once known.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnRejected::MaxConnections`] when the global cap is reached; nothing was taken.
+    pub fn try_acquire_global(&self) -> Result<ConnPermit, ConnRejected> {
         let inner = &self.inner;
         let reserved = inner
             .total
@@ -157,28 +207,9 @@ impl ConnLimiter {
             inner.rejected_total.increment(1);
             return Err(ConnRejected::MaxConnections);
         }
-        let client = match &inner.per_client {
-            None => None,
-            Some(per_client) => {
-                let key = inner.prefix.apply(client);
-                let mut table = per_client
-                    .shard(&key)
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let open = table.entry(key).or_insert(0);
-                if *open >= per_client.max {
-                    drop(table);
-                    inner.total.fetch_sub(1, Ordering::AcqRel);
-                    inner.rejected_per_client.increment(1);
-                    return Err(ConnRejected::MaxConnectionsPerClient);
-                }
-                *open += 1;
-                Some(key)
-            }
-        };
         Ok(ConnPermit {
             inner: Arc::clone(&self.inner),
-            client,
+            client: None,
         })
     }
 
@@ -231,6 +262,40 @@ impl fmt::Debug for ConnLimiter {
 pub struct ConnPermit {
     inner: Arc<Inner>,
     client: Option<IpAddr>,
+}
+
+impl ConnPermit {
+    /// Counts this connection against `client`'s cap too. A permit counts against one client
+    /// at most: a second call, a client in the exempt ranges, or a limiter without a
+    /// per-client cap changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnRejected::MaxConnectionsPerClient`] when the client is at its cap (counted); the
+    /// caller closes the connection, and dropping the permit gives its global place back.
+    pub fn add_client(&mut self, client: IpAddr) -> Result<(), ConnRejected> {
+        let inner = &self.inner;
+        let Some(per_client) = &inner.per_client else {
+            return Ok(());
+        };
+        if self.client.is_some() || inner.exempt.contains(client) {
+            return Ok(());
+        }
+        let key = inner.prefix.apply(client);
+        let mut table = per_client
+            .shard(&key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open = table.entry(key).or_insert(0);
+        if *open >= per_client.max {
+            drop(table);
+            inner.rejected_per_client.increment(1);
+            return Err(ConnRejected::MaxConnectionsPerClient);
+        }
+        *open += 1;
+        self.client = Some(key);
+        Ok(())
+    }
 }
 
 impl Drop for ConnPermit {

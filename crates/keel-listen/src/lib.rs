@@ -121,6 +121,7 @@ pub mod duration;
 mod error;
 mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod sockopt;
 #[allow(unsafe_code)]
 mod sys;

@@ -13,6 +13,8 @@
 
 use metrics::Unit;
 
+pub use crate::proxy::{PROXY_ERROR_REASONS, PROXY_HEADER_ERRORS_TOTAL};
+
 /// Counter: connections accepted and handed to the caller.
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "keel_listen_connections_accepted_total";
 
@@ -85,6 +87,7 @@ pub fn describe() {
         Unit::Count,
         "Connections accepted and closed at once because file descriptors ran out."
     );
+    crate::proxy::describe();
 }
 
 #[cfg(test)]

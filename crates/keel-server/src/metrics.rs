@@ -146,6 +146,7 @@ pub fn describe() {
 pub fn describe_all() {
     describe();
     keel_listen::metrics::describe();
+    keel_limit::metrics::describe();
     keel_shutdown::metrics::describe();
     keel_metrics::describe();
 }
@@ -164,6 +165,20 @@ pub fn register_all() {
         metrics::counter!(
             keel_listen::metrics::ACCEPT_ERRORS_TOTAL,
             keel_listen::metrics::LABEL_KIND => *kind
+        )
+        .increment(0);
+    }
+    for reason in keel_listen::proxy::PROXY_ERROR_REASONS {
+        metrics::counter!(
+            keel_listen::proxy::PROXY_HEADER_ERRORS_TOTAL,
+            keel_listen::proxy::LABEL_REASON => *reason
+        )
+        .increment(0);
+    }
+    for reason in keel_limit::metrics::REJECT_REASONS {
+        metrics::counter!(
+            keel_limit::metrics::CONNECTIONS_REJECTED_TOTAL,
+            keel_limit::metrics::LABEL_REASON => *reason
         )
         .increment(0);
     }

@@ -14,6 +14,8 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use keel_limit::{ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS};
+use keel_listen::proxy::{Prefixed, ProxyProtocol};
 use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
 use keel_metrics::Admin;
 use keel_shutdown::Health;
@@ -67,6 +69,36 @@ pub struct ConnInfo {
     pub local: Addr,
     /// The listener that accepted it.
     pub listener: ListenerId,
+    /// The trusted proxy the connection came through, when it carried a PROXY protocol
+    /// header; [`ConnInfo::peer`] is then the client named in the header.
+    pub proxied_by: Option<Addr>,
+}
+
+/// What the accept loop and the connection task apply to every connection.
+#[derive(Clone, Debug)]
+struct ConnPolicy {
+    info: bool,
+    limits: ConnLimiter,
+    proxy: Option<Arc<ProxyProtocol>>,
+}
+
+impl ConnPolicy {
+    /// The PROXY protocol settings to read a header with, if `peer` is a trusted proxy.
+    fn proxy_for(&self, peer: &Addr) -> Option<&ProxyProtocol> {
+        let proxy = self.proxy.as_deref()?;
+        peer.ip()
+            .is_some_and(|ip| proxy.is_trusted(ip))
+            .then_some(proxy)
+    }
+
+    /// Takes the connection's places under the caps. A connection that will carry a PROXY
+    /// header is held to the per-client cap once the header names its client.
+    fn admit(&self, peer: &Addr) -> Result<ConnPermit, ConnRejected> {
+        match peer.ip() {
+            Some(ip) if self.proxy_for(peer).is_none() => self.limits.try_acquire(ip),
+            _ => self.limits.try_acquire_global(),
+        }
+    }
 }
 
 /// An HTTP server over keel listeners; start with [`Server::builder`].
@@ -83,6 +115,8 @@ impl Server {
             shutdown: None,
             force: None,
             conn_info: true,
+            conn_limits: ConnLimiter::new(DEFAULT_MAX_CONNECTIONS),
+            proxy_protocol: None,
             health: None,
             drain_delay: Duration::ZERO,
             app_token: None,
@@ -106,6 +140,8 @@ pub struct Builder {
     shutdown: Option<ShutdownFuture>,
     force: Option<ShutdownFuture>,
     conn_info: bool,
+    conn_limits: ConnLimiter,
+    proxy_protocol: Option<ProxyProtocol>,
     health: Option<Health>,
     drain_delay: Duration,
     app_token: Option<CancellationToken>,
@@ -124,6 +160,8 @@ impl fmt::Debug for Builder {
             .field("shutdown", &self.shutdown.as_ref().map(|_| "..."))
             .field("force", &self.force.as_ref().map(|_| "..."))
             .field("conn_info", &self.conn_info)
+            .field("conn_limits", &self.conn_limits)
+            .field("proxy_protocol", &self.proxy_protocol)
             .field("health", &self.health)
             .field("drain_delay", &self.drain_delay)
             .field("app_token", &self.app_token)
@@ -291,6 +329,34 @@ impl Builder {
         self
     }
 
+    /// The connection caps, checked in the accept loop right after accept, before anything
+    /// is read from the connection. A connection over a cap is closed at once (so the listen
+    /// backlog never fills with connections waiting for a place) and counted in
+    /// `keel_limit_connections_rejected_total` by reason; its place is given back when the
+    /// connection ends, however it ends.
+    ///
+    /// Default: [`ConnLimiter::new`]`(`[`DEFAULT_MAX_CONNECTIONS`]`)`, a global cap of 10 000 and
+    /// no per-client cap. Shared by every listener (and every core of
+    /// [`serve_per_core`](Self::serve_per_core)). With PROXY protocol, the per-client cap
+    /// applies to the client named in the header, once it is read.
+    pub fn connection_limits(mut self, limits: ConnLimiter) -> Self {
+        self.conn_limits = limits;
+        self
+    }
+
+    /// Reads a PROXY protocol (v1 or v2) header on connections from the trusted ranges of
+    /// `proxy`, in the connection's task and under the header's own deadline; the address in
+    /// the header becomes the connection's peer everywhere after that ([`ConnInfo::peer`],
+    /// [`PeerAddr`](keel_limit::PeerAddr), the per-client connection cap). A connection from a trusted peer whose
+    /// header is missing, malformed or late is closed and counted in
+    /// `keel_listen_proxy_header_errors_total`. Connections from other peers are served as they
+    /// are, without reading a header: a client that is not a trusted proxy cannot name its own
+    /// address.
+    pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> Self {
+        self.proxy_protocol = Some(proxy);
+        self
+    }
+
     /// Sets the HTTP settings; see [`HttpConfig`] for each default.
     pub fn http(mut self, http: HttpConfig) -> Self {
         self.http = http;
@@ -380,10 +446,15 @@ impl Builder {
         // server outlives it.
         let _force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
         let _triggers = tokens.watch(self.shutdown, self.force);
+        let conn = ConnPolicy {
+            info: self.conn_info,
+            limits: self.conn_limits,
+            proxy: self.proxy_protocol.map(Arc::new),
+        };
         let core = Core::new(
             service,
             &self.http,
-            self.conn_info,
+            conn,
             tokens.clone(),
             ServerMetrics::resolve(),
         );
@@ -499,6 +570,7 @@ impl Builder {
         };
         tokens.shutdown_metrics.set_hook(self.on_phase.clone());
         let make_service = Arc::new(make_service);
+        let proxy = self.proxy_protocol.map(Arc::new);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
         let mut cores = Cores {
             handles: Vec::new(),
@@ -517,7 +589,11 @@ impl Builder {
             let make_service = Arc::clone(&make_service);
             let http = self.http.clone();
             let drain_timeout = self.drain_timeout;
-            let conn_info = self.conn_info;
+            let conn = ConnPolicy {
+                info: self.conn_info,
+                limits: self.conn_limits.clone(),
+                proxy: proxy.clone(),
+            };
             let app_tasks = self.app_tasks.clone();
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
@@ -540,7 +616,7 @@ impl Builder {
                         let core = Core::new(
                             make_service(),
                             &http,
-                            conn_info,
+                            conn,
                             tokens.clone(),
                             ServerMetrics::resolve(),
                         );
@@ -912,7 +988,7 @@ struct Shared<S> {
     service: S,
     builder: auto::Builder<TrackedExecutor>,
     http: HttpConfig,
-    conn_info: bool,
+    conn: ConnPolicy,
     tokens: Tokens,
     metrics: Arc<ServerMetrics>,
     /// Connection tasks, and the HTTP/2 stream tasks hyper spawns for them.
@@ -961,7 +1037,7 @@ where
     fn new(
         service: S,
         http: &HttpConfig,
-        conn_info: bool,
+        conn: ConnPolicy,
         tokens: Tokens,
         metrics: ServerMetrics,
     ) -> Self {
@@ -975,7 +1051,7 @@ where
                 service,
                 builder: hyper_builder(http, executor),
                 http: http.clone(),
-                conn_info,
+                conn,
                 tokens,
                 metrics: Arc::new(metrics),
                 tracker,
@@ -1076,11 +1152,15 @@ where
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        // The caps first, before anything is read; over a cap the connection is dropped
+        // (closed) here, which is cheap, and counted by the limiter.
+        let Ok(permit) = shared.conn.admit(&accepted.peer) else {
+            continue;
+        };
         // Never await anything per connection here: everything a connection waits for
-        // (protocol detection, its requests, and later TLS handshakes and PROXY headers)
-        // happens in its own task.
+        // (a PROXY header, protocol detection, its requests) happens in its own task.
         shared.connections.fetch_add(1, Ordering::Relaxed);
-        let task = serve_connection(Arc::clone(&shared), accepted, Instant::now());
+        let task = serve_connection(Arc::clone(&shared), accepted, permit, Instant::now());
         shared.tracker.spawn(task);
     }
     tracing::debug!(listener = %listener.local_addr(), "listener closed");
@@ -1111,8 +1191,12 @@ impl<S> Drop for Closing<'_, S> {
     }
 }
 
-async fn serve_connection<S, B>(shared: Arc<Shared<S>>, accepted: Accepted, started: Instant)
-where
+async fn serve_connection<S, B>(
+    shared: Arc<Shared<S>>,
+    accepted: Accepted,
+    mut permit: ConnPermit,
+    started: Instant,
+) where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -1132,15 +1216,42 @@ where
 
     let Accepted {
         stream,
-        peer,
+        mut peer,
         local,
         listener,
         ..
     } = accepted;
-    let info = shared.conn_info.then_some(ConnInfo {
+    let mut stream = Prefixed::new(stream);
+    let mut proxied_by = None;
+    if let Some(proxy) = shared.conn.proxy_for(&peer) {
+        // Bounded by the header deadline; a forced drain does not wait for it.
+        let read = tokio::select! {
+            biased;
+            () = shared.tokens.phase.reached(Stage::Forced) => return,
+            read = proxy.read_header(stream.into_inner()) => read,
+        };
+        match read {
+            Ok((header, rest)) => {
+                stream = rest;
+                if let Some(source) = header.source {
+                    if let Err(rejected) = permit.add_client(source.ip()) {
+                        tracing::debug!(%source, %rejected, "connection refused");
+                        return;
+                    }
+                    proxied_by = Some(std::mem::replace(&mut peer, Addr::Inet(source)));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "PROXY header refused; connection closed");
+                return;
+            }
+        }
+    }
+    let info = shared.conn.info.then_some(ConnInfo {
         peer,
         local,
         listener,
+        proxied_by,
     });
     let state = ConnState::new(started);
     let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));

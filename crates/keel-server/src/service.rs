@@ -15,6 +15,8 @@ use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::Oneshot;
 
+use keel_limit::PeerAddr;
+
 use crate::BoxError;
 use crate::body::ResponseBody;
 use crate::metrics::ServerMetrics;
@@ -30,6 +32,7 @@ pub(crate) struct ConnService<S> {
     state: Arc<ConnState>,
     metrics: Arc<ServerMetrics>,
     info: Option<ConnInfo>,
+    peer: Option<PeerAddr>,
 }
 
 impl<S> ConnService<S> {
@@ -39,11 +42,16 @@ impl<S> ConnService<S> {
         metrics: Arc<ServerMetrics>,
         info: Option<ConnInfo>,
     ) -> Self {
+        let peer = info
+            .as_ref()
+            .and_then(|info| info.peer.as_inet())
+            .map(PeerAddr);
         Self {
             inner,
             state,
             metrics,
             info,
+            peer,
         }
     }
 }
@@ -61,7 +69,11 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if let Some(info) = &self.info {
-            request.extensions_mut().insert(info.clone());
+            let extensions = request.extensions_mut();
+            extensions.insert(info.clone());
+            if let Some(peer) = self.peer {
+                extensions.insert(peer);
+            }
         }
         let in_flight = self.state.request_started();
         let mut service = self.inner.clone();

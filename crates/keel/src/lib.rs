@@ -6,11 +6,12 @@
 //! | feature | module | crate | what it does |
 //! |---|---|---|---|
 //! | `listen` | `listen` | `keel-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
+//! | `limit` | `limit` | `keel-limit` | rate limits with unspoofable client identity and bounded memory, connection caps, load shedding |
 //! | `server` | `server` | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
 //! | `shutdown` | `shutdown` | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
 //! | `metrics` | `metrics` | `keel-metrics` | the HTTP metrics layer with bounded labels, the admin service (`/metrics`, `/livez`, `/readyz`), the Prometheus exporter |
 //!
-//! Limits and TLS crates join as they land.
+//! The TLS crate joins when it lands.
 //!
 //! # Example
 //!
@@ -36,7 +37,8 @@
 //!
 //! # Crate features
 //!
-//! - `server` (default): `server`, and `listen` and `shutdown` with it.
+//! - `server` (default): `server`, and `listen`, `limit` and `shutdown` with it.
+//! - `limit`: `limit` alone.
 //! - `listen`: `listen` alone.
 //! - `shutdown`: `shutdown`.
 //! - `metrics`: `metrics`, with the Prometheus exporter.
@@ -46,6 +48,10 @@
 #[cfg(feature = "listen")]
 #[doc(inline)]
 pub use keel_listen as listen;
+
+#[cfg(feature = "limit")]
+#[doc(inline)]
+pub use keel_limit as limit;
 
 #[cfg(feature = "server")]
 #[doc(inline)]
@@ -61,6 +67,10 @@ pub use keel_metrics as metrics;
 
 /// The types most servers need, for a glob import.
 pub mod prelude {
+    #[cfg(feature = "limit")]
+    pub use keel_limit::{ConnLimiter, LoadShedLayer, Quota, RateLimit};
+    #[cfg(feature = "listen")]
+    pub use keel_listen::proxy::ProxyProtocol;
     #[cfg(feature = "listen")]
     pub use keel_listen::{Listener, ListenerConfig};
     #[cfg(feature = "metrics")]

@@ -46,6 +46,36 @@ mod std_tests {
     }
 
     #[test]
+    fn proxies_are_exempt_and_a_client_can_be_added_later() {
+        let proxies = crate::client::TrustedProxies::new(["127.0.0.10/32".parse().expect("net")]);
+        let limiter = ConnLimiter::new(10)
+            .per_client(nz(1))
+            .exempt_from_per_client(proxies);
+        let from_proxy: Vec<_> = (0..3)
+            .map(|_| {
+                limiter
+                    .try_acquire(v4(10))
+                    .expect("a proxy is not capped per client")
+            })
+            .collect();
+        assert_eq!(limiter.open(), 3);
+        // The client behind the proxy, learnt from a PROXY header, is capped.
+        let mut first = limiter.try_acquire_global().expect("global");
+        first
+            .add_client(v4(1))
+            .expect("first connection of 127.0.0.1");
+        let mut second = limiter.try_acquire_global().expect("global");
+        assert_eq!(
+            second.add_client(v4(1)),
+            Err(ConnRejected::MaxConnectionsPerClient)
+        );
+        drop(second);
+        assert_eq!(limiter.open(), 4);
+        drop((first, from_proxy));
+        assert_eq!((limiter.open(), limiter.clients()), (0, 0));
+    }
+
+    #[test]
     fn ipv6_clients_share_a_cap_within_their_prefix() {
         let limiter = ConnLimiter::new(100).per_client(nz(1));
         let a: IpAddr = "2001:db8:1:2::1"

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_limit::ConnLimiter;
 use keel_listen::Listener;
 use keel_metrics::Admin;
 use keel_shutdown::Health;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Core, ForceOnDrop, Tokens};
+use super::{ConnPolicy, Core, ForceOnDrop, Tokens};
 use crate::config::HttpConfig;
 use crate::metrics::ServerMetrics;
 
@@ -40,11 +41,17 @@ impl AdminServer {
         // Its own phase: the admin listener outlives the application's drain.
         let tokens = Tokens::default();
         let force_on_drop = ForceOnDrop(Arc::clone(&tokens.phase));
-        // Scrapes and probes are not the application's traffic: no connection metrics.
+        // Scrapes and probes are not the application's traffic: no connection metrics, and
+        // none of its connection caps (a probe must get through when the caps are reached).
+        let conn = ConnPolicy {
+            info: false,
+            limits: ConnLimiter::new(usize::MAX),
+            proxy: None,
+        };
         let core = Core::new(
             admin,
             &HttpConfig::default(),
-            false,
+            conn,
             tokens,
             ServerMetrics::noop(),
         );
