@@ -95,7 +95,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::ControlFlow;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// A CIDR range (`10.0.0.0/8`, `2001:db8::/32`), re-exported from the `ipnet` crate so that
+/// callers use the same version keel does.
+pub use ipnet::IpNet;
 
 /// Default for [`ClientIp::max_hops`]: how many header elements are examined at most.
 ///

@@ -14,7 +14,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use keel_limit::{ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS};
+use keel_limit::{ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, PeerAddr};
 use keel_listen::proxy::{Prefixed, ProxyProtocol};
 use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
 use keel_metrics::Admin;
@@ -78,6 +78,7 @@ pub struct ConnInfo {
 #[derive(Clone, Debug)]
 struct ConnPolicy {
     info: bool,
+    peer: bool,
     limits: ConnLimiter,
     proxy: Option<Arc<ProxyProtocol>>,
 }
@@ -115,6 +116,7 @@ impl Server {
             shutdown: None,
             force: None,
             conn_info: true,
+            peer_addr: true,
             conn_limits: ConnLimiter::new(DEFAULT_MAX_CONNECTIONS),
             proxy_protocol: None,
             health: None,
@@ -140,6 +142,7 @@ pub struct Builder {
     shutdown: Option<ShutdownFuture>,
     force: Option<ShutdownFuture>,
     conn_info: bool,
+    peer_addr: bool,
     conn_limits: ConnLimiter,
     proxy_protocol: Option<ProxyProtocol>,
     health: Option<Health>,
@@ -160,6 +163,7 @@ impl fmt::Debug for Builder {
             .field("shutdown", &self.shutdown.as_ref().map(|_| "..."))
             .field("force", &self.force.as_ref().map(|_| "..."))
             .field("conn_info", &self.conn_info)
+            .field("peer_addr", &self.peer_addr)
             .field("conn_limits", &self.conn_limits)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("health", &self.health)
@@ -329,6 +333,18 @@ impl Builder {
         self
     }
 
+    /// Whether every request carries a [`PeerAddr`](keel_limit::PeerAddr) extension: the
+    /// client's address (the one a trusted proxy's PROXY header names, or the TCP peer), which
+    /// keel-limit's rate limit layer keys on.
+    ///
+    /// Default `true`. Turning it off (together with [`conn_info`](Self::conn_info)) saves
+    /// the extension insert on every request for applications without per-client limits;
+    /// a per-client rate limit then sees no address and puts every request in one bucket.
+    pub fn peer_addr(mut self, enabled: bool) -> Self {
+        self.peer_addr = enabled;
+        self
+    }
+
     /// The connection caps, checked in the accept loop right after accept, before anything
     /// is read from the connection. A connection over a cap is closed at once (so the listen
     /// backlog never fills with connections waiting for a place) and counted in
@@ -347,7 +363,7 @@ impl Builder {
     /// Reads a PROXY protocol (v1 or v2) header on connections from the trusted ranges of
     /// `proxy`, in the connection's task and under the header's own deadline; the address in
     /// the header becomes the connection's peer everywhere after that ([`ConnInfo::peer`],
-    /// [`PeerAddr`](keel_limit::PeerAddr), the per-client connection cap). A connection from a trusted peer whose
+    /// [`PeerAddr`], the per-client connection cap). A connection from a trusted peer whose
     /// header is missing, malformed or late is closed and counted in
     /// `keel_listen_proxy_header_errors_total`. Connections from other peers are served as they
     /// are, without reading a header: a client that is not a trusted proxy cannot name its own
@@ -448,6 +464,7 @@ impl Builder {
         let _triggers = tokens.watch(self.shutdown, self.force);
         let conn = ConnPolicy {
             info: self.conn_info,
+            peer: self.peer_addr,
             limits: self.conn_limits,
             proxy: self.proxy_protocol.map(Arc::new),
         };
@@ -591,6 +608,7 @@ impl Builder {
             let drain_timeout = self.drain_timeout;
             let conn = ConnPolicy {
                 info: self.conn_info,
+                peer: self.peer_addr,
                 limits: self.conn_limits.clone(),
                 proxy: proxy.clone(),
             };
@@ -1247,6 +1265,11 @@ async fn serve_connection<S, B>(
             }
         }
     }
+    let peer_addr = shared
+        .conn
+        .peer
+        .then(|| peer.as_inet().map(PeerAddr))
+        .flatten();
     let info = shared.conn.info.then_some(ConnInfo {
         peer,
         local,
@@ -1260,6 +1283,7 @@ async fn serve_connection<S, B>(
         Arc::clone(&state),
         Arc::clone(metrics),
         info,
+        peer_addr,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     closing.reason = Driver::new(

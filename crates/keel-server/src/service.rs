@@ -41,11 +41,8 @@ impl<S> ConnService<S> {
         state: Arc<ConnState>,
         metrics: Arc<ServerMetrics>,
         info: Option<ConnInfo>,
+        peer: Option<PeerAddr>,
     ) -> Self {
-        let peer = info
-            .as_ref()
-            .and_then(|info| info.peer.as_inet())
-            .map(PeerAddr);
         Self {
             inner,
             state,
@@ -69,11 +66,10 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if let Some(info) = &self.info {
-            let extensions = request.extensions_mut();
-            extensions.insert(info.clone());
-            if let Some(peer) = self.peer {
-                extensions.insert(peer);
-            }
+            request.extensions_mut().insert(info.clone());
+        }
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
         }
         let in_flight = self.state.request_started();
         let mut service = self.inner.clone();

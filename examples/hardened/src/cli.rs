@@ -1,11 +1,14 @@
 //! The command line and `--config` file: the stable contract documented in
 //! docs/architecture.md. Flags override the file; the file overrides the defaults.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use keel::limit::client::IpNet;
+use keel::limit::{DEFAULT_MAX_CONNECTIONS, Quota};
 use keel::listen::parse_duration;
 use serde::Deserialize;
 
@@ -37,6 +40,24 @@ struct Flags {
     /// One single-threaded runtime per core, each with its own listeners and service.
     #[arg(long)]
     per_core: bool,
+    /// Per-client request rate limit: N/s, N/m or N/h (answered 429 past it); off unless given.
+    #[arg(long, value_name = "N/s")]
+    rate: Option<String>,
+    /// Requests a client may send at once after a quiet period. [default: the rate's N]
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    /// Connections open at once; more are closed as soon as they are accepted. [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_conns: Option<usize>,
+    /// Connections open at once from one client address (IPv6: one /64); off unless given.
+    #[arg(long, value_name = "N")]
+    max_conns_per_ip: Option<u32>,
+    /// Peers whose Forwarded / X-Forwarded-For / PROXY header is believed; repeatable.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<String>,
+    /// Expect a PROXY protocol header (v1 or v2) on connections from --trusted-proxy peers.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -58,6 +79,12 @@ struct File {
     drain_timeout: Option<String>,
     acceptors: Option<usize>,
     per_core: Option<bool>,
+    rate: Option<String>,
+    burst: Option<u32>,
+    max_conns: Option<usize>,
+    max_conns_per_ip: Option<u32>,
+    trusted_proxy: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
 }
 
 /// Everything the server needs, resolved from defaults, the file and the flags.
@@ -71,6 +98,12 @@ pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
     pub(crate) acceptors: usize,
     pub(crate) per_core: bool,
+    /// The per-client request quota, burst included.
+    pub(crate) rate: Option<Quota>,
+    pub(crate) max_conns: usize,
+    pub(crate) max_conns_per_ip: Option<NonZeroU32>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) proxy_protocol: bool,
 }
 
 /// What `parse` decided.
@@ -124,6 +157,48 @@ pub(crate) fn parse() -> Result<Parsed, String> {
     if acceptors == 0 {
         return Err("invalid value '0' for '--acceptors': must be at least 1".to_owned());
     }
+    let rate = match flags.rate.as_deref().or(file.rate.as_deref()) {
+        Some(text) => Some(
+            text.parse::<Quota>()
+                .map_err(|e| format!("invalid value for '--rate': {e}"))?,
+        ),
+        None => None,
+    };
+    let burst = flags.burst.or(file.burst);
+    let rate = match (rate, burst) {
+        (Some(quota), Some(burst)) => Some(quota.burst(
+            NonZeroU32::new(burst).ok_or("invalid value '0' for '--burst': must be at least 1")?,
+        )),
+        (Some(quota), None) => Some(quota),
+        (None, Some(_)) => return Err("'--burst' needs '--rate'".to_owned()),
+        (None, None) => None,
+    };
+    let max_conns = flags
+        .max_conns
+        .or(file.max_conns)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_conns == 0 {
+        return Err("invalid value '0' for '--max-conns': must be at least 1".to_owned());
+    }
+    let max_conns_per_ip = match flags.max_conns_per_ip.or(file.max_conns_per_ip) {
+        Some(n) => Some(NonZeroU32::new(n).ok_or(
+            "invalid value '0' for '--max-conns-per-ip': must be at least 1 (leave it out for no cap)",
+        )?),
+        None => None,
+    };
+    let trusted = if flags.trusted_proxy.is_empty() {
+        file.trusted_proxy.unwrap_or_default()
+    } else {
+        flags.trusted_proxy
+    };
+    let trusted_proxies = trusted
+        .iter()
+        .map(|cidr| parse_cidr(cidr))
+        .collect::<Result<Vec<_>, _>>()?;
+    let proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+    if proxy_protocol && trusted_proxies.is_empty() {
+        return Err("'--proxy-protocol' needs at least one '--trusted-proxy'".to_owned());
+    }
     Ok(Parsed::Run(Settings {
         listen,
         admin: flags.admin.or(file.admin),
@@ -145,7 +220,21 @@ pub(crate) fn parse() -> Result<Parsed, String> {
             .unwrap_or(keel::server::DEFAULT_DRAIN_TIMEOUT),
         acceptors,
         per_core: flags.per_core || file.per_core.unwrap_or(false),
+        rate,
+        max_conns,
+        max_conns_per_ip,
+        trusted_proxies,
+        proxy_protocol,
     }))
+}
+
+/// A CIDR range, or a single address (a /32 or /128).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("invalid value '{text}' for '--trusted-proxy': expected a CIDR range like 10.0.0.0/8 or an address")
+        })
 }
 
 fn read_file(path: &Path) -> Result<File, String> {

@@ -15,8 +15,16 @@
 //! curl --data-binary @Cargo.toml http://127.0.0.1:8080/echo
 //! curl --http2-prior-knowledge http://127.0.0.1:8080/ # h2c
 //! curl http://127.0.0.1:9090/metrics                  # with --admin 127.0.0.1:9090
+//! curl -i http://127.0.0.1:8080/                      # with --rate 1/m: the second is a 429
 //! kill -TERM <pid>                                    # graceful drain; exit 0 when clean
 //! ```
+//!
+//! `--rate 100/s --burst 20` limits each client address (IPv6: each /64) and answers 429 with
+//! `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` fields past it. `--max-conns`
+//! (default 10 000) and `--max-conns-per-ip` close connections over the caps as soon as they
+//! are accepted. `--trusted-proxy CIDR` names the proxies whose `Forwarded` /
+//! `X-Forwarded-For` is believed (read from the right); with `--proxy-protocol` they must
+//! also open every connection with a PROXY protocol header naming the client.
 //!
 //! Started by systemd with sockets (`LISTEN_FDS`, socket activation), it serves those instead
 //! of binding `--listen`. With `Type=notify` (`NOTIFY_SOCKET`) it reports `READY=1` once
@@ -42,6 +50,7 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use keel::limit::client::TrustedProxies;
 use keel::listen::SocketActivation;
 use keel::metrics::{Admin, HttpMetricsLayer, PrometheusExporter};
 use keel::prelude::*;
@@ -124,6 +133,22 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     let metrics = exporter
         .as_ref()
         .map(|_| HttpMetricsLayer::new().route_fn(routes::template));
+    // One limiter for the whole process, shared by every clone (and every core).
+    let rate_limit = settings.rate.map(|quota| {
+        RateLimit::per_client(quota)
+            .name("per-client")
+            .trusted_proxies(settings.trusted_proxies.iter().copied())
+            .layer()
+    });
+    let mut conn_limits = ConnLimiter::new(settings.max_conns);
+    if let Some(max) = settings.max_conns_per_ip {
+        // A trusted proxy carries many clients: only they are capped, not the proxy.
+        conn_limits = conn_limits
+            .per_client(max)
+            .exempt_from_per_client(TrustedProxies::new(
+                settings.trusted_proxies.iter().copied(),
+            ));
+    }
 
     // Signals are hooked before the first listener accepts, so a SIGTERM that arrives as soon
     // as we are reachable is a graceful shutdown, never the default action (and as PID 1 in a
@@ -134,13 +159,20 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .map_err(|e| format!("cannot install signal handlers: {e}"))?
             .drain_delay(settings.drain_delay)
             .drain_timeout(settings.drain_timeout);
-        let upkeep_stop = shutdown.token();
+        let background_stop = shutdown.token();
         let config = ListenerConfig::default().acceptors(acceptors);
         let mut builder = Server::builder()
             .http(http)
             .graceful(shutdown)
-            // No route reads the peer address: skip the per-request ConnInfo extension.
-            .conn_info(false);
+            // No route reads ConnInfo: skip that per-request extension. The client address
+            // (PeerAddr) is inserted only for the rate limit, which keys on it.
+            .conn_info(false)
+            .peer_addr(rate_limit.is_some())
+            .connection_limits(conn_limits);
+        if settings.proxy_protocol {
+            builder = builder
+                .proxy_protocol(ProxyProtocol::new(settings.trusted_proxies.iter().copied()));
+        }
         let mut lines = String::new();
         // Started by systemd with sockets (LISTEN_FDS)? Serve those instead of binding.
         match SocketActivation::from_env().map_err(|e| e.to_string())? {
@@ -165,16 +197,40 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             // The admin line comes after every listener line.
             lines.push_str(&format!("admin on http://{}\n", listener.local_addr()));
             builder = builder.admin(listener, Admin::new().prometheus(exporter));
-            // Fold histogram samples into their buckets even when nobody scrapes.
-            tokio::spawn(exporter.clone().run_upkeep(upkeep_stop.clone()));
         }
         let mut stdout = std::io::stdout().lock();
         stdout
             .write_all(lines.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        Ok::<_, String>(builder)
+        Ok::<_, String>((builder, background_stop))
     })?;
+    let (builder, background_stop) = builder;
+    // Background work, until the shutdown: the exporter's upkeep folds histogram samples into
+    // their buckets even when nobody scrapes; the limiter's housekeeping evicts idle keys.
+    // Started by the first service made, on the runtime that serves (a core's, per core).
+    let mut background: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    if let Some(exporter) = &exporter {
+        background.push(Box::pin(
+            exporter.clone().run_upkeep(background_stop.clone()),
+        ));
+    }
+    if let Some(limit) = &rate_limit {
+        background.push(Box::pin(limit.housekeeping(
+            keel::limit::DEFAULT_HOUSEKEEPING_INTERVAL,
+            background_stop.clone(),
+        )));
+    }
+    let background = Arc::new(std::sync::Mutex::new(Some(background)));
+    let start_background = move || {
+        let tasks = background
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        for task in tasks.into_iter().flatten() {
+            tokio::spawn(task);
+        }
+    };
 
     // Under systemd with Type=notify: READY=1 now that every listener accepts, STOPPING=1 when
     // the shutdown begins, and WATCHDOG=1 pings at half of WatchdogSec= from a task of the
@@ -241,14 +297,32 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }
         None => builder,
     };
-    // The metrics layer (naming each request's route template), then the routes.
-    let served = match metrics {
-        Some(metrics) => serve(builder, runtime, settings.per_core, cores, move || {
+    // The metrics layer (naming each request's route template, so 429s count too), the rate
+    // limit, then the routes. Each layer only when configured: a layer that does nothing
+    // still costs its wrapping on every request.
+    let per_core = settings.per_core;
+    let served = match (metrics, rate_limit) {
+        (Some(metrics), Some(limit)) => serve(builder, runtime, per_core, cores, move || {
+            start_background();
+            tower::ServiceBuilder::new()
+                .layer(metrics.clone())
+                .layer(limit.clone())
+                .service_fn(routes::route)
+        }),
+        (Some(metrics), None) => serve(builder, runtime, per_core, cores, move || {
+            start_background();
             tower::ServiceBuilder::new()
                 .layer(metrics.clone())
                 .service_fn(routes::route)
         }),
-        None => serve(builder, runtime, settings.per_core, cores, || {
+        (None, Some(limit)) => serve(builder, runtime, per_core, cores, move || {
+            start_background();
+            tower::ServiceBuilder::new()
+                .layer(limit.clone())
+                .service_fn(routes::route)
+        }),
+        (None, None) => serve(builder, runtime, per_core, cores, move || {
+            start_background();
             tower::service_fn(routes::route)
         }),
     };
@@ -285,6 +359,11 @@ where
         drop(runtime);
         served
     } else {
-        runtime.block_on(builder.serve(app()))
+        // `app` may spawn tasks: make it inside the runtime.
+        let service = {
+            let _entered = runtime.enter();
+            app()
+        };
+        runtime.block_on(builder.serve(service))
     }
 }

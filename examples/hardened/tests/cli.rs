@@ -127,3 +127,39 @@ async fn help_exits_zero() {
     assert_eq!(code, 0);
     assert!(stdout.contains("--listen"));
 }
+
+#[tokio::test]
+async fn bad_limit_flags_are_one_clear_error_each() {
+    for (args, expected) in [
+        (&["--rate", "0/s"][..], "the rate must be at least 1"),
+        (&["--rate", "100"][..], "the rate has no unit"),
+        (&["--rate", "10/s", "--burst", "0"][..], "--burst"),
+        (&["--burst", "5"][..], "'--burst' needs '--rate'"),
+        (&["--max-conns", "0"][..], "--max-conns"),
+        (&["--max-conns-per-ip", "0"][..], "--max-conns-per-ip"),
+        (&["--trusted-proxy", "10.0.0.0/33"][..], "10.0.0.0/33"),
+        (&["--proxy-protocol"][..], "'--proxy-protocol' needs"),
+    ] {
+        let (code, stdout, stderr) = run_to_exit(args).await;
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}");
+        assert!(one_error_line(&stderr).contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn limit_settings_come_from_the_config_file_too() {
+    let dir = std::env::temp_dir().join(format!("keel-limits-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("keel.toml");
+    std::fs::write(
+        &file,
+        "listen = [\"127.0.0.1:0\"]\nrate = \"1/m\"\nmax-conns-per-ip = 5\ntrusted-proxy = [\"10.0.0.0/8\"]\n",
+    )
+    .expect("write config");
+    let server = Hardened::start(&["--config", file.to_str().expect("utf8")], 1).await;
+    assert!(get(server.addr(), "/").await.starts_with("HTTP/1.1 200"));
+    let limited = get(server.addr(), "/").await;
+    assert!(limited.starts_with("HTTP/1.1 429"), "{limited}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,7 @@ impl AdminServer {
         // none of its connection caps (a probe must get through when the caps are reached).
         let conn = ConnPolicy {
             info: false,
+            peer: false,
             limits: ConnLimiter::new(usize::MAX),
             proxy: None,
         };
