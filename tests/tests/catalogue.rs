@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 /// Every metric name keel's crates define.
 fn emitted() -> BTreeSet<&'static str> {
+    use keel::limit::metrics as limit;
     use keel::listen::metrics as listen;
     use keel::metrics::http;
     use keel::server::metrics as server;
@@ -13,6 +14,13 @@ fn emitted() -> BTreeSet<&'static str> {
         listen::CONNECTIONS_ACCEPTED_TOTAL,
         listen::ACCEPT_ERRORS_TOTAL,
         listen::CONNECTIONS_SHED_TOTAL,
+        listen::PROXY_HEADER_ERRORS_TOTAL,
+        limit::CONNECTIONS_REJECTED_TOTAL,
+        limit::REQUESTS_TOTAL,
+        limit::KEYS,
+        limit::KEYS_EVICTED_TOTAL,
+        limit::KEY_OVERFLOW_TOTAL,
+        limit::REQUESTS_SHED_TOTAL,
         server::CONNECTIONS_ACTIVE,
         server::CONNECTIONS_CLOSED,
         server::CONNECTION_DURATION,
