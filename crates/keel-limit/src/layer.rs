@@ -20,7 +20,7 @@ use crate::Quota;
 use crate::body::LimitBody;
 use crate::client::{ClientIp, KeyPrefix, TrustedProxies};
 use crate::key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
-use crate::limiter::{DEFAULT_MAX_KEYS, DirectLimiter, KeyedLimiter, Limited};
+use crate::limiter::{DEFAULT_MAX_KEYS, GlobalLimiter, KeyedLimiter, Limited};
 use crate::metrics::{
     KEY_OVERFLOW_TOTAL, KEYS, KEYS_EVICTED_TOTAL, LABEL_LIMITER, LABEL_RESULT, REQUESTS_TOTAL,
 };
@@ -190,7 +190,7 @@ impl RateLimit {
     /// a new, independent limiter.
     pub fn layer(self) -> RateLimitLayer {
         let limiter = match self.key_by {
-            KeyBy::Global => Limiter::Direct(DirectLimiter::new(self.quota)),
+            KeyBy::Global => Limiter::Direct(GlobalLimiter::new(self.quota)),
             _ => Limiter::Keyed(KeyedLimiter::with_max_keys(self.quota, self.max_keys)),
         };
         let policy = format!(
@@ -233,7 +233,7 @@ impl fmt::Debug for RateLimit {
 }
 
 enum Limiter {
-    Direct(DirectLimiter),
+    Direct(GlobalLimiter),
     Keyed(KeyedLimiter<Key>),
 }
 

@@ -71,6 +71,6 @@ pub use layer::{
     DEFAULT_HOUSEKEEPING_INTERVAL, RateLimit, RateLimitLayer, RateLimitService, Rejection,
     ResponseFuture,
 };
-pub use limiter::{DEFAULT_MAX_KEYS, KeyedLimiter, Limited};
+pub use limiter::{DEFAULT_MAX_KEYS, GlobalLimiter, KeyedLimiter, Limited};
 pub use quota::{Per, Quota, QuotaError};
 pub use shed::{LoadShed, LoadShedLayer, ShedFuture};

@@ -163,34 +163,51 @@ impl<K: Hash + Eq + Clone, C: Clock> fmt::Debug for KeyedLimiter<K, C> {
     }
 }
 
-/// One GCRA state for everything: a global limit.
-pub(crate) struct DirectLimiter<C: Clock = DefaultClock> {
+/// One GCRA state for everything: a global limit, on governor's direct limiter.
+pub struct GlobalLimiter<C: Clock = DefaultClock> {
     governor: governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    quota: Quota,
 }
 
-impl DirectLimiter {
-    pub(crate) fn new(quota: Quota) -> Self {
-        Self {
-            governor: governor::RateLimiter::direct_with_clock(
-                quota.to_governor(),
-                DefaultClock::default(),
-            ),
-        }
+impl GlobalLimiter {
+    /// A limiter allowing `quota` in all.
+    pub fn new(quota: Quota) -> Self {
+        Self::with_clock(quota, DefaultClock::default())
     }
 }
 
-impl<C: Clock> DirectLimiter<C> {
+impl<C: Clock> GlobalLimiter<C> {
+    /// A limiter reading time from `clock`.
+    pub fn with_clock(quota: Quota, clock: C) -> Self {
+        Self {
+            governor: governor::RateLimiter::direct_with_clock(quota.to_governor(), clock),
+            quota,
+        }
+    }
+
+    /// Counts one request.
+    ///
+    /// # Errors
+    ///
+    /// [`Limited`] when over the quota; the request was not counted.
     #[inline]
-    pub(crate) fn check(&self) -> Result<(), Limited> {
+    pub fn check(&self) -> Result<(), Limited> {
         self.governor.check().map_err(|not_until| {
             Limited::new(not_until.wait_time_from(self.governor.clock().now()))
         })
     }
+
+    /// The quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
 }
 
-impl<C: Clock> fmt::Debug for DirectLimiter<C> {
+impl<C: Clock> fmt::Debug for GlobalLimiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DirectLimiter").finish_non_exhaustive()
+        f.debug_struct("GlobalLimiter")
+            .field("quota", &self.quota)
+            .finish_non_exhaustive()
     }
 }
 
