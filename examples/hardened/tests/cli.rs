@@ -143,7 +143,10 @@ async fn bad_limit_flags_are_one_clear_error_each() {
         let (code, stdout, stderr) = run_to_exit(args).await;
         assert_eq!(code, 2, "{args:?}");
         assert!(stdout.is_empty(), "{args:?}");
-        assert!(one_error_line(&stderr).contains(expected), "{args:?}: {stderr}");
+        assert!(
+            one_error_line(&stderr).contains(expected),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
