@@ -18,10 +18,12 @@
 //! - [`SocketActivation`] takes over the listening sockets systemd (or another service manager
 //!   speaking the `LISTEN_FDS` protocol) passes in, so restarts never close the listening
 //!   socket.
+//! - [`proxy`] reads a PROXY protocol v1 or v2 header from a trusted load balancer, under a
+//!   deadline, in the connection's task; the caller decides which peers are trusted.
 //!
 //! # What it does not do
 //!
-//! It does not spawn tasks, limit connections, speak TLS or HTTP, parse PROXY headers or decide
+//! It does not spawn tasks, limit connections, speak TLS or HTTP, or decide
 //! when to stop accepting: it hands each [`Accepted`] connection to the caller, who runs one
 //! task per listener and one per connection (keel-server does this). It never installs a
 //! metrics recorder or a tracing subscriber. It is Unix-only.
