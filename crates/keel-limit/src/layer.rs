@@ -314,8 +314,7 @@ impl Shared {
                 self.allowed.increment(1);
                 Ok(())
             }
-            Err(limited) if config.dry_run => {
-                let _ = limited;
+            Err(_) if config.dry_run => {
                 self.dry_run_limited.increment(1);
                 Ok(())
             }
