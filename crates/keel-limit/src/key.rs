@@ -1,20 +1,46 @@
 //! What a rate limit is keyed by: [`KeyBy`], [`Key`], and the [`PeerAddr`] request extension.
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 
-/// The TCP peer address of the connection a request came on, as a request extension.
+/// The peer address of the connection a request came on (the client named by a trusted
+/// proxy's PROXY header, or the TCP peer).
 ///
-/// keel-server inserts it into every request (the PROXY protocol source when the connection
-/// carried a PROXY header from a trusted proxy). With another server, insert it yourself, or
-/// use axum's `ConnectInfo<SocketAddr>` (crate feature `axum`). A request without either is
-/// keyed as `0.0.0.0`, so requests of unknown origin share one bucket instead of escaping the
-/// limit; a warning is logged once.
+/// The rate limit layer finds it, in this order:
+///
+/// 1. a `PeerAddr` request extension (keel-server inserts one unless
+///    `Builder::peer_addr(false)`; another server can insert it itself);
+/// 2. the connection's scope, [`PeerAddr::scope`]: keel-server runs every connection task
+///    (and the HTTP/2 stream tasks it spawns) inside one, which costs nothing per request,
+///    unlike an extension, which allocates;
+/// 3. axum's `ConnectInfo<SocketAddr>` extension (crate feature `axum`).
+///
+/// A request with none of them is keyed as `0.0.0.0`, so requests of unknown origin share one
+/// bucket instead of escaping the limit; a warning is logged once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
+
+tokio::task_local! {
+    static CONNECTION_PEER: SocketAddr;
+}
+
+impl PeerAddr {
+    /// Runs `future` (a connection's task) with `peer` as the peer of every request handled
+    /// while it is polled. Tasks spawned from it do not inherit the scope: a server that
+    /// spawns per-request tasks scopes them too (keel-server's executor does).
+    pub fn scope<F: Future>(peer: SocketAddr, future: F) -> impl Future<Output = F::Output> {
+        CONNECTION_PEER.scope(peer, future)
+    }
+
+    /// The peer of the connection scope the current task runs in, if any.
+    pub fn current() -> Option<SocketAddr> {
+        CONNECTION_PEER.try_with(|peer| *peer).ok()
+    }
+}
 
 /// A rate-limit key: a client address (after prefix aggregation) or bytes of the application's
 /// choosing.

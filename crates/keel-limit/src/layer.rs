@@ -255,6 +255,9 @@ impl Shared {
         if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
             return addr.ip();
         }
+        if let Some(addr) = PeerAddr::current() {
+            return addr.ip();
+        }
         #[cfg(feature = "axum")]
         if let Some(axum::extract::ConnectInfo(addr)) =
             extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -333,13 +333,13 @@ impl Builder {
         self
     }
 
-    /// Whether every request carries a [`PeerAddr`](keel_limit::PeerAddr) extension: the
-    /// client's address (the one a trusted proxy's PROXY header names, or the TCP peer), which
-    /// keel-limit's rate limit layer keys on.
+    /// Whether every request carries a [`PeerAddr`] extension: the client's address (the one
+    /// a trusted proxy's PROXY header names, or the TCP peer), for handlers that want it.
     ///
-    /// Default `true`. Turning it off (together with [`conn_info`](Self::conn_info)) saves
-    /// the extension insert on every request for applications without per-client limits;
-    /// a per-client rate limit then sees no address and puts every request in one bucket.
+    /// Default `true`. keel-limit's rate limit layer does not need it: every connection task
+    /// (and every HTTP/2 stream task) runs inside a [`PeerAddr::scope`], which the layer reads
+    /// at no per-request cost. Turning it off saves an extension insert (an allocation) on
+    /// every request.
     pub fn peer_addr(mut self, enabled: bool) -> Self {
         self.peer_addr = enabled;
         self
@@ -1034,11 +1034,19 @@ where
 {
     fn execute(&self, future: F) {
         let phase = Arc::clone(&self.phase);
+        // Stream tasks are spawned from their connection's task: they keep its peer scope.
+        let peer = PeerAddr::current();
         self.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                () = phase.reached(Stage::Forced) => {}
-                _ = future => {}
+            let run = async move {
+                tokio::select! {
+                    biased;
+                    () = phase.reached(Stage::Forced) => {}
+                    _ = future => {}
+                }
+            };
+            match peer {
+                Some(peer) => PeerAddr::scope(peer, run).await,
+                None => run.await,
             }
         });
     }
@@ -1265,11 +1273,8 @@ async fn serve_connection<S, B>(
             }
         }
     }
-    let peer_addr = shared
-        .conn
-        .peer
-        .then(|| peer.as_inet().map(PeerAddr))
-        .flatten();
+    let scope = peer.as_inet();
+    let peer_addr = scope.filter(|_| shared.conn.peer).map(PeerAddr);
     let info = shared.conn.info.then_some(ConnInfo {
         peer,
         local,
@@ -1286,12 +1291,16 @@ async fn serve_connection<S, B>(
         peer_addr,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
-    closing.reason = Driver::new(
+    let driver = Driver::new(
         conn,
         state,
         shared.http.header_timeout,
         shared.http.idle_timeout,
         PhaseWatch::new(Arc::clone(&shared.tokens.phase)),
-    )
-    .await;
+    );
+    // The peer scope serves the rate limit layer without a per-request extension.
+    closing.reason = match scope {
+        Some(peer) => PeerAddr::scope(peer, driver).await,
+        None => driver.await,
+    };
 }

@@ -256,3 +256,34 @@ async fn proxy_headers_from_trusted_peers_name_the_client() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_rate_limit_finds_the_client_without_the_extension() {
+    use tower::Layer;
+    let limit = keel_limit::RateLimit::per_client("1/m".parse().expect("quota")).layer();
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = limit.layer(tower::service_fn(whoami));
+    let task = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .conn_info(false)
+            .peer_addr(false)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+    let mut first = connect_from("127.0.0.1", addr).await;
+    // No extension reaches the handler, yet the limiter knows who is asking.
+    assert_eq!(get(&mut first, b"").await.as_deref(), Some("- via -"));
+    assert_eq!(
+        get(&mut first, b"").await.as_deref(),
+        Some("HTTP/1.1 429 Too Many Requests")
+    );
+    let mut other = connect_from("127.0.0.2", addr).await;
+    assert_eq!(get(&mut other, b"").await.as_deref(), Some("- via -"));
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

@@ -164,10 +164,10 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         let mut builder = Server::builder()
             .http(http)
             .graceful(shutdown)
-            // No route reads ConnInfo: skip that per-request extension. The client address
-            // (PeerAddr) is inserted only for the rate limit, which keys on it.
+            // No route reads ConnInfo or PeerAddr: skip those per-request extensions. The rate
+            // limit finds the client in the connection's scope instead.
             .conn_info(false)
-            .peer_addr(rate_limit.is_some())
+            .peer_addr(false)
             .connection_limits(conn_limits);
         if settings.proxy_protocol {
             builder = builder

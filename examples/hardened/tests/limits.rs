@@ -74,6 +74,31 @@ async fn over_the_rate_a_client_gets_429_with_the_standard_fields_and_others_do_
     // A second client address has its own bucket.
     let (status, _, _) = curl(addr, "127.0.0.2", &[]);
     assert_eq!(status, 200);
+    // HTTP/2 (h2c) requests are keyed by their connection's client too.
+    let h2 = |interface: &str| {
+        let output = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args([
+                "--http2-prior-knowledge",
+                "--max-time",
+                "20",
+                "--interface",
+                interface,
+            ])
+            .arg(format!("http://{addr}/"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(h2("127.0.0.3"), "200 2");
+    assert_eq!(h2("127.0.0.3"), "429 2");
+    assert_eq!(h2("127.0.0.4"), "200 2");
     // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
     let (status, _, _) = curl(addr, "127.0.0.1", &["X-Forwarded-For: 198.51.100.1"]);
     assert_eq!(status, 429);
