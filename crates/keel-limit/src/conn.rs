@@ -21,6 +21,11 @@ const SHARDS: usize = 64;
 /// `EMFILE`, is what a flood meets first.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// The default cap on concurrent TLS handshakes: 1 024. It leaves room for a reconnect storm
+/// of a large fleet, while handshakes in progress beyond it (each a few hundred microseconds
+/// of public-key work) would only queue for the CPU past their deadline.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+
 /// Why a connection was refused. Its [`ConnRejected::reason`] is the metric label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -366,6 +371,22 @@ impl HandshakeLimiter {
             Ok(permit) => HandshakePermit { _permit: permit },
             // The semaphore is never closed.
             Err(_closed) => unreachable!("the handshake semaphore is never closed"),
+        }
+    }
+
+    /// Waits at most `wait` for a place (put it under the handshake deadline); on timeout
+    /// counts a `max_handshakes` rejection and returns `None`.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping the future gives up its place in the queue and takes nothing.
+    pub async fn acquire_within(&self, wait: std::time::Duration) -> Option<HandshakePermit> {
+        match tokio::time::timeout(wait, self.acquire()).await {
+            Ok(permit) => Some(permit),
+            Err(_elapsed) => {
+                self.rejected.increment(1);
+                None
+            }
         }
     }
 

@@ -63,8 +63,8 @@ mod store;
 
 pub use body::LimitBody;
 pub use conn::{
-    ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, HandshakeLimiter,
-    HandshakePermit,
+    ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES,
+    HandshakeLimiter, HandshakePermit,
 };
 pub use key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
 pub use layer::{

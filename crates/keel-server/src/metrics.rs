@@ -147,6 +147,7 @@ pub fn describe_all() {
     describe();
     keel_listen::metrics::describe();
     keel_limit::metrics::describe();
+    keel_tls::metrics::describe();
     keel_shutdown::metrics::describe();
     keel_metrics::describe();
 }
@@ -179,6 +180,27 @@ pub fn register_all() {
         metrics::counter!(
             keel_limit::metrics::CONNECTIONS_REJECTED_TOTAL,
             keel_limit::metrics::LABEL_REASON => *reason
+        )
+        .increment(0);
+    }
+    for reason in keel_tls::metrics::HANDSHAKE_FAILURE_REASONS {
+        metrics::counter!(
+            keel_tls::metrics::HANDSHAKE_FAILURES_TOTAL,
+            keel_tls::metrics::LABEL_REASON => *reason
+        )
+        .increment(0);
+    }
+    for kind in keel_tls::metrics::HANDSHAKE_KINDS {
+        metrics::counter!(
+            keel_tls::metrics::HANDSHAKES_TOTAL,
+            keel_tls::metrics::LABEL_KIND => *kind
+        )
+        .increment(0);
+    }
+    for outcome in keel_tls::metrics::RELOAD_OUTCOMES {
+        metrics::counter!(
+            keel_tls::metrics::RELOADS_TOTAL,
+            keel_tls::metrics::LABEL_OUTCOME => *outcome
         )
         .increment(0);
     }

@@ -14,11 +14,15 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use keel_limit::{ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, PeerAddr};
+use keel_limit::{
+    ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES,
+    HandshakeLimiter, PeerAddr,
+};
 use keel_listen::proxy::{Prefixed, ProxyProtocol};
 use keel_listen::{Accepted, Addr, DetachedListener, Listener, ListenerId};
 use keel_metrics::Admin;
 use keel_shutdown::Health;
+use keel_tls::{ClientCertificates, TlsAcceptor};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -28,7 +32,7 @@ use crate::BoxError;
 use crate::config::HttpConfig;
 use crate::driver::Driver;
 use crate::error::Error;
-use crate::io::TrackedIo;
+use crate::io::{ConnIo, TrackedIo};
 use crate::metrics::{CloseReason, PhaseHook, ServerMetrics, ShutdownMetrics, ShutdownPhase};
 use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
@@ -81,6 +85,8 @@ struct ConnPolicy {
     peer: bool,
     limits: ConnLimiter,
     proxy: Option<Arc<ProxyProtocol>>,
+    tls: Option<TlsAcceptor>,
+    handshakes: HandshakeLimiter,
 }
 
 impl ConnPolicy {
@@ -119,6 +125,8 @@ impl Server {
             peer_addr: true,
             conn_limits: ConnLimiter::new(DEFAULT_MAX_CONNECTIONS),
             proxy_protocol: None,
+            tls: None,
+            handshakes: HandshakeLimiter::new(DEFAULT_MAX_HANDSHAKES),
             health: None,
             drain_delay: Duration::ZERO,
             app_token: None,
@@ -145,6 +153,8 @@ pub struct Builder {
     peer_addr: bool,
     conn_limits: ConnLimiter,
     proxy_protocol: Option<ProxyProtocol>,
+    tls: Option<TlsAcceptor>,
+    handshakes: HandshakeLimiter,
     health: Option<Health>,
     drain_delay: Duration,
     app_token: Option<CancellationToken>,
@@ -166,6 +176,8 @@ impl fmt::Debug for Builder {
             .field("peer_addr", &self.peer_addr)
             .field("conn_limits", &self.conn_limits)
             .field("proxy_protocol", &self.proxy_protocol)
+            .field("tls", &self.tls.is_some())
+            .field("handshakes", &self.handshakes)
             .field("health", &self.health)
             .field("drain_delay", &self.drain_delay)
             .field("app_token", &self.app_token)
@@ -373,6 +385,36 @@ impl Builder {
         self
     }
 
+    /// Serves TLS on every listener of the application (not on the admin listener).
+    ///
+    /// The handshake runs in the connection's task, never in the accept loop, after the
+    /// connection caps and the PROXY header: a place under the handshake cap
+    /// ([`handshake_limits`](Self::handshake_limits)) is waited for at most the acceptor's
+    /// handshake timeout, then the handshake itself runs under that timeout (10 s by default,
+    /// [`TlsConfig::handshake_timeout`](keel_tls::TlsConfig::handshake_timeout)). A failed
+    /// handshake closes the connection and is counted by reason in
+    /// `keel_tls_handshake_failures_total`. HTTP/2 or HTTP/1.1 follows the protocol the client
+    /// speaks after the handshake (ALPN offers both by default). A client certificate that was
+    /// verified (mTLS) reaches every request of the connection as a
+    /// [`ClientCertificates`](keel_tls::ClientCertificates) extension.
+    ///
+    /// The acceptor keeps serving whatever its reload triggers
+    /// ([`TlsAcceptor::watch`], [`TlsAcceptor::reload_on_sighup`], [`TlsAcceptor::reload`])
+    /// swap in; connections already open keep the certificate they started with.
+    pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// The cap on concurrent TLS handshakes, shared by every listener (and every core).
+    /// Default: [`HandshakeLimiter::new`]`(`[`DEFAULT_MAX_HANDSHAKES`]`)`. A connection that
+    /// finds no place within the handshake timeout is closed and counted as
+    /// `keel_limit_connections_rejected_total{reason="max_handshakes"}`.
+    pub fn handshake_limits(mut self, limits: HandshakeLimiter) -> Self {
+        self.handshakes = limits;
+        self
+    }
+
     /// Sets the HTTP settings; see [`HttpConfig`] for each default.
     pub fn http(mut self, http: HttpConfig) -> Self {
         self.http = http;
@@ -467,6 +509,8 @@ impl Builder {
             peer: self.peer_addr,
             limits: self.conn_limits,
             proxy: self.proxy_protocol.map(Arc::new),
+            tls: self.tls,
+            handshakes: self.handshakes,
         };
         let core = Core::new(
             service,
@@ -611,6 +655,8 @@ impl Builder {
                 peer: self.peer_addr,
                 limits: self.conn_limits.clone(),
                 proxy: proxy.clone(),
+                tls: self.tls.clone(),
+                handshakes: self.handshakes.clone(),
             };
             let app_tasks = self.app_tasks.clone();
             let ready = ready_tx.clone();
@@ -1273,6 +1319,31 @@ async fn serve_connection<S, B>(
             }
         }
     }
+    let (stream, client_certificates) = match &shared.conn.tls {
+        None => (ConnIo::Plain(stream), None),
+        Some(tls) => {
+            let handshake = async {
+                let _place = shared
+                    .conn
+                    .handshakes
+                    .acquire_within(tls.handshake_timeout())
+                    .await?;
+                tls.accept(stream).await.ok()
+            };
+            // Bounded by the handshake deadline; a forced drain does not wait for it.
+            let accepted = tokio::select! {
+                biased;
+                () = shared.tokens.phase.reached(Stage::Forced) => return,
+                accepted = handshake => accepted,
+            };
+            // Refused or failed: counted (and logged at debug) by the limiter or the acceptor.
+            let Some(stream) = accepted else {
+                return;
+            };
+            let certificates = ClientCertificates::from_stream(&stream);
+            (ConnIo::Tls(Box::new(stream)), certificates)
+        }
+    };
     let scope = peer.as_inet();
     let peer_addr = scope.filter(|_| shared.conn.peer).map(PeerAddr);
     let info = shared.conn.info.then_some(ConnInfo {
@@ -1289,6 +1360,7 @@ async fn serve_connection<S, B>(
         Arc::clone(metrics),
         info,
         peer_addr,
+        client_certificates,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     let driver = Driver::new(

@@ -16,6 +16,7 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use keel_limit::PeerAddr;
+use keel_tls::ClientCertificates;
 
 use crate::BoxError;
 use crate::body::ResponseBody;
@@ -33,6 +34,7 @@ pub(crate) struct ConnService<S> {
     metrics: Arc<ServerMetrics>,
     info: Option<ConnInfo>,
     peer: Option<PeerAddr>,
+    client_certificates: Option<ClientCertificates>,
 }
 
 impl<S> ConnService<S> {
@@ -42,6 +44,7 @@ impl<S> ConnService<S> {
         metrics: Arc<ServerMetrics>,
         info: Option<ConnInfo>,
         peer: Option<PeerAddr>,
+        client_certificates: Option<ClientCertificates>,
     ) -> Self {
         Self {
             inner,
@@ -49,6 +52,7 @@ impl<S> ConnService<S> {
             metrics,
             info,
             peer,
+            client_certificates,
         }
     }
 }
@@ -70,6 +74,9 @@ where
         }
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
+        }
+        if let Some(certificates) = &self.client_certificates {
+            request.extensions_mut().insert(certificates.clone());
         }
         let in_flight = self.state.request_started();
         let mut service = self.inner.clone();

@@ -9,9 +9,9 @@
 //! | `limit` | `limit` | `keel-limit` | rate limits with unspoofable client identity and bounded memory, connection caps, load shedding |
 //! | `server` | `server` | `keel-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
 //! | `shutdown` | `shutdown` | `keel-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
+//! | `tls` | `tls` | `keel-tls` | rustls with secure defaults, PEM loading with clear errors, SNI, mTLS, certificate hot reload, a handshake acceptor with a deadline |
 //! | `metrics` | `metrics` | `keel-metrics` | the HTTP metrics layer with bounded labels, the admin service (`/metrics`, `/livez`, `/readyz`), the Prometheus exporter |
 //!
-//! The TLS crate joins when it lands.
 //!
 //! # Example
 //!
@@ -37,8 +37,10 @@
 //!
 //! # Crate features
 //!
-//! - `server` (default): `server`, and `listen`, `limit` and `shutdown` with it.
+//! - `server` (default): `server`, and `listen`, `limit`, `tls` and `shutdown` with it.
 //! - `limit`: `limit` alone.
+//! - `tls`: `tls` alone, with the aws-lc-rs crypto provider (for ring, depend on `keel-tls`
+//!   with its `ring` feature instead).
 //! - `listen`: `listen` alone.
 //! - `shutdown`: `shutdown`.
 //! - `metrics`: `metrics`, with the Prometheus exporter.
@@ -65,6 +67,10 @@ pub use keel_shutdown as shutdown;
 #[doc(inline)]
 pub use keel_metrics as metrics;
 
+#[cfg(feature = "tls")]
+#[doc(inline)]
+pub use keel_tls as tls;
+
 /// The types most servers need, for a glob import.
 pub mod prelude {
     #[cfg(feature = "limit")]
@@ -79,4 +85,6 @@ pub mod prelude {
     pub use keel_server::{HttpConfig, ServeReport, Server};
     #[cfg(feature = "shutdown")]
     pub use keel_shutdown::{Health, Shutdown};
+    #[cfg(feature = "tls")]
+    pub use keel_tls::{TlsAcceptor, TlsConfig};
 }

@@ -40,6 +40,15 @@ struct Flags {
     /// One single-threaded runtime per core, each with its own listeners and service.
     #[arg(long)]
     per_core: bool,
+    /// PEM certificate chain: serve TLS on every --listen (SIGHUP or a file change reloads it).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Deadline for the TLS handshake of a new connection. [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    handshake_timeout: Option<Duration>,
     /// Per-client request rate limit: N/s, N/m or N/h (answered 429 past it); off unless given.
     #[arg(long, value_name = "N/s")]
     rate: Option<String>,
@@ -79,6 +88,9 @@ struct File {
     drain_timeout: Option<String>,
     acceptors: Option<usize>,
     per_core: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    handshake_timeout: Option<String>,
     rate: Option<String>,
     burst: Option<u32>,
     max_conns: Option<usize>,
@@ -98,6 +110,9 @@ pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
     pub(crate) acceptors: usize,
     pub(crate) per_core: bool,
+    /// Certificate chain and key files, when serving TLS.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    pub(crate) handshake_timeout: Duration,
     /// The per-client request quota, burst included.
     pub(crate) rate: Option<Quota>,
     pub(crate) max_conns: usize,
@@ -109,7 +124,7 @@ pub(crate) struct Settings {
 /// What `parse` decided.
 pub(crate) enum Parsed {
     /// Run with these settings.
-    Run(Settings),
+    Run(Box<Settings>),
     /// `--help` or `--version`: print this on stdout and exit successfully.
     Print(String),
 }
@@ -195,11 +210,23 @@ pub(crate) fn parse() -> Result<Parsed, String> {
         .iter()
         .map(|cidr| parse_cidr(cidr))
         .collect::<Result<Vec<_>, _>>()?;
+    let tls = match (
+        flags.tls_cert.or(file.tls_cert),
+        flags.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("'--tls-cert' and '--tls-key' go together".to_owned()),
+    };
+    let handshake_timeout = flags
+        .handshake_timeout
+        .or(from_file(&file.handshake_timeout, "handshake-timeout")?)
+        .unwrap_or(keel::tls::DEFAULT_HANDSHAKE_TIMEOUT);
     let proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
     if proxy_protocol && trusted_proxies.is_empty() {
         return Err("'--proxy-protocol' needs at least one '--trusted-proxy'".to_owned());
     }
-    Ok(Parsed::Run(Settings {
+    Ok(Parsed::Run(Box::new(Settings {
         listen,
         admin: flags.admin.or(file.admin),
         header_timeout: flags
@@ -220,12 +247,14 @@ pub(crate) fn parse() -> Result<Parsed, String> {
             .unwrap_or(keel::server::DEFAULT_DRAIN_TIMEOUT),
         acceptors,
         per_core: flags.per_core || file.per_core.unwrap_or(false),
+        tls,
+        handshake_timeout,
         rate,
         max_conns,
         max_conns_per_ip,
         trusted_proxies,
         proxy_protocol,
-    }))
+    })))
 }
 
 /// A CIDR range, or a single address (a /32 or /128).

@@ -16,8 +16,14 @@
 //! curl --http2-prior-knowledge http://127.0.0.1:8080/ # h2c
 //! curl http://127.0.0.1:9090/metrics                  # with --admin 127.0.0.1:9090
 //! curl -i http://127.0.0.1:8080/                      # with --rate 1/m: the second is a 429
+//! curl --cacert ca.pem https://localhost:8443/        # with --tls-cert/--tls-key
 //! kill -TERM <pid>                                    # graceful drain; exit 0 when clean
 //! ```
+//!
+//! `--tls-cert cert.pem --tls-key key.pem` serves HTTPS (HTTP/2 or HTTP/1.1 by ALPN) on every
+//! listener, TLS 1.2 and 1.3 only; SIGHUP or a change of either file (a symlink swap included)
+//! reloads them, and a bad new pair leaves the old one in service. `--handshake-timeout`
+//! (default 10 s) bounds each handshake.
 //!
 //! `--rate 100/s --burst 20` limits each client address (IPv6: each /64) and answers 429 with
 //! `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` fields past it. `--max-conns`
@@ -73,7 +79,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    match run(settings) {
+    match run(*settings) {
         Ok(report) => {
             tracing::info!(?report, "drained");
             report.exit_code()
@@ -140,6 +146,17 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .trusted_proxies(settings.trusted_proxies.iter().copied())
             .layer()
     });
+    // TLS on every listener: the files are read and checked now, so a bad file ends start-up
+    // with one line naming it. Built after the recorder, so its metrics reach the exporter.
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(
+            TlsConfig::from_pem_files(cert, key)
+                .and_then(|config| config.handshake_timeout(settings.handshake_timeout).build())
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut conn_limits = ConnLimiter::new(settings.max_conns);
     if let Some(max) = settings.max_conns_per_ip {
         // A trusted proxy carries many clients: only they are capped, not the proxy.
@@ -169,6 +186,9 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .conn_info(false)
             .peer_addr(false)
             .connection_limits(conn_limits);
+        if let Some(tls) = &tls {
+            builder = builder.tls(tls.clone());
+        }
         if settings.proxy_protocol {
             builder = builder
                 .proxy_protocol(ProxyProtocol::new(settings.trusted_proxies.iter().copied()));
@@ -178,7 +198,10 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         match SocketActivation::from_env().map_err(|e| e.to_string())? {
             Some(mut activation) if !activation.is_empty() => {
                 for listener in activation.take_all(&config).map_err(|e| e.to_string())? {
-                    lines.push_str(&format!("listening on http://{}\n", listener.local_addr()));
+                    lines.push_str(&format!(
+                        "listening on {scheme}://{}\n",
+                        listener.local_addr()
+                    ));
                     builder = builder.listener(listener);
                 }
             }
@@ -186,7 +209,8 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
                 for addr in &settings.listen {
                     let listeners = config.bind(*addr).map_err(|e| e.to_string())?;
                     if let Some(first) = listeners.first() {
-                        lines.push_str(&format!("listening on http://{}\n", first.local_addr()));
+                        lines
+                            .push_str(&format!("listening on {scheme}://{}\n", first.local_addr()));
                     }
                     builder = builder.listeners(listeners);
                 }
@@ -203,9 +227,17 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .write_all(lines.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        Ok::<_, String>((builder, background_stop))
+        // SIGHUP reloads the certificate: caught from here on, before anyone can reach us.
+        let sighup = match &tls {
+            Some(tls) => Some(
+                tls.reload_on_sighup(background_stop.clone())
+                    .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok::<_, String>((builder, background_stop, sighup))
     })?;
-    let (builder, background_stop) = builder;
+    let (builder, background_stop, sighup) = builder;
     // Background work, until the shutdown: the exporter's upkeep folds histogram samples into
     // their buckets even when nobody scrapes; the limiter's housekeeping evicts idle keys.
     // Started by the first service made, on the runtime that serves (a core's, per core).
@@ -214,6 +246,13 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         background.push(Box::pin(
             exporter.clone().run_upkeep(background_stop.clone()),
         ));
+    }
+    if let Some(tls) = &tls {
+        // A changed certificate or key file (a symlink swap included) is live within a second.
+        background.push(Box::pin(tls.watch(background_stop.clone())));
+    }
+    if let Some(sighup) = sighup {
+        background.push(Box::pin(sighup));
     }
     if let Some(limit) = &rate_limit {
         background.push(Box::pin(limit.housekeeping(

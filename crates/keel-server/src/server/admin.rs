@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_limit::ConnLimiter;
+use keel_limit::{ConnLimiter, HandshakeLimiter};
 use keel_listen::Listener;
 use keel_metrics::Admin;
 use keel_shutdown::Health;
@@ -48,6 +48,8 @@ impl AdminServer {
             peer: false,
             limits: ConnLimiter::new(usize::MAX),
             proxy: None,
+            tls: None,
+            handshakes: HandshakeLimiter::new(0),
         };
         let core = Core::new(
             admin,

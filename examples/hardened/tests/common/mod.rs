@@ -63,6 +63,7 @@ impl Hardened {
                 .expect("hardened exited before listening");
             let addr = line
                 .strip_prefix("listening on http://")
+                .or_else(|| line.strip_prefix("listening on https://"))
                 .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
             addrs.push(addr.parse().expect("a socket address"));
             lines.push(line);
