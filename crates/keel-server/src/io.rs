@@ -28,6 +28,15 @@ pub(crate) struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     protocol: Protocol,
+    /// The protocol TLS ALPN agreed on: the first bytes must be that protocol.
+    agreed: Option<Agreed>,
+}
+
+/// A protocol agreed by ALPN before the first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Agreed {
+    Http1,
+    Http2,
 }
 
 impl<T> TrackedIo<T> {
@@ -36,6 +45,24 @@ impl<T> TrackedIo<T> {
             inner,
             state,
             protocol: Protocol::Sniffing(0),
+            agreed: None,
+        }
+    }
+
+    /// The first bytes must be `agreed`'s: a client that agreed on HTTP/1.1 and sends the
+    /// HTTP/2 preface (or the reverse) gets its connection closed.
+    pub(crate) fn agreed(mut self, agreed: Option<Agreed>) -> Self {
+        self.agreed = agreed;
+        self
+    }
+
+    /// Whether what was read so far fits the agreed protocol.
+    fn fits_agreement(&self) -> bool {
+        match (self.agreed, self.protocol) {
+            (Some(Agreed::Http1), Protocol::Http2) | (Some(Agreed::Http2), Protocol::Http1) => {
+                false
+            }
+            _ => true,
         }
     }
 
@@ -72,6 +99,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
             let filled = buf.filled();
             if filled.len() > before {
                 this.on_read(&filled[before..]);
+                if !this.fits_agreement() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the client speaks another protocol than the one ALPN agreed on",
+                    )));
+                }
             }
         }
         result

@@ -32,7 +32,7 @@ use crate::BoxError;
 use crate::config::HttpConfig;
 use crate::driver::Driver;
 use crate::error::Error;
-use crate::io::{ConnIo, TrackedIo};
+use crate::io::{Agreed, ConnIo, TrackedIo};
 use crate::metrics::{CloseReason, PhaseHook, ServerMetrics, ShutdownMetrics, ShutdownPhase};
 use crate::phase::{Phase, PhaseWatch, Stage};
 use crate::report::ServeReport;
@@ -393,8 +393,9 @@ impl Builder {
     /// handshake timeout, then the handshake itself runs under that timeout (10 s by default,
     /// [`TlsConfig::handshake_timeout`](keel_tls::TlsConfig::handshake_timeout)). A failed
     /// handshake closes the connection and is counted by reason in
-    /// `keel_tls_handshake_failures_total`. HTTP/2 or HTTP/1.1 follows the protocol the client
-    /// speaks after the handshake (ALPN offers both by default). A client certificate that was
+    /// `keel_tls_handshake_failures_total`. The protocol ALPN agreed on (`h2` or `http/1.1`,
+    /// both offered by default) is the one served: a client that agreed on one and speaks the
+    /// other is closed. Without ALPN it is told from the first bytes. A client certificate that was
     /// verified (mTLS) reaches every request of the connection as a
     /// [`ClientCertificates`](keel_tls::ClientCertificates) extension.
     ///
@@ -1319,6 +1320,7 @@ async fn serve_connection<S, B>(
             }
         }
     }
+    let mut agreed = None;
     let (stream, client_certificates) = match &shared.conn.tls {
         None => (ConnIo::Plain(stream), None),
         Some(tls) => {
@@ -1341,6 +1343,13 @@ async fn serve_connection<S, B>(
                 return;
             };
             let certificates = ClientCertificates::from_stream(&stream);
+            // The protocol ALPN agreed on is the one the client must speak; without one it
+            // is told from the first bytes.
+            agreed = match keel_tls::negotiated_alpn(&stream) {
+                Some(b"h2") => Some(Agreed::Http2),
+                Some(b"http/1.1") => Some(Agreed::Http1),
+                _ => None,
+            };
             (ConnIo::Tls(Box::new(stream)), certificates)
         }
     };
@@ -1353,7 +1362,7 @@ async fn serve_connection<S, B>(
         proxied_by,
     });
     let state = ConnState::new(started);
-    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)).agreed(agreed));
     let service = ConnService::new(
         shared.service.clone(),
         Arc::clone(&state),

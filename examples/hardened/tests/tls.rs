@@ -121,6 +121,10 @@ async fn start_tls(dir: &Dir, leaf: &Leaf, extra: &[&str]) -> Hardened {
 }
 
 fn client_config(ca: &Ca) -> Arc<ClientConfig> {
+    client_config_alpn(ca, &[])
+}
+
+fn client_config_alpn(ca: &Ca, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.der.clone()).expect("root");
     let provider = Arc::new(keel::tls::rustls::crypto::aws_lc_rs::default_provider());
@@ -129,6 +133,8 @@ fn client_config(ca: &Ca) -> Arc<ClientConfig> {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 
@@ -213,6 +219,41 @@ async fn https_with_http2_and_http1_by_alpn() {
             "{flag}: {output:?}"
         );
     }
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn the_protocol_agreed_by_alpn_is_the_one_served() {
+    let dir = Dir::new("alpn-strict");
+    let ca = Ca::new();
+    let server = start_tls(&dir, &ca.leaf(), &[]).await;
+    let addr = server.addr();
+    // Agreed on HTTP/1.1: an HTTP/2 preface is not HTTP/1.1, and is refused as such.
+    let mut h1 = connect(addr, client_config_alpn(&ca, &[b"http/1.1"])).await;
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    h1.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), h1.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "served HTTP/2 after agreeing on HTTP/1.1: {answer:?}"
+    );
+    // Agreed on h2: an HTTP/1.1 request gets no HTTP/1.1 answer.
+    let mut h2 = connect(addr, client_config_alpn(&ca, &[b"h2"])).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), h2.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("hello"),
+        "served HTTP/1.1 after agreeing on h2"
+    );
     server.signal("TERM");
     assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
 }
