@@ -58,12 +58,10 @@ impl<T> TrackedIo<T> {
 
     /// Whether what was read so far fits the agreed protocol.
     fn fits_agreement(&self) -> bool {
-        match (self.agreed, self.protocol) {
-            (Some(Agreed::Http1), Protocol::Http2) | (Some(Agreed::Http2), Protocol::Http1) => {
-                false
-            }
-            _ => true,
-        }
+        !matches!(
+            (self.agreed, self.protocol),
+            (Some(Agreed::Http1), Protocol::Http2) | (Some(Agreed::Http2), Protocol::Http1)
+        )
     }
 
     fn on_read(&mut self, bytes: &[u8]) {
