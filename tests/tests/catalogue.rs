@@ -10,6 +10,7 @@ fn emitted() -> BTreeSet<&'static str> {
     use keel::metrics::http;
     use keel::server::metrics as server;
     use keel::shutdown::metrics as shutdown;
+    use keel::tls::metrics as tls;
     BTreeSet::from([
         listen::CONNECTIONS_ACCEPTED_TOTAL,
         listen::ACCEPT_ERRORS_TOTAL,
@@ -21,6 +22,10 @@ fn emitted() -> BTreeSet<&'static str> {
         limit::KEYS_EVICTED_TOTAL,
         limit::KEY_OVERFLOW_TOTAL,
         limit::REQUESTS_SHED_TOTAL,
+        tls::HANDSHAKES_TOTAL,
+        tls::HANDSHAKE_FAILURES_TOTAL,
+        tls::RELOADS_TOTAL,
+        tls::CERTIFICATE_EXPIRY_SECONDS,
         server::CONNECTIONS_ACTIVE,
         server::CONNECTIONS_CLOSED,
         server::CONNECTION_DURATION,
