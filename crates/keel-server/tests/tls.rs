@@ -1,0 +1,152 @@
+//! TLS through keel-server with client certificates: the verified chain reaches the handler
+//! as a `ClientCertificates` extension; a client without a certificate is refused. Real
+//! handshakes over loopback with certificates made by rcgen.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use keel_listen::Listener;
+use keel_server::Server;
+use keel_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use keel_tls::rustls::{ClientConfig, RootCertStore};
+use keel_tls::tokio_rustls::TlsConnector;
+use keel_tls::{ClientAuth, ClientCertificates, TlsConfig};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Pem {
+    cert: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+fn ca() -> (Issuer<'static, KeyPair>, String, CertificateDer<'static>) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("CA");
+    (Issuer::new(params, key), cert.pem(), cert.der().clone())
+}
+
+fn leaf(issuer: &Issuer<'static, KeyPair>) -> Pem {
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, issuer)
+        .expect("leaf");
+    Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+fn provider() -> Arc<keel_tls::rustls::crypto::CryptoProvider> {
+    Arc::new(keel_tls::rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn client(ca: &CertificateDer<'static>, identity: Option<&Pem>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).expect("root");
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(pem) => {
+            use keel_tls::rustls::pki_types::pem::PemObject;
+            let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key");
+            builder
+                .with_client_auth_cert(vec![pem.der.clone()], key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn the_verified_client_chain_reaches_the_handler() {
+    let (issuer, ca_pem, ca_der) = ca();
+    let server_pair = leaf(&issuer);
+    let client_pair = leaf(&issuer);
+    let acceptor = TlsConfig::from_pem(server_pair.cert.as_bytes(), server_pair.key.as_bytes())
+        .expect("server pair")
+        .client_auth(ClientAuth::required_pem(ca_pem.into_bytes()))
+        .handshake_timeout(Duration::from_secs(5))
+        .build()
+        .expect("acceptor");
+    let expected = client_pair.der.clone();
+    let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let expected = expected.clone();
+        async move {
+            let seen = request
+                .extensions()
+                .get::<ClientCertificates>()
+                .map(|c| (c.chain().len(), c.end_entity() == Some(&expected)));
+            let body = match seen {
+                Some((n, true)) => format!("{n} certificate(s), the client's"),
+                Some((n, false)) => format!("{n} certificate(s), not the client's"),
+                None => "no certificates".to_owned(),
+            };
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+        }
+    });
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .tls(acceptor)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+
+    let name = ServerName::try_from("localhost").expect("name");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = TlsConnector::from(client(&ca_der, Some(&client_pair)))
+        .connect(name.clone(), tcp)
+        .await
+        .expect("handshake with a client certificate");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut response))
+        .await
+        .expect("answer within 10 s")
+        .ok();
+    assert!(
+        response.ends_with("1 certificate(s), the client's"),
+        "{response}"
+    );
+
+    // Without a certificate the handshake (or the first read after it, in TLS 1.3) fails.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let refused = match TlsConnector::from(client(&ca_der, None))
+        .connect(name, tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let _ = tls
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await,
+                Ok(Err(_)) | Ok(Ok(0))
+            )
+        }
+    };
+    assert!(refused, "a client without a certificate was served");
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
