@@ -323,6 +323,30 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn quotas_come_from_toml_strings_with_the_same_errors() {
+        #[derive(Debug, serde::Deserialize, serde::Serialize)]
+        struct Config {
+            rate: Quota,
+        }
+        let config: Config = toml::from_str("rate = \"100/s burst 20\"").expect("valid");
+        assert_eq!(config.rate, Quota::per_second(nz(100)).burst(nz(20)));
+        let error = toml::from_str::<Config>("rate = \"0/m\"").expect_err("zero");
+        assert!(
+            error.to_string().contains("the rate must be at least 1"),
+            "{error}"
+        );
+        assert!(
+            toml::from_str::<Config>("rate = 100").is_err(),
+            "a number is not a rate"
+        );
+        assert_eq!(
+            toml::to_string(&config).ok().as_deref(),
+            Some("rate = \"100/s burst 20\"\n")
+        );
+    }
+
     proptest! {
         #[test]
         fn display_round_trips(rate in 1u32.., burst in 1u32.., unit in 0..3u8) {
