@@ -352,8 +352,10 @@ pub struct HandshakePermit {
 }
 
 impl HandshakeLimiter {
-    /// At most `max` handshakes at once.
+    /// At most `max` handshakes at once (`usize::MAX`: no cap; values above tokio's
+    /// `Semaphore::MAX_PERMITS` are capped there).
     pub fn new(max: usize) -> Self {
+        let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
             max,

@@ -109,7 +109,11 @@ pub enum KeyBy {
     Client,
     /// One bucket for every request.
     Global,
-    /// The value of a header, for example an API key.
+    /// The value of a header, for example an API key. Only behind authentication: every
+    /// distinct value is a bucket of its own, so a client free to send any value gets a fresh
+    /// bucket per value (until the key table is full). Put the layer after the layer that
+    /// rejects unknown keys, or key on the client and the value together with
+    /// [`KeyBy::Custom`].
     Header(HeaderName),
     /// A key computed by the application.
     Custom(Arc<Extract>),

@@ -43,6 +43,12 @@
 //! the overflow policy), the per-client connection table by the global connection cap (an
 //! entry lives only while its client has a connection open).
 //!
+//! # Metrics
+//!
+//! Every type resolves its metric handles when it is built ([`RateLimit::layer`],
+//! [`ConnLimiter::new`], [`HandshakeLimiter::new`], [`LoadShedLayer::new`]), with the recorder
+//! installed at that moment: install the recorder first. [`metrics`] lists every name.
+//!
 //! # Crate features
 //!
 //! - `serde`: [`Quota`] deserializes from its string form (`"100/s burst 20"`).
@@ -51,6 +57,7 @@
 
 mod body;
 pub mod client;
+pub mod clock;
 mod conn;
 mod key;
 mod layer;

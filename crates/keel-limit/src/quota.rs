@@ -96,6 +96,10 @@ impl Quota {
     }
 
     /// Sets how many requests may arrive at once after a quiet period.
+    ///
+    /// The time to refill the whole burst must fit in 2^64 nanoseconds (about 584 years):
+    /// parsing refuses a larger burst, and the limiter caps one set here at that (a burst
+    /// that takes centuries to refill is no limit anyway).
     #[must_use]
     pub const fn burst(mut self, burst: NonZeroU32) -> Self {
         self.burst = burst;
@@ -125,14 +129,23 @@ impl Quota {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX).max(1))
     }
 
-    /// The equivalent [`governor::Quota`].
+    /// The largest burst whose refill time (`interval × (burst − 1)`) fits in `u64`
+    /// nanoseconds, which governor's arithmetic needs.
+    fn max_burst_for_rate(&self) -> u32 {
+        let interval = self.interval().as_nanos().max(1);
+        let max = u128::from(u64::MAX) / interval + 1;
+        u32::try_from(max).unwrap_or(u32::MAX)
+    }
+
+    /// The equivalent [`governor::Quota`], with the burst capped as [`Quota::burst`] says.
     pub(crate) fn to_governor(self) -> governor::Quota {
         let quota = match self.per {
             Per::Second => governor::Quota::per_second(self.rate),
             Per::Minute => governor::Quota::per_minute(self.rate),
             Per::Hour => governor::Quota::per_hour(self.rate),
         };
-        quota.allow_burst(self.burst)
+        let burst = self.burst.get().min(self.max_burst_for_rate());
+        quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
     }
 }
 
@@ -237,6 +250,12 @@ impl FromStr for Quota {
             }
             _ => return Err(QuotaError::new(input, "unexpected words after the rate")),
         }
+        if quota.burst.get() > quota.max_burst_for_rate() {
+            return Err(QuotaError::new(
+                input,
+                "the burst is too large for the rate (refilling it would take over 584 years)",
+            ));
+        }
         Ok(quota)
     }
 }
@@ -303,6 +322,10 @@ mod tests {
             ("10/s burst x", "the burst is not a whole number"),
             ("10/s 20", "unexpected words after the rate"),
             ("10/s burst 2 3", "unexpected words after the rate"),
+            (
+                "1/h burst 4294967295",
+                "the burst is too large for the rate (refilling it would take over 584 years)",
+            ),
         ] {
             let error = input.parse::<Quota>().expect_err(input);
             assert_eq!(error.reason(), reason, "{input:?}");
@@ -352,7 +375,15 @@ mod tests {
         fn display_round_trips(rate in 1u32.., burst in 1u32.., unit in 0..3u8) {
             let per = [Per::Second, Per::Minute, Per::Hour][usize::from(unit)];
             let quota = Quota::new(nz(rate), per).burst(nz(burst));
-            prop_assert_eq!(quota.to_string().parse::<Quota>(), Ok(quota));
+            let parsed = quota.to_string().parse::<Quota>();
+            if u128::from(burst - 1) * quota.interval().as_nanos() <= u128::from(u64::MAX) {
+                prop_assert_eq!(parsed, Ok(quota));
+            } else {
+                prop_assert!(parsed.is_err_and(|e| e.reason().contains("too large")));
+            }
+            // Whatever was set, the limiter never overflows governor's arithmetic.
+            let limiter = crate::GlobalLimiter::new(quota);
+            let _ = limiter.check();
         }
 
         #[test]

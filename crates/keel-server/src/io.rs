@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use keel_limit::ConnPermit;
 use keel_listen::Stream;
 use keel_listen::proxy::Prefixed;
 use keel_tls::tokio_rustls::server::TlsStream;
@@ -30,6 +31,8 @@ pub(crate) struct TrackedIo<T> {
     protocol: Protocol,
     /// The protocol TLS ALPN agreed on: the first bytes must be that protocol.
     agreed: Option<Agreed>,
+    /// The connection's place under the connection caps, released with the I/O.
+    _permit: Option<ConnPermit>,
 }
 
 /// A protocol agreed by ALPN before the first byte.
@@ -46,7 +49,14 @@ impl<T> TrackedIo<T> {
             state,
             protocol: Protocol::Sniffing(0),
             agreed: None,
+            _permit: None,
         }
+    }
+
+    /// Holds `permit` for as long as this I/O lives, upgrades included.
+    pub(crate) fn holding(mut self, permit: ConnPermit) -> Self {
+        self._permit = Some(permit);
+        self
     }
 
     /// The first bytes must be `agreed`'s: a client that agreed on HTTP/1.1 and sends the

@@ -77,16 +77,21 @@ pub enum CloseReason {
     DrainForced = 3,
     /// An I/O or protocol error ended it.
     Error = 4,
+    /// Closed before HTTP: its PROXY protocol header or TLS handshake failed, no handshake
+    /// place freed up in time, or the client named by a PROXY header was at its connection
+    /// cap. (Each of these is also counted by its own metric, with the reason.)
+    Refused = 5,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Complete,
         CloseReason::HeaderTimeout,
         CloseReason::IdleTimeout,
         CloseReason::DrainForced,
         CloseReason::Error,
+        CloseReason::Refused,
     ];
 
     /// The label value.
@@ -97,6 +102,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::DrainForced => "drain_forced",
             CloseReason::Error => "error",
+            CloseReason::Refused => "refused",
         }
     }
 }

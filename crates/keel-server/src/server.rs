@@ -114,6 +114,10 @@ pub struct Server(());
 
 impl Server {
     /// Starts configuring a server.
+    ///
+    /// The default connection and handshake caps resolve their metric handles here, with the
+    /// recorder installed at this moment: install the recorder (a Prometheus exporter, say)
+    /// before making the builder.
     pub fn builder() -> Builder {
         Builder {
             listeners: Vec::new(),
@@ -389,9 +393,10 @@ impl Builder {
     ///
     /// The handshake runs in the connection's task, never in the accept loop, after the
     /// connection caps and the PROXY header: a place under the handshake cap
-    /// ([`handshake_limits`](Self::handshake_limits)) is waited for at most the acceptor's
-    /// handshake timeout, then the handshake itself runs under that timeout (10 s by default,
-    /// [`TlsConfig::handshake_timeout`](keel_tls::TlsConfig::handshake_timeout)). A failed
+    /// ([`handshake_limits`](Self::handshake_limits)) is waited for, then the handshake runs,
+    /// both under one deadline: the acceptor's handshake timeout (10 s by default,
+    /// [`TlsConfig::handshake_timeout`](keel_tls::TlsConfig::handshake_timeout)). The header
+    /// and idle deadlines of [`HttpConfig`] start after it. A failed
     /// handshake closes the connection and is counted by reason in
     /// `keel_tls_handshake_failures_total`. The protocol ALPN agreed on (`h2` or `http/1.1`,
     /// both offered by default) is the one served: a client that agreed on one and speaks the
@@ -1300,7 +1305,10 @@ async fn serve_connection<S, B>(
         // Bounded by the header deadline; a forced drain does not wait for it.
         let read = tokio::select! {
             biased;
-            () = shared.tokens.phase.reached(Stage::Forced) => return,
+            () = shared.tokens.phase.reached(Stage::Forced) => {
+                closing.reason = CloseReason::DrainForced;
+                return;
+            }
             read = proxy.read_header(stream.into_inner()) => read,
         };
         match read {
@@ -1309,6 +1317,7 @@ async fn serve_connection<S, B>(
                 if let Some(source) = header.source {
                     if let Err(rejected) = permit.add_client(source.ip()) {
                         tracing::debug!(%source, %rejected, "connection refused");
+                        closing.reason = CloseReason::Refused;
                         return;
                     }
                     proxied_by = Some(std::mem::replace(&mut peer, Addr::Inet(source)));
@@ -1316,6 +1325,7 @@ async fn serve_connection<S, B>(
             }
             Err(error) => {
                 tracing::debug!(%peer, %error, "PROXY header refused; connection closed");
+                closing.reason = CloseReason::Refused;
                 return;
             }
         }
@@ -1324,22 +1334,28 @@ async fn serve_connection<S, B>(
     let (stream, client_certificates) = match &shared.conn.tls {
         None => (ConnIo::Plain(stream), None),
         Some(tls) => {
+            // One deadline for the wait for a place and the handshake together.
+            let deadline = Instant::now() + tls.handshake_timeout();
             let handshake = async {
                 let _place = shared
                     .conn
                     .handshakes
-                    .acquire_within(tls.handshake_timeout())
+                    .acquire_within(deadline.saturating_duration_since(Instant::now()))
                     .await?;
-                tls.accept(stream).await.ok()
+                tls.accept_until(stream, deadline).await.ok()
             };
-            // Bounded by the handshake deadline; a forced drain does not wait for it.
+            // A forced drain does not wait for it.
             let accepted = tokio::select! {
                 biased;
-                () = shared.tokens.phase.reached(Stage::Forced) => return,
+                () = shared.tokens.phase.reached(Stage::Forced) => {
+                    closing.reason = CloseReason::DrainForced;
+                    return;
+                }
                 accepted = handshake => accepted,
             };
             // Refused or failed: counted (and logged at debug) by the limiter or the acceptor.
             let Some(stream) = accepted else {
+                closing.reason = CloseReason::Refused;
                 return;
             };
             let certificates = ClientCertificates::from_stream(&stream);
@@ -1348,7 +1364,10 @@ async fn serve_connection<S, B>(
             agreed = match keel_tls::negotiated_alpn(&stream) {
                 Some(b"h2") => Some(Agreed::Http2),
                 Some(b"http/1.1") => Some(Agreed::Http1),
-                _ => None,
+                // HTTP/2 over TLS needs ALPN (RFC 9113): a client that agreed on nothing
+                // speaks HTTP/1.1, unless the server offers no ALPN at all.
+                _ if tls.server_config().alpn_protocols.is_empty() => None,
+                _ => Some(Agreed::Http1),
             };
             (ConnIo::Tls(Box::new(stream)), certificates)
         }
@@ -1361,8 +1380,16 @@ async fn serve_connection<S, B>(
         listener,
         proxied_by,
     });
-    let state = ConnState::new(started);
-    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)).agreed(agreed));
+    // The connection's own deadlines (greeting, header, idle) start now that PROXY and TLS
+    // are done; `started` (accept) still dates the connection for its duration metric.
+    let state = ConnState::new(Instant::now());
+    // The caps' place travels with the I/O: an upgraded connection (a WebSocket, say) keeps
+    // holding it after hyper hands the socket to the application.
+    let io = TokioIo::new(
+        TrackedIo::new(stream, Arc::clone(&state))
+            .agreed(agreed)
+            .holding(permit),
+    );
     let service = ConnService::new(
         shared.service.clone(),
         Arc::clone(&state),

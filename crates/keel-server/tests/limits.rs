@@ -287,3 +287,94 @@ async fn the_rate_limit_finds_the_client_without_the_extension() {
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }
+
+/// Answers `101 Switching Protocols` and keeps the upgraded connection open, echoing.
+async fn upgrade(
+    mut request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut response = http::Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("echo"),
+    );
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    Ok(response)
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_keeps_its_place_under_the_caps() {
+    let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().as_inet().expect("inet");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        Server::builder()
+            .listener(listener)
+            .connection_limits(ConnLimiter::new(100).per_client(nz(1)))
+            .drain_timeout(Duration::from_secs(1))
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(tower::service_fn(upgrade)),
+    );
+    let mut upgraded = connect_from("127.0.0.1", addr).await;
+    upgraded
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), upgraded.read(&mut byte))
+            .await
+            .expect("101 within 10 s")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 101");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    upgraded.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    upgraded.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+    // Upgraded, and still the client's one connection: a second one is refused.
+    let mut second = connect_from("127.0.0.1", addr).await;
+    assert_eq!(get(&mut second, b"").await, None);
+    // Closing the upgraded connection gives the place back.
+    drop(upgraded);
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut retry = connect_from("127.0.0.1", addr).await;
+            if get(&mut retry, b"").await.is_some() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        served.is_ok(),
+        "the upgraded connection's place was never given back"
+    );
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

@@ -90,8 +90,31 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let deadline = tokio::time::Instant::now() + self.inner.handshake_timeout;
+        self.accept_until(io, deadline).await
+    }
+
+    /// [`accept`](Self::accept) with a deadline of the caller's: for a server that spent part
+    /// of the handshake timeout already (waiting for a place under a handshake cap, say) and
+    /// wants one deadline for the whole. A deadline already passed fails as a timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    ///
+    /// # Cancellation safety
+    ///
+    /// As [`accept`](Self::accept).
+    pub async fn accept_until<IO>(
+        &self,
+        io: IO,
+        deadline: tokio::time::Instant,
+    ) -> Result<TlsStream<IO>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let timeout = self.inner.handshake_timeout;
-        let result = match tokio::time::timeout(timeout, self.handshake(io)).await {
+        let result = match tokio::time::timeout_at(deadline, self.handshake(io)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(HandshakeError::timeout(timeout)),
         };

@@ -223,8 +223,9 @@ impl TlsConfig {
     ///
     /// `name` is a DNS name (`api.example.com`) or a wildcard of one (`*.example.com`), which
     /// matches exactly one label: `a.example.com`, not `example.com` nor `a.b.example.com`.
-    /// Case and a trailing dot do not matter. An exact name wins over a wildcard. The name, as
-    /// given, is also the `certificate` label of the pair's expiry gauge. Invalid or repeated
+    /// Case and a trailing dot do not matter. An exact name wins over a wildcard. The name,
+    /// lowercased and without a trailing dot, is also the `certificate` label of the pair's
+    /// expiry gauge. Invalid or repeated
     /// names fail [`build`](Self::build).
     #[must_use]
     pub fn sni(mut self, name: impl Into<String>, pair: CertKeyPair) -> Self {

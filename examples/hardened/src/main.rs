@@ -177,6 +177,16 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .drain_delay(settings.drain_delay)
             .drain_timeout(settings.drain_timeout);
         let background_stop = shutdown.token();
+        // SIGHUP reloads the certificate. It is caught from here on, before any listener is
+        // bound, so a HUP sent as soon as the listener lines appear never kills the process;
+        // without TLS there is nothing to reload and it is only logged.
+        let sighup: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
+            Some(tls) => Box::pin(
+                tls.reload_on_sighup(background_stop.clone())
+                    .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?,
+            ),
+            None => Box::pin(ignore_sighup(background_stop.clone())?),
+        };
         let config = ListenerConfig::default().acceptors(acceptors);
         let mut builder = Server::builder()
             .http(http)
@@ -227,14 +237,6 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
             .write_all(lines.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        // SIGHUP reloads the certificate: caught from here on, before anyone can reach us.
-        let sighup = match &tls {
-            Some(tls) => Some(
-                tls.reload_on_sighup(background_stop.clone())
-                    .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?,
-            ),
-            None => None,
-        };
         Ok::<_, String>((builder, background_stop, sighup))
     })?;
     let (builder, background_stop, sighup) = builder;
@@ -251,9 +253,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         // A changed certificate or key file (a symlink swap included) is live within a second.
         background.push(Box::pin(tls.watch(background_stop.clone())));
     }
-    if let Some(sighup) = sighup {
-        background.push(Box::pin(sighup));
-    }
+    background.push(sighup);
     if let Some(limit) = &rate_limit {
         background.push(Box::pin(limit.housekeeping(
             keel::limit::DEFAULT_HOUSEKEEPING_INTERVAL,
@@ -368,6 +368,24 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     served.map_err(|error| match error {
         keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
         _ => Failure::Usage(error.to_string()),
+    })
+}
+
+/// Catches SIGHUP when there is nothing to reload (no TLS), so it does not end the process.
+fn ignore_sighup(
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<impl Future<Output = ()> + Send + 'static, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            tracing::info!("SIGHUP received: nothing to reload without --tls-cert");
+        }
     })
 }
 

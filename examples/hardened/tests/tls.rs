@@ -242,6 +242,19 @@ async fn the_protocol_agreed_by_alpn_is_the_one_served() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
         "served HTTP/2 after agreeing on HTTP/1.1: {answer:?}"
     );
+    // No ALPN at all: HTTP/2 over TLS needs it, so the preface is refused the same way.
+    let mut none = connect(addr, client_config_alpn(&ca, &[])).await;
+    assert_eq!(none.get_ref().1.alpn_protocol(), None);
+    none.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), none.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "served HTTP/2 without ALPN: {answer:?}"
+    );
     // Agreed on h2: an HTTP/1.1 request gets no HTTP/1.1 answer.
     let mut h2 = connect(addr, client_config_alpn(&ca, &[b"h2"])).await;
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -434,6 +447,30 @@ async fn silent_connections_neither_delay_a_real_client_nor_outlive_the_deadline
     }
     server.signal("TERM");
     assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_at_the_drain_deadline_is_a_forced_close() {
+    let dir = Dir::new("forced");
+    let ca = Ca::new();
+    // One acceptor: connections are accepted in the order they arrive.
+    let server = start_tls(
+        &dir,
+        &ca.leaf(),
+        &["--drain-timeout", "1s", "--acceptors", "1"],
+    )
+    .await;
+    // A client that never sends its ClientHello, inside the 10 s handshake deadline.
+    let mut stalled = TcpStream::connect(server.addr()).await.expect("connect");
+    // The server has accepted it once a later connection is served.
+    let mut client = connect(server.addr(), client_config(&ca)).await;
+    assert!(get(&mut client).await.ends_with("hello\n"));
+    drop(client);
+    server.signal("TERM");
+    // Forced at the 1 s drain deadline: exit status 1, not a clean drain.
+    assert_eq!(server.wait(Duration::from_secs(30)).await, 1);
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest).await;
 }
 
 #[tokio::test]
