@@ -227,12 +227,16 @@ impl TlsAcceptor {
         result
     }
 
-    /// Validates `cert_pem`/`key_pem` for slot `index` and puts them in service.
+    /// Validates `cert_pem`/`key_pem` for slot `index` and puts them in service, unless the
+    /// pair in service is no longer the one with fingerprint `served_before` (another reload,
+    /// a SIGHUP say, swapped in newer files since they were read): then nothing happens and
+    /// the next poll looks again.
     pub(crate) fn reload_slot(
         &self,
         index: usize,
         cert_pem: &[u8],
         key_pem: &[u8],
+        served_before: Option<u64>,
     ) -> Result<(), TlsError> {
         let result = match self.inner.slots.get(index) {
             Some(slot) => {
@@ -241,6 +245,17 @@ impl TlsAcceptor {
                     .reload_lock
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
+                let served_now = self
+                    .inner
+                    .resolver
+                    .snapshot
+                    .load()
+                    .slots
+                    .get(index)
+                    .map(|loaded| loaded.parsed.fingerprint);
+                if served_now != served_before {
+                    return Ok(());
+                }
                 self.load(slot, cert_pem, key_pem).map(|loaded| {
                     let current = self.inner.resolver.snapshot.load_full();
                     let mut slots = current.slots.clone();

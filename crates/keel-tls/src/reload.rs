@@ -125,7 +125,7 @@ impl TlsAcceptor {
             }
             watch.pending = None;
             let result = match (cert_read, key_read) {
-                (Ok(cert_pem), Ok(key_pem)) => self.reload_slot(index, &cert_pem, &key_pem),
+                (Ok(cert_pem), Ok(key_pem)) => self.reload_slot(index, &cert_pem, &key_pem, served),
                 (Err(error), _) => {
                     let result = Err(pair::file_error(cert, error));
                     self.finish_reload(&result, Some(slot));
