@@ -86,6 +86,8 @@ struct ConnPolicy {
     limits: ConnLimiter,
     proxy: Option<Arc<ProxyProtocol>>,
     tls: Option<TlsAcceptor>,
+    /// Listeners with an acceptor of their own (a handful: searched in order).
+    listener_tls: Arc<[(ListenerId, TlsAcceptor)]>,
     handshakes: HandshakeLimiter,
 }
 
@@ -96,6 +98,14 @@ impl ConnPolicy {
         peer.ip()
             .is_some_and(|ip| proxy.is_trusted(ip))
             .then_some(proxy)
+    }
+
+    /// The TLS acceptor of connections accepted by `listener`, if they speak TLS.
+    fn tls_for(&self, listener: ListenerId) -> Option<&TlsAcceptor> {
+        self.listener_tls
+            .iter()
+            .find_map(|(id, acceptor)| (*id == listener).then_some(acceptor))
+            .or(self.tls.as_ref())
     }
 
     /// Takes the connection's places under the caps. A connection that will carry a PROXY
@@ -130,6 +140,7 @@ impl Server {
             conn_limits: ConnLimiter::new(DEFAULT_MAX_CONNECTIONS),
             proxy_protocol: None,
             tls: None,
+            listener_tls: Vec::new(),
             handshakes: HandshakeLimiter::new(DEFAULT_MAX_HANDSHAKES),
             health: None,
             drain_delay: Duration::ZERO,
@@ -158,6 +169,7 @@ pub struct Builder {
     conn_limits: ConnLimiter,
     proxy_protocol: Option<ProxyProtocol>,
     tls: Option<TlsAcceptor>,
+    listener_tls: Vec<(ListenerId, TlsAcceptor)>,
     handshakes: HandshakeLimiter,
     health: Option<Health>,
     drain_delay: Duration,
@@ -181,6 +193,14 @@ impl fmt::Debug for Builder {
             .field("conn_limits", &self.conn_limits)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("tls", &self.tls.is_some())
+            .field(
+                "listener_tls",
+                &self
+                    .listener_tls
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>(),
+            )
             .field("handshakes", &self.handshakes)
             .field("health", &self.health)
             .field("drain_delay", &self.drain_delay)
@@ -389,7 +409,8 @@ impl Builder {
         self
     }
 
-    /// Serves TLS on every listener of the application (not on the admin listener).
+    /// Serves TLS on every listener of the application (not on the admin listener), except
+    /// those added with [`tls_listeners`](Self::tls_listeners), which use their own acceptor.
     ///
     /// The handshake runs in the connection's task, never in the accept loop, after the
     /// connection caps and the PROXY header: a place under the handshake cap
@@ -409,6 +430,22 @@ impl Builder {
     /// swap in; connections already open keep the certificate they started with.
     pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
         self.tls = Some(acceptor);
+        self
+    }
+
+    /// Adds listeners that serve TLS with `acceptor`, whatever [`tls`](Self::tls) says for the
+    /// others: one server can serve plain HTTP on one port (to redirect, say) and TLS on
+    /// another, or different certificates on different listeners. Everything
+    /// [`tls`](Self::tls) says about the handshake applies.
+    pub fn tls_listeners(
+        mut self,
+        listeners: impl IntoIterator<Item = Listener>,
+        acceptor: TlsAcceptor,
+    ) -> Self {
+        for listener in listeners {
+            self.listener_tls.push((listener.id(), acceptor.clone()));
+            self.listeners.push(listener);
+        }
         self
     }
 
@@ -516,6 +553,7 @@ impl Builder {
             limits: self.conn_limits,
             proxy: self.proxy_protocol.map(Arc::new),
             tls: self.tls,
+            listener_tls: self.listener_tls.into(),
             handshakes: self.handshakes,
         };
         let core = Core::new(
@@ -638,6 +676,7 @@ impl Builder {
         tokens.shutdown_metrics.set_hook(self.on_phase.clone());
         let make_service = Arc::new(make_service);
         let proxy = self.proxy_protocol.map(Arc::new);
+        let listener_tls: Arc<[(ListenerId, TlsAcceptor)]> = self.listener_tls.into();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
         let mut cores = Cores {
             handles: Vec::new(),
@@ -662,6 +701,7 @@ impl Builder {
                 limits: self.conn_limits.clone(),
                 proxy: proxy.clone(),
                 tls: self.tls.clone(),
+                listener_tls: Arc::clone(&listener_tls),
                 handshakes: self.handshakes.clone(),
             };
             let app_tasks = self.app_tasks.clone();
@@ -1331,7 +1371,7 @@ async fn serve_connection<S, B>(
         }
     }
     let mut agreed = None;
-    let (stream, client_certificates) = match &shared.conn.tls {
+    let (stream, client_certificates) = match shared.conn.tls_for(listener) {
         None => (ConnIo::Plain(stream), None),
         Some(tls) => {
             // One deadline for the wait for a place and the handshake together.

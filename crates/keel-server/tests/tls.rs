@@ -150,3 +150,61 @@ async fn the_verified_client_chain_reaches_the_handler() {
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
 }
+
+#[tokio::test]
+async fn one_server_serves_a_plain_and_a_tls_listener() {
+    let (issuer, _ca_pem, ca_der) = ca();
+    let pair = leaf(&issuer);
+    let acceptor = TlsConfig::from_pem(pair.cert.as_bytes(), pair.key.as_bytes())
+        .expect("pair")
+        .build()
+        .expect("acceptor");
+    let plain = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let secure = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let plain_addr = plain.local_addr().as_inet().expect("inet");
+    let secure_addr = secure.local_addr().as_inet().expect("inet");
+    let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .listener(plain)
+            .tls_listeners([secure], acceptor)
+            .shutdown(async {
+                let _ = rx.await;
+            })
+            .serve(service),
+    );
+    let request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // Plain HTTP on the plain listener.
+    let mut tcp = TcpStream::connect(plain_addr).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .expect("answer")
+        .ok();
+    assert!(response.ends_with("hello"), "{response}");
+    // TLS on the other.
+    let tcp = TcpStream::connect(secure_addr).await.expect("connect");
+    let mut tls = TlsConnector::from(client(&ca_der, None))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(request).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut response))
+        .await
+        .expect("answer")
+        .ok();
+    assert!(response.ends_with("hello"), "{response}");
+    // And plain HTTP on the TLS listener is not served.
+    let mut tcp = TcpStream::connect(secure_addr).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut response)).await;
+    assert!(!String::from_utf8_lossy(&response).contains("hello"));
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}

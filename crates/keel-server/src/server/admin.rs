@@ -49,6 +49,7 @@ impl AdminServer {
             limits: ConnLimiter::new(usize::MAX),
             proxy: None,
             tls: None,
+            listener_tls: Arc::from([]),
             handshakes: HandshakeLimiter::new(0),
         };
         let core = Core::new(
