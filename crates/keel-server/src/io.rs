@@ -149,6 +149,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 }
 
+/// A connection's byte stream after the optional PROXY header and TLS handshake: one type for
+/// plain (`Left`) and TLS (`Right`) connections, so the rest of the connection path is the
+/// same for both. The TLS stream is boxed: it is large, and plain connections should not pay
+/// for its size.
+pub(crate) type ConnIo =
+    tokio_util::either::Either<Prefixed<Stream>, Box<TlsStream<Prefixed<Stream>>>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,73 +234,6 @@ mod tests {
                 // A strict prefix of the preface: still undecided.
                 proptest::prop_assert_eq!(detected, None);
             }
-        }
-    }
-}
-
-/// A connection's byte stream after the optional PROXY header and TLS handshake: one type for
-/// plain and TLS connections, so the rest of the connection path is the same for both. The
-/// TLS stream is boxed: it is large, and plain connections should not pay for its size.
-#[derive(Debug)]
-pub(crate) enum ConnIo {
-    Plain(Prefixed<Stream>),
-    Tls(Box<TlsStream<Prefixed<Stream>>>),
-}
-
-impl AsyncRead for ConnIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ConnIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ConnIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ConnIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ConnIo::Plain(io) => io.is_write_vectored(),
-            ConnIo::Tls(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnIo::Plain(io) => Pin::new(io).poll_flush(cx),
-            ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConnIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }

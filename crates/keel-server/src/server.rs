@@ -1372,7 +1372,7 @@ async fn serve_connection<S, B>(
     }
     let mut agreed = None;
     let (stream, client_certificates) = match shared.conn.tls_for(listener) {
-        None => (ConnIo::Plain(stream), None),
+        None => (ConnIo::Left(stream), None),
         Some(tls) => {
             // One deadline for the wait for a place and the handshake together.
             let deadline = Instant::now() + tls.handshake_timeout();
@@ -1409,7 +1409,7 @@ async fn serve_connection<S, B>(
                 _ if tls.server_config().alpn_protocols.is_empty() => None,
                 _ => Some(Agreed::Http1),
             };
-            (ConnIo::Tls(Box::new(stream)), certificates)
+            (ConnIo::Right(Box::new(stream)), certificates)
         }
     };
     let scope = peer.as_inet();
