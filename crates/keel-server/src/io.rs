@@ -106,8 +106,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled();
             if filled.len() > before {
+                let sniffing = matches!(this.protocol, Protocol::Sniffing(_));
                 this.on_read(&filled[before..]);
-                if !this.fits_agreement() {
+                // The protocol is decided only while sniffing the first bytes.
+                if sniffing && !this.fits_agreement() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "the client speaks another protocol than the one ALPN agreed on",
