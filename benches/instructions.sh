@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# keel instruction-count benchmark: user-space instructions per request, hardened (the candidate)
+# portcullis instruction-count benchmark: user-space instructions per request, hardened (the candidate)
 # against the bare hyper baseline, counted with callgrind. Unlike req/s, this barely moves with
 # the load on a shared machine. Loopback only; every run is bounded in time.
 #
@@ -256,9 +256,9 @@ if [[ -n $SERVER_CPUS$LOAD_CPUS ]]; then need taskset "apt-get install -y util-l
 
 if [[ $NO_BUILD != 1 ]]; then
     if (( CANDIDATE_OVERRIDDEN )); then
-        cargo build --release -p keel-benches
+        cargo build --release -p portcullis-benches
     else
-        cargo build --release -p keel-benches -p hardened
+        cargo build --release -p portcullis-benches -p hardened
     fi
 fi
 for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
@@ -266,7 +266,7 @@ for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
 done
 mkdir -p "$RESULTS_DIR"
 
-echo "# keel instruction benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(valgrind --version) callgrind, N=$N and 2N=$((2 * N)) requests, repeats=$REPEATS conns=$CONNS (churn*: $CHURN_CONNS)"
+echo "# portcullis instruction benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(valgrind --version) callgrind, N=$N and 2N=$((2 * N)) requests, repeats=$REPEATS conns=$CONNS (churn*: $CHURN_CONNS)"
 echo "# candidate: $CANDIDATE_NAME = $CANDIDATE_BIN $CANDIDATE_ARGS (TOKIO_WORKER_THREADS=1)"
 echo "# baseline: $BASELINE_BIN --workers 1; server cpus '${SERVER_CPUS:-any}', load cpus '${LOAD_CPUS:-any}'"
 echo "# servers run with GLIBC_TUNABLES=${SERVER_TUNABLES:-${GLIBC_TUNABLES:-(unset)}}"

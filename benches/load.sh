@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# keel end-to-end load benchmark: hardened (the candidate) against a bare hyper baseline and,
+# portcullis end-to-end load benchmark: hardened (the candidate) against a bare hyper baseline and,
 # for the per-core mode, against nginx. Loopback only; every load run is bounded in time.
 #
 #   benches/load.sh [SCENARIO...]      scenarios: keepalive churn1 churn10 churn1-mt churn10-mt percore
@@ -118,9 +118,9 @@ check_hello() {
     [[ $(curl -s --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null) == hello ]]
 }
 
-# start_keel NAME CPUS CMD...: start a server that prints `listening on http://IP:PORT`;
+# start_portcullis NAME CPUS CMD...: start a server that prints `listening on http://IP:PORT`;
 # sets SRV_PID and SRV_PORT.
-start_keel() {
+start_portcullis() {
     local name=$1 cpus=$2; shift 2
     local log="$WORK/$name.log" line deadline=$((SECONDS + STARTUP_TIMEOUT))
     spawn "$cpus" "$log" "$@"
@@ -208,7 +208,7 @@ start_server() {
         cpus=$SERVER_CPUS workers=1
     fi
     case $name in
-        baseline) start_keel baseline "$cpus" "$BASELINE_BIN" --listen 127.0.0.1:0 --workers "$workers" ;;
+        baseline) start_portcullis baseline "$cpus" "$BASELINE_BIN" --listen 127.0.0.1:0 --workers "$workers" ;;
         nginx) start_nginx "$cpus" "$workers" ;;
         *)
             local extra=()
@@ -217,7 +217,7 @@ start_server() {
             if [[ $scenario == percore && -n $PERCORE_FLAG ]]; then extra+=("$PERCORE_FLAG"); fi
             # tokio sizes its default runtime from the CPU affinity mask; the variable makes the
             # worker count explicit.
-            start_keel "$name" "$cpus" env TOKIO_WORKER_THREADS="$workers" \
+            start_portcullis "$name" "$cpus" env TOKIO_WORKER_THREADS="$workers" \
                 "$CANDIDATE_BIN" --listen 127.0.0.1:0 "${extra[@]}"
             ;;
     esac
@@ -323,9 +323,9 @@ done
 
 if [[ $NO_BUILD != 1 ]]; then
     if (( CANDIDATE_OVERRIDDEN )); then
-        cargo build --release -p keel-benches
+        cargo build --release -p portcullis-benches
     else
-        cargo build --release -p keel-benches -p hardened
+        cargo build --release -p portcullis-benches -p hardened
     fi
 fi
 for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
@@ -333,7 +333,7 @@ for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
 done
 mkdir -p "$RESULTS_DIR"
 
-echo "# keel load benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $NCPU cores, rounds=$ROUNDS dur=${DUR}s warmup=${WARMUP}s conns=$CONNS"
+echo "# portcullis load benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $NCPU cores, rounds=$ROUNDS dur=${DUR}s warmup=${WARMUP}s conns=$CONNS"
 echo "# candidate: $CANDIDATE_NAME = $CANDIDATE_BIN $CANDIDATE_ARGS"
 echo "# single-worker scenarios: server cpus '${SERVER_CPUS:-any}', load cpus '${LOAD_CPUS:-any}'"
 echo "# percore: $PERCORE_CORES cores, server cpus '${PERCORE_SERVER_CPUS:-any}', load cpus '${PERCORE_LOAD_CPUS:-any}'"

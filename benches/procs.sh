@@ -4,7 +4,7 @@
 # with `spawn` when the script exits or is interrupted.
 
 procs_init() {
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/keel-$1.XXXXXX")
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-$1.XXXXXX")
     SERVER_PIDS=()
     trap procs_cleanup EXIT
     trap 'exit 130' INT

@@ -26,7 +26,7 @@ git worktree add --detach "$WORK/untracked" HEAD >/dev/null
 git -C "$WORK/untracked" apply "$ROOT/benches/untracked.patch"
 cargo build --release --locked -p hardened --manifest-path "$WORK/untracked/Cargo.toml" \
     --target-dir "$ROOT/target/untracked"
-cargo build --release --locked -p hardened -p keel-benches
+cargo build --release --locked -p hardened -p portcullis-benches
 
 
 for scenario in "${SCENARIOS[@]}"; do

@@ -1,16 +1,16 @@
-//! Criterion benchmarks of keel-limit against governor used directly (docs/performance.md
+//! Criterion benchmarks of portcullis-limit against governor used directly (docs/performance.md
 //! records the figures and their ratios):
 //!
-//! - `check/governor` vs `check/keel`: one check of a global limit (governor's direct
+//! - `check/governor` vs `check/portcullis`: one check of a global limit (governor's direct
 //!   limiter vs `GlobalLimiter`), never over the quota.
-//! - `keyed/governor/N` vs `keyed/keel/N` for N = 1 000, 100 000 and 1 000 000 live keys:
+//! - `keyed/governor/N` vs `keyed/portcullis/N` for N = 1 000, 100 000 and 1 000 000 live keys:
 //!   one check of an existing key, cycling through all N (governor's DashMap keyed limiter vs
 //!   `KeyedLimiter` with its key cap above N).
 //! - `layer/bare` vs `layer/limit`: one request through a ready service and its body to the
 //!   end, without and with `RateLimitLayer` (per client, not triggering), with the
 //!   Prometheus exporter installed as in a server. The difference is the layer's cost.
 //!
-//! `cargo bench -p keel-benches --bench limit`
+//! `cargo bench -p portcullis-benches --bench limit`
 
 #![allow(missing_docs)]
 
@@ -27,8 +27,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use keel_limit::{GlobalLimiter, KeyedLimiter, PeerAddr, Quota, RateLimit};
-use keel_metrics::PrometheusExporter;
+use portcullis_limit::{GlobalLimiter, KeyedLimiter, PeerAddr, Quota, RateLimit};
+use portcullis_metrics::PrometheusExporter;
 use tower::{Layer, Service};
 
 /// A quota no benchmark loop reaches: 10^9 per second, the same burst.
@@ -51,8 +51,10 @@ fn check(c: &mut Criterion) {
     group.bench_function("governor", |b| {
         b.iter(|| black_box(governor.check().is_ok()))
     });
-    let keel = GlobalLimiter::new(quota());
-    group.bench_function("keel", |b| b.iter(|| black_box(keel.check().is_ok())));
+    let portcullis = GlobalLimiter::new(quota());
+    group.bench_function("portcullis", |b| {
+        b.iter(|| black_box(portcullis.check().is_ok()))
+    });
     group.finish();
 }
 
@@ -60,13 +62,13 @@ fn keyed(c: &mut Criterion) {
     let mut group = c.benchmark_group("keyed");
     for live in [1_000u32, 100_000, 1_000_000] {
         let governor = governor::RateLimiter::dashmap(governor_quota());
-        let keel = KeyedLimiter::<IpAddr>::with_max_keys(
+        let portcullis = KeyedLimiter::<IpAddr>::with_max_keys(
             quota(),
             NonZeroUsize::new(live as usize * 2).unwrap_or(NonZeroUsize::MIN),
         );
         for i in 0..live {
             let _ = governor.check_key(&key(i));
-            let _ = keel.check(&key(i));
+            let _ = portcullis.check(&key(i));
         }
         let mut next = 0u32;
         group.bench_with_input(BenchmarkId::new("governor", live), &live, |b, &live| {
@@ -75,13 +77,13 @@ fn keyed(c: &mut Criterion) {
                 black_box(governor.check_key(&key(next)).is_ok())
             });
         });
-        group.bench_with_input(BenchmarkId::new("keel", live), &live, |b, &live| {
+        group.bench_with_input(BenchmarkId::new("portcullis", live), &live, |b, &live| {
             b.iter(|| {
                 next = (next + 7919) % live;
-                black_box(keel.check(&key(next)).is_ok())
+                black_box(portcullis.check(&key(next)).is_ok())
             });
         });
-        assert_eq!(keel.len(), live as usize);
+        assert_eq!(portcullis.len(), live as usize);
     }
     group.finish();
 }
@@ -108,7 +110,7 @@ async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible>
     Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
 }
 
-/// A request as keel-server hands it over: with the peer address extension.
+/// A request as portcullis-server hands it over: with the peer address extension.
 fn request(peer: SocketAddr) -> Request<()> {
     let mut request = Request::builder()
         .uri("/")
@@ -120,7 +122,7 @@ fn request(peer: SocketAddr) -> Request<()> {
 
 fn layer(c: &mut Criterion) {
     let _exporter = PrometheusExporter::install().unwrap_or_else(|e| panic!("{e}"));
-    keel_limit::metrics::describe();
+    portcullis_limit::metrics::describe();
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
     let mut group = c.benchmark_group("layer");
     let mut bare = tower::service_fn(app);

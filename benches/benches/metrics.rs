@@ -1,12 +1,12 @@
-//! Criterion benchmarks of keel-metrics (docs/performance.md records the figures):
+//! Criterion benchmarks of portcullis-metrics (docs/performance.md records the figures):
 //!
 //! - `layer/bare` vs `layer/metrics`: one request through a ready service and its body to the
 //!   end, without and with `HttpMetricsLayer`, recording into the installed Prometheus
 //!   exporter, as a server does. The difference is the layer's cost per request.
-//! - `render/catalogue`: one scrape of every metric keel emits (all series of every crate
+//! - `render/catalogue`: one scrape of every metric portcullis emits (all series of every crate
 //!   touched once, plus the HTTP series of a dozen routes).
 //!
-//! `cargo bench -p keel-benches --bench metrics`
+//! `cargo bench -p portcullis-benches --bench metrics`
 
 #![allow(missing_docs)]
 
@@ -21,7 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use keel_metrics::{HttpMetricsLayer, PrometheusExporter, Route};
+use portcullis_metrics::{HttpMetricsLayer, PrometheusExporter, Route};
 use tower::{Layer, Service};
 
 /// Polls a future that is ready at once (every future here is).
@@ -57,8 +57,8 @@ fn request() -> Request<()> {
 
 fn bench(c: &mut Criterion) {
     let exporter = PrometheusExporter::install().unwrap_or_else(|e| panic!("{e}"));
-    keel_metrics::describe();
-    keel_server::metrics::describe_all();
+    portcullis_metrics::describe();
+    portcullis_server::metrics::describe_all();
 
     let mut group = c.benchmark_group("layer");
     let mut bare = tower::service_fn(app);
@@ -79,8 +79,8 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    // The whole catalogue: touch every series keel can emit, and a dozen routes.
-    keel_server::metrics::register_all();
+    // The whole catalogue: touch every series portcullis can emit, and a dozen routes.
+    portcullis_server::metrics::register_all();
     let layer = HttpMetricsLayer::new();
     for route in [
         "/", "/a", "/b", "/c", "/d", "/e", "/f", "/g", "/h", "/i", "/j", "/k",

@@ -1,39 +1,39 @@
-//! keel-tls's acceptor against bare tokio-rustls (docs/performance.md records the figures
+//! portcullis-tls's acceptor against bare tokio-rustls (docs/performance.md records the figures
 //! and their ratios). A plain `harness = false` binary with its own timing: a handshake has
 //! two sides, and the memory figure needs the client in another process.
 //!
-//! The baseline is `tokio_rustls::TlsAcceptor::from(keel.server_config())`: the very same
+//! The baseline is `tokio_rustls::TlsAcceptor::from(portcullis.server_config())`: the very same
 //! `rustls::ServerConfig` (certificate, crypto provider, protocol versions, ALPN, session
-//! cache, ticketer), so the only difference measured is keel's accept path (the deadline,
+//! cache, ticketer), so the only difference measured is portcullis's accept path (the deadline,
 //! the ClientHello read through `LazyConfigAcceptor`, the server name lookup, the metrics).
-//! The Prometheus exporter is installed, as in a server, so keel's counters really count.
+//! The Prometheus exporter is installed, as in a server, so portcullis's counters really count.
 //! Certificate: ECDSA P-256 from rcgen, signed by a test CA the clients trust.
 //!
-//! - `handshakes`: handshakes per second, keel vs bare, full and resumed. One current-thread
+//! - `handshakes`: handshakes per second, portcullis vs bare, full and resumed. One current-thread
 //!   runtime runs the client (tokio-rustls) and the server side by side in one task, one
 //!   connection at a time over 127.0.0.1: TCP connect and accept, the handshake, the server
 //!   writes one byte and the client reads it (so the handshake is over on both sides and the
 //!   session tickets have arrived), then both sides close, the server first. Four contestants
 //!   take turns in blocks of 20 handshakes, the order rotating, so that all four share the
-//!   same moments of a noisy machine: keel and bare with a client that resumes nothing
-//!   (`Resumption::disabled()`: full handshakes), and keel and bare each with its own client
+//!   same moments of a noisy machine: portcullis and bare with a client that resumes nothing
+//!   (`Resumption::disabled()`: full handshakes), and portcullis and bare each with its own client
 //!   configuration that keeps its sessions (rustls' in-memory client cache) and is reused
 //!   across connections; every measured handshake is checked to be of the expected
 //!   `HandshakeKind`. Reported per contestant: handshakes per second of wall time and per
 //!   second of the thread's CPU time (both sides' work together, the kernel's loopback work
 //!   included), and the server side's own time per handshake (time spent polling the server's
-//!   future: keel's accept path, rustls, the crypto and the server's socket calls). Ratios:
-//!   keel/bare for full and for resumed handshakes, and full/resumed time per handshake.
-//! - `memory`: heap bytes per idle TLS connection on the server side, keel vs bare, with plain
+//!   future: portcullis's accept path, rustls, the crypto and the server's socket calls). Ratios:
+//!   portcullis/bare for full and for resumed handshakes, and full/resumed time per handshake.
+//! - `memory`: heap bytes per idle TLS connection on the server side, portcullis vs bare, with plain
 //!   TCP (tokio `TcpStream`, no TLS) as a third variant to separate what TLS adds; the method
 //!   is described on `memory` below.
 //!
 //! Every figure is a median over rounds; ratios are medians of the per-round ratios. Every
 //! loop is bounded in count and in time.
 //!
-//! `cargo bench -p keel-benches --bench tls` (`-- handshakes` or `-- memory` for one part).
-//! Environment: `KEEL_TLS_BENCH_ROUNDS` (default 5), `KEEL_TLS_BENCH_HANDSHAKES` (handshakes
-//! per round and contestant, default 1000), `KEEL_TLS_BENCH_CONNS` (idle connections per
+//! `cargo bench -p portcullis-benches --bench tls` (`-- handshakes` or `-- memory` for one part).
+//! Environment: `PORTCULLIS_TLS_BENCH_ROUNDS` (default 5), `PORTCULLIS_TLS_BENCH_HANDSHAKES` (handshakes
+//! per round and contestant, default 1000), `PORTCULLIS_TLS_BENCH_CONNS` (idle connections per
 //! memory round, default 2000; each round needs that many file descriptors in this process
 //! and as many in the client process).
 
@@ -55,13 +55,13 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use keel_metrics::PrometheusExporter;
-use keel_tls::rustls::client::Resumption;
-use keel_tls::rustls::crypto::CryptoProvider;
-use keel_tls::rustls::pki_types::ServerName;
-use keel_tls::rustls::{ClientConfig, HandshakeKind, RootCertStore};
-use keel_tls::tokio_rustls::{TlsConnector, server::TlsStream};
-use keel_tls::{TlsConfig, rustls, tokio_rustls};
+use portcullis_metrics::PrometheusExporter;
+use portcullis_tls::rustls::client::Resumption;
+use portcullis_tls::rustls::crypto::CryptoProvider;
+use portcullis_tls::rustls::pki_types::ServerName;
+use portcullis_tls::rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use portcullis_tls::tokio_rustls::{TlsConnector, server::TlsStream};
+use portcullis_tls::{TlsConfig, rustls, tokio_rustls};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -106,9 +106,9 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// Set in the memory benchmark's client process: `tls|tcp ADDR COUNT`.
-const CHILD_ENV: &str = "KEEL_TLS_BENCH_CLIENT";
+const CHILD_ENV: &str = "PORTCULLIS_TLS_BENCH_CLIENT";
 /// The test CA's certificate, PEM, for the client process.
-const CA_ENV: &str = "KEEL_TLS_BENCH_CA";
+const CA_ENV: &str = "PORTCULLIS_TLS_BENCH_CA";
 const SERVER_NAME: &str = "localhost";
 /// Bound on one connection's connect, handshake and first byte.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,27 +134,27 @@ fn main() -> Result<()> {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
-    let rounds = env_usize("KEEL_TLS_BENCH_ROUNDS", 5)?.max(1);
+    let rounds = env_usize("PORTCULLIS_TLS_BENCH_ROUNDS", 5)?.max(1);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let _exporter = PrometheusExporter::install().map_err(|e| format!("exporter: {e}"))?;
-    keel_tls::metrics::describe();
+    portcullis_tls::metrics::describe();
 
     let pki = Pki::new()?;
-    let keel =
+    let portcullis =
         TlsConfig::from_pem(pki.leaf_cert_pem.as_bytes(), pki.leaf_key_pem.as_bytes())?.build()?;
-    // The baseline: tokio-rustls on keel's own ServerConfig.
-    let bare = tokio_rustls::TlsAcceptor::from(keel.server_config());
-    let servers = [Server::Keel(keel.clone()), Server::Bare(bare)];
-    let provider = Arc::clone(keel.provider());
+    // The baseline: tokio-rustls on portcullis's own ServerConfig.
+    let bare = tokio_rustls::TlsAcceptor::from(portcullis.server_config());
+    let servers = [Server::Portcullis(portcullis.clone()), Server::Bare(bare)];
+    let provider = Arc::clone(portcullis.provider());
 
     if wanted("handshakes") {
-        let count = env_usize("KEEL_TLS_BENCH_HANDSHAKES", 1000)?.max(1);
+        let count = env_usize("PORTCULLIS_TLS_BENCH_HANDSHAKES", 1000)?.max(1);
         let contestants = [
             Contestant::new(
-                "keel full",
+                "portcullis full",
                 &servers[0],
                 &provider,
                 &pki,
@@ -168,7 +168,7 @@ fn main() -> Result<()> {
                 HandshakeKind::Full,
             )?,
             Contestant::new(
-                "keel resumed",
+                "portcullis resumed",
                 &servers[0],
                 &provider,
                 &pki,
@@ -185,7 +185,7 @@ fn main() -> Result<()> {
         runtime.block_on(handshakes(&contestants, rounds, count))?;
     }
     if wanted("memory") {
-        let conns = env_usize("KEEL_TLS_BENCH_CONNS", 2000)?.max(1);
+        let conns = env_usize("PORTCULLIS_TLS_BENCH_CONNS", 2000)?.max(1);
         memory(&runtime, &servers, &pki, rounds, conns)?;
     }
     Ok(())
@@ -203,7 +203,7 @@ impl Pki {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.distinguished_name
-            .push(DnType::CommonName, "keel-tls bench CA");
+            .push(DnType::CommonName, "portcullis-tls bench CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -216,7 +216,7 @@ impl Pki {
         let leaf_key = KeyPair::generate()?; // ECDSA P-256 with SHA-256, rcgen's default
         let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_owned()])?;
         leaf.distinguished_name
-            .push(DnType::CommonName, "keel-tls bench");
+            .push(DnType::CommonName, "portcullis-tls bench");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
         Ok(Self {
@@ -239,10 +239,13 @@ fn roots(ca_pem: &str) -> Result<RootCertStore> {
 /// resumption or not.
 fn client_config(provider: &Arc<CryptoProvider>, pki: &Pki, resume: bool) -> Result<TlsConnector> {
     let mut config = ClientConfig::builder_with_provider(Arc::clone(provider))
-        .with_protocol_versions(keel_tls::PROTOCOL_VERSIONS)?
+        .with_protocol_versions(portcullis_tls::PROTOCOL_VERSIONS)?
         .with_root_certificates(roots(&pki.ca_pem)?)
         .with_no_client_auth();
-    config.alpn_protocols = keel_tls::DEFAULT_ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = portcullis_tls::DEFAULT_ALPN
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
     if !resume {
         config.resumption = Resumption::disabled();
     }
@@ -251,21 +254,21 @@ fn client_config(provider: &Arc<CryptoProvider>, pki: &Pki, resume: bool) -> Res
 
 /// The two acceptors under comparison, dispatched the same way.
 enum Server {
-    Keel(keel_tls::TlsAcceptor),
+    Portcullis(portcullis_tls::TlsAcceptor),
     Bare(tokio_rustls::TlsAcceptor),
 }
 
 impl Server {
     fn name(&self) -> &'static str {
         match self {
-            Server::Keel(_) => "keel",
+            Server::Portcullis(_) => "portcullis",
             Server::Bare(_) => "bare",
         }
     }
 
     async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         match self {
-            Server::Keel(acceptor) => acceptor.accept(tcp).await.map_err(io::Error::other),
+            Server::Portcullis(acceptor) => acceptor.accept(tcp).await.map_err(io::Error::other),
             Server::Bare(acceptor) => acceptor.accept(tcp).await,
         }
     }
@@ -441,7 +444,7 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// `rounds` rounds in which the four contestants (keel full, bare full, keel resumed, bare
+/// `rounds` rounds in which the four contestants (portcullis full, bare full, portcullis resumed, bare
 /// resumed) take turns block by block, the order rotating, until each has done `count`
 /// handshakes; prints every round, then medians over the rounds of the rates and of the
 /// per-round ratios.
@@ -537,15 +540,17 @@ async fn handshakes(contestants: &[Contestant<'_>; 4], rounds: usize, count: usi
     println!();
     println!("| ratio (median of per-round ratios) | wall | CPU | server side |");
     println!("|---|---|---|---|");
-    for (label, keel, bare) in [("full", 0, 1), ("resumed", 2, 3)] {
+    for (label, portcullis, bare) in [("full", 0, 1), ("resumed", 2, 3)] {
         println!(
-            "| {label}: keel/bare handshakes per second | {:.3} | {:.3} | {:.3} |",
-            med(&|r| r[keel].per_second(r[keel].wall) / r[bare].per_second(r[bare].wall)),
-            med(&|r| r[keel].per_second(r[keel].cpu) / r[bare].per_second(r[bare].cpu)),
-            med(&|r| r[bare].micros_each(r[bare].server) / r[keel].micros_each(r[keel].server)),
+            "| {label}: portcullis/bare handshakes per second | {:.3} | {:.3} | {:.3} |",
+            med(&|r| r[portcullis].per_second(r[portcullis].wall)
+                / r[bare].per_second(r[bare].wall)),
+            med(&|r| r[portcullis].per_second(r[portcullis].cpu) / r[bare].per_second(r[bare].cpu)),
+            med(&|r| r[bare].micros_each(r[bare].server)
+                / r[portcullis].micros_each(r[portcullis].server)),
         );
     }
-    for (label, full, resumed) in [("keel", 0, 2), ("bare", 1, 3)] {
+    for (label, full, resumed) in [("portcullis", 0, 2), ("bare", 1, 3)] {
         println!(
             "| {label}: full/resumed time per handshake | {:.2} | {:.2} | {:.2} |",
             med(&|r| r[full].micros_each(r[full].wall) / r[resumed].micros_each(r[resumed].wall)),
@@ -565,7 +570,7 @@ enum MemoryVariant {
     Tcp,
 }
 
-/// Heap bytes per idle connection on the server side: keel, bare, and plain TCP.
+/// Heap bytes per idle connection on the server side: portcullis, bare, and plain TCP.
 ///
 /// Method: the clients run in a child process (this same binary, started with `CHILD_ENV` set), so
 /// nothing they allocate reaches this process's counting allocator. This process runs the
@@ -575,7 +580,7 @@ enum MemoryVariant {
 /// handshake benchmark does) and keeps every server-side stream in a Vec, unpolled: idle.
 /// Once the child reports that all N have read their byte, the live count is read again.
 /// (after - before) / N is the heap held per idle connection, including the Vec slot holding
-/// the stream itself (`size_of::<TlsStream<TcpStream>>()`, the same for keel and bare) and
+/// the stream itself (`size_of::<TlsStream<TcpStream>>()`, the same for portcullis and bare) and
 /// tokio's socket registration. Plain TCP (a tokio TcpStream, same byte written) is measured
 /// the same way, so (TLS - TCP) is what TLS itself holds. It counts bytes requested from the
 /// allocator, not the allocator's own overhead or the kernel's socket buffers, which are the
@@ -631,20 +636,20 @@ fn memory(
         }
         round_ratios.push((this_round[0], this_round[1], this_round[2]));
     }
-    let [keel, bare, tcp] = per_conn.each_mut().map(|v| median(v));
+    let [portcullis, bare, tcp] = per_conn.each_mut().map(|v| median(v));
     println!(
-        "bytes per idle connection (median): keel {keel:.0}, bare {bare:.0}, tcp {tcp:.0}; \
-         keel/bare {:.3}; TLS only (minus tcp): keel {:.0}, bare {:.0}, ratio {:.3}",
-        keel / bare,
-        keel - tcp,
+        "bytes per idle connection (median): portcullis {portcullis:.0}, bare {bare:.0}, tcp {tcp:.0}; \
+         portcullis/bare {:.3}; TLS only (minus tcp): portcullis {:.0}, bare {:.0}, ratio {:.3}",
+        portcullis / bare,
+        portcullis - tcp,
         bare - tcp,
-        (keel - tcp) / (bare - tcp),
+        (portcullis - tcp) / (bare - tcp),
     );
     let spread: Vec<String> = round_ratios
         .iter()
         .map(|(k, b, _)| format!("{:.3}", k / b))
         .collect();
-    println!("per-round keel/bare: {}", spread.join(", "));
+    println!("per-round portcullis/bare: {}", spread.join(", "));
     println!();
     Ok(())
 }
@@ -803,10 +808,13 @@ fn client_process(spec: &str) -> Result<()> {
     let mut config = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_protocol_versions(keel_tls::PROTOCOL_VERSIONS)?
+    .with_protocol_versions(portcullis_tls::PROTOCOL_VERSIONS)?
     .with_root_certificates(roots(&ca_pem)?)
     .with_no_client_auth();
-    config.alpn_protocols = keel_tls::DEFAULT_ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = portcullis_tls::DEFAULT_ALPN
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
     config.resumption = Resumption::disabled();
     let connector = TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(SERVER_NAME)?;

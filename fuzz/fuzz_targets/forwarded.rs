@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use keel_limit::client::{
+use portcullis_limit::client::{
     ClientIp, ForwardingHeader, MAX_ELEMENT_LEN, RevElements, TrustedProxies,
     parse_forwarded_element, parse_xff_element,
 };

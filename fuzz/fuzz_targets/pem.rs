@@ -1,4 +1,4 @@
-//! Fuzz target for PEM certificate and key loading (keel-tls): any bytes give a pair or one
+//! Fuzz target for PEM certificate and key loading (portcullis-tls): any bytes give a pair or one
 //! of the documented errors, never a panic.
 //!
 //! `cargo +nightly fuzz run pem -- -max_total_time=60` from the repository root.
@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use keel_tls::{CertKeyPair, TlsErrorKind};
+use portcullis_tls::{CertKeyPair, TlsErrorKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use keel_listen::proxy::{MAX_HEADER_LEN, PROXY_ERROR_REASONS, Parsed, parse};
+use portcullis_listen::proxy::{MAX_HEADER_LEN, PROXY_ERROR_REASONS, Parsed, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

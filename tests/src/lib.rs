@@ -1,1 +1,1 @@
-//! keel end-to-end tests live in `tests/`; this library is empty on purpose.
+//! portcullis end-to-end tests live in `tests/`; this library is empty on purpose.

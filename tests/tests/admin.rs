@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Running, app};
-use keel::listen::Listener;
-use keel::metrics::Admin;
-use keel::shutdown::Health;
+use portcullis::listen::Listener;
+use portcullis::metrics::Admin;
+use portcullis::shutdown::Health;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;

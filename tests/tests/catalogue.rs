@@ -1,16 +1,16 @@
 //! docs/metrics.md and docs/grafana-dashboard.json stay true to the metric names in the code:
-//! every metric keel emits is in the catalogue, and the dashboard queries only those.
+//! every metric portcullis emits is in the catalogue, and the dashboard queries only those.
 
 use std::collections::BTreeSet;
 
-/// Every metric name keel's crates define.
+/// Every metric name portcullis's crates define.
 fn emitted() -> BTreeSet<&'static str> {
-    use keel::limit::metrics as limit;
-    use keel::listen::metrics as listen;
-    use keel::metrics::http;
-    use keel::server::metrics as server;
-    use keel::shutdown::metrics as shutdown;
-    use keel::tls::metrics as tls;
+    use portcullis::limit::metrics as limit;
+    use portcullis::listen::metrics as listen;
+    use portcullis::metrics::http;
+    use portcullis::server::metrics as server;
+    use portcullis::shutdown::metrics as shutdown;
+    use portcullis::tls::metrics as tls;
     BTreeSet::from([
         listen::CONNECTIONS_ACCEPTED_TOTAL,
         listen::ACCEPT_ERRORS_TOTAL,
@@ -44,7 +44,7 @@ fn doc(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The names in `used` that keel does not emit.
+/// The names in `used` that portcullis does not emit.
 fn unknown(used: BTreeSet<String>) -> Vec<String> {
     let emitted = emitted();
     used.into_iter()
@@ -52,11 +52,11 @@ fn unknown(used: BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// The metric names in `text`: words starting `keel_` or `http_server_` (with at least two
-/// underscores: `keel_listen` alone is a crate), without the histogram series suffixes.
+/// The metric names in `text`: words starting `portcullis_` or `http_server_` (with at least two
+/// underscores: `portcullis_listen` alone is a crate), without the histogram series suffixes.
 fn mentioned(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("keel_") || word.starts_with("http_server_"))
+        .filter(|word| word.starts_with("portcullis_") || word.starts_with("http_server_"))
         .filter(|word| word.matches('_').count() >= 2)
         .map(|word| {
             ["_bucket", "_count", "_sum"]
@@ -80,7 +80,7 @@ fn every_emitted_metric_is_in_the_catalogue() {
     assert_eq!(
         unknown(mentioned(&catalogue)),
         Vec::<String>::new(),
-        "docs/metrics.md names metrics keel does not emit"
+        "docs/metrics.md names metrics portcullis does not emit"
     );
 }
 

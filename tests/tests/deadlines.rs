@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, assert_between, dribble, get_hello, read_until_closed};
-use keel::server::HttpConfig;
+use portcullis::server::HttpConfig;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Running, app};
-use keel::shutdown::Health;
+use portcullis::shutdown::Health;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{Running, TestServer};
 use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel::server::HttpConfig;
+use portcullis::server::HttpConfig;
 use tokio::net::TcpStream;
 
 async fn http1(
@@ -81,7 +81,7 @@ async fn a_plain_tower_service_and_its_errors() {
         }
         let info = request
             .extensions()
-            .get::<keel::server::ConnInfo>()
+            .get::<portcullis::server::ConnInfo>()
             .map(|info| info.peer.to_string())
             .unwrap_or_default();
         Ok(http::Response::new(Full::new(Bytes::from(info))))
@@ -203,7 +203,7 @@ async fn conn_info_can_be_turned_off() {
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
         let seen = request
             .extensions()
-            .get::<keel::server::ConnInfo>()
+            .get::<portcullis::server::ConnInfo>()
             .is_some();
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
             seen.to_string(),

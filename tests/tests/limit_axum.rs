@@ -1,6 +1,6 @@
-//! keel-limit's layer inside an axum `Router`: layered onto two routes, it is one limit (the
-//! state is shared by construction, however axum clones it); and outside keel-server it reads
-//! the peer from axum's `ConnectInfo` (keel-limit feature `axum`).
+//! portcullis-limit's layer inside an axum `Router`: layered onto two routes, it is one limit (the
+//! state is shared by construction, however axum clones it); and outside portcullis-server it reads
+//! the peer from axum's `ConnectInfo` (portcullis-limit feature `axum`).
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 use common::Running;
-use keel::limit::RateLimit;
+use portcullis::limit::RateLimit;
 
 fn status(response: &str) -> &str {
     response.get(9..12).unwrap_or("")

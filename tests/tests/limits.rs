@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, read_until_closed};
-use keel::server::HttpConfig;
+use portcullis::server::HttpConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -1,5 +1,5 @@
 //! `HttpMetricsLayer` inside an axum `Router` labels requests with axum's matched route
-//! template (keel-metrics feature `axum`), never the raw path, over a real keel server.
+//! template (portcullis-metrics feature `axum`), never the raw path, over a real portcullis server.
 
 mod common;
 
@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::routing::get;
 use common::Running;
-use keel::metrics::HttpMetricsLayer;
-use keel::metrics::http::{METHOD, REQUEST_DURATION, ROUTE, STATUS};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use portcullis::metrics::HttpMetricsLayer;
+use portcullis::metrics::http::{METHOD, REQUEST_DURATION, ROUTE, STATUS};
 
 #[test]
 fn the_matched_route_template_is_the_label() {

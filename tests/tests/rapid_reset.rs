@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::TestServer;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel::server::HttpConfig;
+use portcullis::server::HttpConfig;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 

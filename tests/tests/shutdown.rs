@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, get_hello, read_until_closed};
-use keel::server::HttpConfig;
+use portcullis::server::HttpConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -138,7 +138,7 @@ fn ticking_app(token: tokio_util::sync::CancellationToken) -> axum::Router {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Some((Ok::<_, std::convert::Infallible>("data: tick\n\n"), ()))
                 });
-                axum::body::Body::from_stream(keel::shutdown::end_on_shutdown(
+                axum::body::Body::from_stream(portcullis::shutdown::end_on_shutdown(
                     Box::pin(ticks),
                     &token,
                 ))
@@ -239,7 +239,7 @@ async fn a_panicking_phase_hook_does_not_stop_the_shutdown() {
     };
     let report = server.stop().await;
     assert!(report.is_clean());
-    use keel::server::ShutdownPhase;
+    use portcullis::server::ShutdownPhase;
     assert_eq!(
         *seen.lock().expect("lock"),
         [
@@ -252,7 +252,7 @@ async fn a_panicking_phase_hook_does_not_stop_the_shutdown() {
 
 #[tokio::test]
 async fn one_shutdown_value_configures_the_whole_sequence() {
-    use keel::shutdown::Shutdown;
+    use portcullis::shutdown::Shutdown;
     let shutdown = Shutdown::new().drain_delay(Duration::from_millis(300));
     let (handle, health, token, tasks) = (
         shutdown.handle(),
@@ -269,10 +269,10 @@ async fn one_shutdown_value_configures_the_whole_sequence() {
         });
     }
     let listener =
-        keel::listen::Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        portcullis::listen::Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().as_inet().expect("inet");
     let server = tokio::spawn(
-        keel::server::Server::builder()
+        portcullis::server::Server::builder()
             .listener(listener)
             .graceful(shutdown)
             .serve(common::app(Default::default())),

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use common::Running;
 use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
-use keel::listen::ListenerConfig;
+use portcullis::listen::ListenerConfig;
 
 #[tokio::test]
 async fn serves_http_over_a_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("keel-unix-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcullis-unix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("server.sock");
     let listener = ListenerConfig::default()
@@ -19,7 +19,7 @@ async fn serves_http_over_a_unix_socket() {
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
         let local = request
             .extensions()
-            .get::<keel::server::ConnInfo>()
+            .get::<portcullis::server::ConnInfo>()
             .map(|info| info.local.to_string())
             .unwrap_or_default();
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(local))))

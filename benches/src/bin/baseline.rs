@@ -1,15 +1,15 @@
-//! The benchmark baseline: a bare hyper 1 server with no keel code.
+//! The benchmark baseline: a bare hyper 1 server with no portcullis code.
 //!
 //! This is what a user would hand-write with hyper and hyper-util and nothing else: a
 //! multi-thread tokio runtime, one accept loop, `tokio::spawn` per connection, `TCP_NODELAY`
 //! on, and hyper-util's `auto` builder serving HTTP/1.1 and cleartext HTTP/2 (h2c, prior
 //! knowledge) on the same port. No timeouts, no limits, no graceful drain: `benches/load.sh`
-//! compares the hardened stack against it to price what keel adds.
+//! compares the hardened stack against it to price what portcullis adds.
 //!
 //! Routes: `GET /` answers 200 `hello\n` (`text/plain`); everything else answers 404.
 //!
 //! ```text
-//! cargo run --release -p keel-benches --bin baseline -- --listen 127.0.0.1:0 --workers 1
+//! cargo run --release -p portcullis-benches --bin baseline -- --listen 127.0.0.1:0 --workers 1
 //! curl -i http://127.0.0.1:PORT/
 //! curl -i --http2-prior-knowledge http://127.0.0.1:PORT/
 //! ```

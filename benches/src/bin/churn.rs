@@ -292,11 +292,11 @@ async fn worker(config: Arc<Config>, budget: Arc<AtomicU64>, deadline: Instant) 
         hist: Histogram::new(),
     };
     let plain = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-churn\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portcullis-churn\r\n\r\n",
         config.path, config.host_header
     );
     let last = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-churn\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portcullis-churn\r\nConnection: close\r\n\r\n",
         config.path, config.host_header
     );
     let mut buf = Vec::with_capacity(4096);

@@ -8,7 +8,7 @@
 //! `runs=N median_ms=… p90_ms=… max_ms=…`.
 //!
 //! ```text
-//! cargo build --release -p hardened -p keel-benches
+//! cargo build --release -p hardened -p portcullis-benches
 //! target/release/exit_latency [--runs 20] [--server target/release/hardened]
 //! ```
 

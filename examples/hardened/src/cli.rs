@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use keel::limit::client::IpNet;
-use keel::limit::{DEFAULT_MAX_CONNECTIONS, Quota};
-use keel::listen::parse_duration;
+use portcullis::limit::client::IpNet;
+use portcullis::limit::{DEFAULT_MAX_CONNECTIONS, Quota};
+use portcullis::listen::parse_duration;
 use serde::Deserialize;
 
-/// keel's reference server: the full hardened stack behind a stable command line.
+/// portcullis's reference server: the full hardened stack behind a stable command line.
 #[derive(Debug, Parser)]
 #[command(name = "hardened", version, about)]
 struct Flags {
@@ -221,7 +221,7 @@ pub(crate) fn parse() -> Result<Parsed, String> {
     let handshake_timeout = flags
         .handshake_timeout
         .or(from_file(&file.handshake_timeout, "handshake-timeout")?)
-        .unwrap_or(keel::tls::DEFAULT_HANDSHAKE_TIMEOUT);
+        .unwrap_or(portcullis::tls::DEFAULT_HANDSHAKE_TIMEOUT);
     let proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
     if proxy_protocol && trusted_proxies.is_empty() {
         return Err("'--proxy-protocol' needs at least one '--trusted-proxy'".to_owned());
@@ -232,11 +232,11 @@ pub(crate) fn parse() -> Result<Parsed, String> {
         header_timeout: flags
             .header_timeout
             .or(from_file(&file.header_timeout, "header-timeout")?)
-            .unwrap_or(keel::server::DEFAULT_HEADER_TIMEOUT),
+            .unwrap_or(portcullis::server::DEFAULT_HEADER_TIMEOUT),
         idle_timeout: flags
             .idle_timeout
             .or(from_file(&file.idle_timeout, "idle-timeout")?)
-            .unwrap_or(keel::server::DEFAULT_IDLE_TIMEOUT),
+            .unwrap_or(portcullis::server::DEFAULT_IDLE_TIMEOUT),
         drain_delay: flags
             .drain_delay
             .or(from_file(&file.drain_delay, "drain-delay")?)
@@ -244,7 +244,7 @@ pub(crate) fn parse() -> Result<Parsed, String> {
         drain_timeout: flags
             .drain_timeout
             .or(from_file(&file.drain_timeout, "drain-timeout")?)
-            .unwrap_or(keel::server::DEFAULT_DRAIN_TIMEOUT),
+            .unwrap_or(portcullis::server::DEFAULT_DRAIN_TIMEOUT),
         acceptors,
         per_core: flags.per_core || file.per_core.unwrap_or(false),
         tls,

@@ -1,4 +1,4 @@
-//! keel's reference server: the full hardened stack behind a stable command line.
+//! portcullis's reference server: the full hardened stack behind a stable command line.
 //!
 //! Run it:
 //!
@@ -46,7 +46,7 @@
 //! naming the problem.
 //!
 //! Copy this crate out of the repository to start your own server: only the `path` entries
-//! of the keel dependency need to go.
+//! of the portcullis dependency need to go.
 
 mod cli;
 mod routes;
@@ -56,12 +56,12 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use keel::limit::client::TrustedProxies;
-use keel::listen::SocketActivation;
-use keel::metrics::{Admin, HttpMetricsLayer, PrometheusExporter};
-use keel::prelude::*;
-use keel::server::ShutdownPhase;
-use keel::shutdown::{Shutdown, systemd};
+use portcullis::limit::client::TrustedProxies;
+use portcullis::listen::SocketActivation;
+use portcullis::metrics::{Admin, HttpMetricsLayer, PrometheusExporter};
+use portcullis::prelude::*;
+use portcullis::server::ShutdownPhase;
+use portcullis::shutdown::{Shutdown, systemd};
 
 fn main() -> ExitCode {
     let settings = match cli::parse() {
@@ -128,8 +128,8 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     let exporter = match settings.admin {
         Some(_) => {
             let exporter = PrometheusExporter::install().map_err(|e| e.to_string())?;
-            keel::server::metrics::describe_all();
-            keel::server::metrics::register_all();
+            portcullis::server::metrics::describe_all();
+            portcullis::server::metrics::register_all();
             Some(exporter)
         }
         None => None,
@@ -257,7 +257,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
     background.push(sighup);
     if let Some(limit) = &rate_limit {
         background.push(Box::pin(limit.housekeeping(
-            keel::limit::DEFAULT_HOUSEKEEPING_INTERVAL,
+            portcullis::limit::DEFAULT_HOUSEKEEPING_INTERVAL,
             background_stop.clone(),
         )));
     }
@@ -367,7 +367,7 @@ fn run(settings: cli::Settings) -> Result<ServeReport, Failure> {
         }),
     };
     served.map_err(|error| match error {
-        keel::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
+        portcullis::server::Error::CorePanicked { .. } => Failure::Serving(error.to_string()),
         _ => Failure::Usage(error.to_string()),
     })
 }
@@ -392,12 +392,12 @@ fn ignore_sighup(
 
 /// Serves the services `app` makes: on `runtime`, or with one runtime per core.
 fn serve<F, S, B>(
-    builder: keel::server::Builder,
+    builder: portcullis::server::Builder,
     runtime: tokio::runtime::Runtime,
     per_core: bool,
     cores: NonZeroUsize,
     app: F,
-) -> Result<ServeReport, keel::server::Error>
+) -> Result<ServeReport, portcullis::server::Error>
 where
     F: Fn() -> S + Send + Sync + 'static,
     S: tower::Service<
@@ -410,7 +410,7 @@ where
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<keel::server::BoxError>,
+    B::Error: Into<portcullis::server::BoxError>,
 {
     if per_core {
         let served = builder.serve_per_core(cores, app);

@@ -98,10 +98,10 @@ async fn the_admin_listener_serves_a_valid_catalogue_with_bounded_series() {
     assert_eq!(value(&text, &route("GET", "200", "/slow")), Some(1.0));
     // The connection and shutdown catalogue is there from the start.
     for name in [
-        "keel_listen_connections_accepted_total",
-        "keel_connections_closed_total{reason=\"drain_forced\"}",
-        "keel_shutdown_phase{phase=\"running\"}",
-        "keel_listen_accept_errors_total{kind=\"emfile\"}",
+        "portcullis_listen_connections_accepted_total",
+        "portcullis_connections_closed_total{reason=\"drain_forced\"}",
+        "portcullis_shutdown_phase{phase=\"running\"}",
+        "portcullis_listen_accept_errors_total{kind=\"emfile\"}",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -109,7 +109,7 @@ async fn the_admin_listener_serves_a_valid_catalogue_with_bounded_series() {
         );
     }
     assert_eq!(
-        value(&text, "keel_shutdown_phase{phase=\"running\"}"),
+        value(&text, "portcullis_shutdown_phase{phase=\"running\"}"),
         Some(1.0)
     );
 
@@ -195,12 +195,12 @@ async fn during_the_drain_delay_readyz_is_503_while_requests_are_served_then_ref
     assert_eq!(status(&get(admin, "/readyz").await), 503);
     let text = scrape(admin).await;
     assert_eq!(
-        value(&text, "keel_shutdown_phase{phase=\"drain\"}"),
+        value(&text, "portcullis_shutdown_phase{phase=\"drain\"}"),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        value(&text, "keel_shutdown_signals_total{signal=\"term\"}"),
+        value(&text, "portcullis_shutdown_signals_total{signal=\"term\"}"),
         Some(1.0)
     );
 

@@ -61,14 +61,14 @@ async fn port_in_use_is_one_clear_error_and_status_2() {
 
 #[tokio::test]
 async fn unreadable_or_invalid_config_file_is_one_clear_error() {
-    let (code, _, stderr) = run_to_exit(&["--config", "/nonexistent/keel.toml"]).await;
+    let (code, _, stderr) = run_to_exit(&["--config", "/nonexistent/portcullis.toml"]).await;
     assert_eq!(code, 2);
     assert!(
-        one_error_line(&stderr).contains("/nonexistent/keel.toml"),
+        one_error_line(&stderr).contains("/nonexistent/portcullis.toml"),
         "{stderr}"
     );
 
-    let dir = std::env::temp_dir().join(format!("keel-cli-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "listen = [\"127.0.0.1:0\"]\nno-such-key = 1\n").expect("write");
@@ -84,9 +84,9 @@ async fn unreadable_or_invalid_config_file_is_one_clear_error() {
 
 #[tokio::test]
 async fn config_file_settings_apply_and_flags_override_them() {
-    let dir = std::env::temp_dir().join(format!("keel-cfg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcullis-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("keel.toml");
+    let file = dir.join("portcullis.toml");
     std::fs::write(
         &file,
         "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nheader-timeout = \"300ms\"\nidle-timeout = \"30s\"\nacceptors = 1\n",
@@ -152,9 +152,9 @@ async fn bad_limit_flags_are_one_clear_error_each() {
 
 #[tokio::test]
 async fn limit_settings_come_from_the_config_file_too() {
-    let dir = std::env::temp_dir().join(format!("keel-limits-config-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcullis-limits-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("keel.toml");
+    let file = dir.join("portcullis.toml");
     std::fs::write(
         &file,
         "listen = [\"127.0.0.1:0\"]\nrate = \"1/m\"\nmax-conns-per-ip = 5\ntrusted-proxy = [\"10.0.0.0/8\"]\n",

@@ -294,10 +294,10 @@ async fn proxy_protocol_names_the_client_for_the_rate_limit() {
     );
     let scrape = common::get(server.admin(), "/metrics").await;
     for series in [
-        "keel_limit_requests_total{limiter=\"per-client\",result=\"limited\"} 1",
-        "keel_limit_requests_total{limiter=\"per-client\",result=\"allowed\"} 2",
-        "keel_listen_proxy_header_errors_total{reason=\"bad_v1\"} 1",
-        "keel_limit_connections_rejected_total{reason=\"max_conns_per_ip\"} 0",
+        "portcullis_limit_requests_total{limiter=\"per-client\",result=\"limited\"} 1",
+        "portcullis_limit_requests_total{limiter=\"per-client\",result=\"allowed\"} 2",
+        "portcullis_listen_proxy_header_errors_total{reason=\"bad_v1\"} 1",
+        "portcullis_limit_connections_rejected_total{reason=\"max_conns_per_ip\"} 0",
     ] {
         assert!(scrape.contains(series), "{series} not in\n{scrape}");
     }

@@ -16,7 +16,7 @@ fn next(socket: &UnixDatagram) -> String {
 
 #[tokio::test]
 async fn notifies_ready_watchdog_and_stopping() {
-    let dir = std::env::temp_dir().join(format!("keel-sd-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcullis-sd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&path);

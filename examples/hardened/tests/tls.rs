@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Hardened;
-use keel::tls::rustls::pki_types::{CertificateDer, ServerName};
-use keel::tls::rustls::{ClientConfig, RootCertStore};
-use keel::tls::tokio_rustls::{TlsConnector, client::TlsStream};
+use portcullis::tls::rustls::pki_types::{CertificateDer, ServerName};
+use portcullis::tls::rustls::{ClientConfig, RootCertStore};
+use portcullis::tls::tokio_rustls::{TlsConnector, client::TlsStream};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -127,7 +127,7 @@ fn client_config(ca: &Ca) -> Arc<ClientConfig> {
 fn client_config_alpn(ca: &Ca, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.der.clone()).expect("root");
-    let provider = Arc::new(keel::tls::rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(portcullis::tls::rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -379,8 +379,8 @@ async fn reloads_by_sighup_symlink_swap_and_never_to_a_bad_pair() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let scrape = common::get(server.admin(), "/metrics").await;
-        if scrape.contains("keel_tls_reloads_total{outcome=\"failure\"} ")
-            && !scrape.contains("keel_tls_reloads_total{outcome=\"failure\"} 0")
+        if scrape.contains("portcullis_tls_reloads_total{outcome=\"failure\"} ")
+            && !scrape.contains("portcullis_tls_reloads_total{outcome=\"failure\"} 0")
         {
             break;
         }
@@ -439,7 +439,7 @@ async fn silent_connections_neither_delay_a_real_client_nor_outlive_the_deadline
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let scrape = common::get(server.admin(), "/metrics").await;
-        if scrape.contains("keel_tls_handshake_failures_total{reason=\"timeout\"} 200") {
+        if scrape.contains("portcullis_tls_handshake_failures_total{reason=\"timeout\"} 200") {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{scrape}");

@@ -1,8 +1,8 @@
-//! The smallest keel server: an axum router behind keel's hardened defaults.
+//! The smallest portcullis server: an axum router behind portcullis's hardened defaults.
 //!
 //! Run: `cargo run -p hello`, then `curl http://127.0.0.1:8080/`. Ctrl-C drains and exits.
 use axum::{Router, routing::get};
-use keel::prelude::*;
+use portcullis::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {

@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests: an in-process keel server on loopback with a small
+//! Helpers shared by the end-to-end tests: an in-process portcullis server on loopback with a small
 //! axum application, and raw-socket clients.
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use keel::listen::Listener;
-use keel::server::{Error, HttpConfig, ServeReport, Server};
+use portcullis::listen::Listener;
+use portcullis::server::{Error, HttpConfig, ServeReport, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -49,7 +49,7 @@ pub fn app(entered: Arc<Notify>) -> Router {
         )
 }
 
-/// A keel server running in this process on 127.0.0.1 with a free port.
+/// A portcullis server running in this process on 127.0.0.1 with a free port.
 pub struct TestServer {
     pub addr: SocketAddr,
     /// Notified each time a `/slow` request reaches its handler.
@@ -188,7 +188,7 @@ pub fn assert_between(elapsed: Duration, min: Duration, max: Duration, what: &st
     );
 }
 
-/// A keel server running any service on 127.0.0.1 with a free port (or on the given
+/// A portcullis server running any service on 127.0.0.1 with a free port (or on the given
 /// listener), stopped with [`Running::stop`].
 pub struct Running {
     pub addr: Option<SocketAddr>,
@@ -200,7 +200,7 @@ pub struct Running {
 impl Running {
     /// Serves `service` on a fresh loopback listener with `configure` applied to the builder.
     pub fn start<S, B>(
-        configure: impl FnOnce(keel::server::Builder) -> keel::server::Builder,
+        configure: impl FnOnce(portcullis::server::Builder) -> portcullis::server::Builder,
         service: S,
     ) -> Self
     where
@@ -210,9 +210,9 @@ impl Running {
             + Sync
             + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<keel::server::BoxError>,
+        S::Error: Into<portcullis::server::BoxError>,
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<keel::server::BoxError>,
+        B::Error: Into<portcullis::server::BoxError>,
     {
         let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         Self::start_on(listener, configure, service)
@@ -221,7 +221,7 @@ impl Running {
     /// Serves `service` on `listener`.
     pub fn start_on<S, B>(
         listener: Listener,
-        configure: impl FnOnce(keel::server::Builder) -> keel::server::Builder,
+        configure: impl FnOnce(portcullis::server::Builder) -> portcullis::server::Builder,
         service: S,
     ) -> Self
     where
@@ -231,9 +231,9 @@ impl Running {
             + Sync
             + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<keel::server::BoxError>,
+        S::Error: Into<portcullis::server::BoxError>,
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<keel::server::BoxError>,
+        B::Error: Into<portcullis::server::BoxError>,
     {
         let addr = listener.local_addr().as_inet();
         let (shutdown, rx) = oneshot::channel::<()>();

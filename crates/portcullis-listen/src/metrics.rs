@@ -1,0 +1,115 @@
+//! Metric names emitted by this crate, and [`describe`] to register their units and help.
+//!
+//! The crate only emits through the [`metrics`](https://docs.rs/metrics) facade; it never
+//! installs a recorder. An executable installs one (for example a Prometheus exporter) and may
+//! call [`describe`] once at start-up so the exporter shows help text and units.
+//!
+//! Label values come from small closed sets: the `kind` label of
+//! [`ACCEPT_ERRORS_TOTAL`] takes only the values in [`ACCEPT_ERROR_KINDS`]. No address, path or
+//! descriptor number is ever used as a label value.
+//!
+//! Handles are resolved once per [`Listener`](crate::Listener) when it is created, so the
+//! recorder that is current at that moment is the one that receives its metrics.
+
+use metrics::Unit;
+
+pub use crate::proxy::{PROXY_ERROR_REASONS, PROXY_HEADER_ERRORS_TOTAL};
+
+/// Counter: connections accepted and handed to the caller.
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "portcullis_listen_connections_accepted_total";
+
+/// Counter: errors seen by the accept loop, labelled by [`LABEL_KIND`].
+///
+/// Includes errors from `accept(2)` itself and failures to apply per-connection socket options
+/// (`kind="socket_options"`), after which that one connection is dropped.
+pub const ACCEPT_ERRORS_TOTAL: &str = "portcullis_listen_accept_errors_total";
+
+/// Counter: connections accepted and closed at once, without being handed to the caller,
+/// because the process ran out of file descriptors (see the crate docs on the reserve
+/// descriptor).
+pub const CONNECTIONS_SHED_TOTAL: &str = "portcullis_listen_connections_shed_total";
+
+/// Label on [`ACCEPT_ERRORS_TOTAL`] naming the error kind.
+pub const LABEL_KIND: &str = "kind";
+
+/// Every value the [`LABEL_KIND`] label can take.
+///
+/// | value | errno | handling |
+/// |---|---|---|
+/// | `emfile` | `EMFILE` | back off; shed queued connections with the reserve descriptor |
+/// | `enfile` | `ENFILE` | back off; shed queued connections with the reserve descriptor |
+/// | `enobufs` | `ENOBUFS` | back off |
+/// | `enomem` | `ENOMEM` | back off |
+/// | `connection_aborted` | `ECONNABORTED` | retry at once |
+/// | `connection_reset` | `ECONNRESET` | retry at once |
+/// | `protocol` | `EPROTO`, `ENOPROTOOPT`, `EOPNOTSUPP` | retry at once |
+/// | `permission` | `EPERM` (firewall rules), `EACCES` | retry at once |
+/// | `interrupted` | `EINTR` | retry at once |
+/// | `would_block` | `EAGAIN` | retry at once |
+/// | `timed_out` | `ETIMEDOUT` | retry at once |
+/// | `unreachable` | `EHOSTUNREACH`, `ENETUNREACH`, `ENETDOWN`, `EHOSTDOWN`, `ENONET` | retry at once |
+/// | `socket_options` | setting `TCP_NODELAY`, keep-alive or `TCP_USER_TIMEOUT` on the accepted socket failed (only where they are set per connection; Linux inherits them) | drop that connection |
+/// | `other` | anything else | back off |
+pub const ACCEPT_ERROR_KINDS: &[&str] = &[
+    "emfile",
+    "enfile",
+    "enobufs",
+    "enomem",
+    "connection_aborted",
+    "connection_reset",
+    "protocol",
+    "permission",
+    "interrupted",
+    "would_block",
+    "timed_out",
+    "unreachable",
+    "socket_options",
+    "other",
+];
+
+/// Registers units and help text for every metric of this crate with the current recorder.
+///
+/// Call it once from the executable after installing a recorder; calling it more than once is
+/// harmless.
+pub fn describe() {
+    metrics::describe_counter!(
+        CONNECTIONS_ACCEPTED_TOTAL,
+        Unit::Count,
+        "Connections accepted by portcullis listeners and handed to the server."
+    );
+    metrics::describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        Unit::Count,
+        "Errors in portcullis listener accept loops, by kind (emfile, enfile, connection_aborted, ...)."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_SHED_TOTAL,
+        Unit::Count,
+        "Connections accepted and closed at once because file descriptors ran out."
+    );
+    crate::proxy::describe();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    #[test]
+    fn describe_registers_units_and_help() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            metrics::counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(1);
+            metrics::counter!(CONNECTIONS_SHED_TOTAL).increment(1);
+            metrics::counter!(ACCEPT_ERRORS_TOTAL, LABEL_KIND => "emfile").increment(1);
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        assert_eq!(snapshot.len(), 3);
+        for (key, unit, help, _) in snapshot {
+            assert_eq!(unit, Some(Unit::Count), "{key:?}");
+            assert!(help.is_some_and(|h| !h.is_empty()), "{key:?}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Prometheus exposition through metrics-exporter-prometheus.
+
+use std::fmt;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{REQUEST_DURATION, REQUEST_DURATION_BUCKETS};
+
+/// How often [`PrometheusExporter::run_upkeep`] drains histogram samples into their buckets:
+/// the exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer that
+/// grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Bucket upper bounds, in seconds, of every histogram without its own: portcullis's other
+/// histograms are durations from milliseconds (a handshake) to an hour (a long-lived
+/// connection).
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The installed Prometheus recorder: renders the text exposition format, and needs its
+/// upkeep run ([`run_upkeep`](Self::run_upkeep)).
+///
+/// Only an executable installs it, once, early in `main`: a library that installed a
+/// process-global recorder would take that choice away from its users. Installing a second
+/// recorder is an [`InstallError`], never a panic. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PrometheusExporter {
+    handle: PrometheusHandle,
+}
+
+impl PrometheusExporter {
+    /// A `PrometheusBuilder` with portcullis's histogram buckets: [`REQUEST_DURATION_BUCKETS`] for
+    /// the HTTP request duration and [`DEFAULT_BUCKETS`] for every other histogram, so that
+    /// histograms render as Prometheus histograms (aggregatable across instances), not as
+    /// per-process summaries. Adjust it and pass it to [`install_from`](Self::install_from).
+    pub fn builder() -> PrometheusBuilder {
+        PrometheusBuilder::new()
+            .set_buckets(DEFAULT_BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(REQUEST_DURATION.to_owned()),
+                    REQUEST_DURATION_BUCKETS,
+                )
+            })
+            .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"))
+    }
+
+    /// Installs the recorder of [`builder`](Self::builder) as the process-global recorder.
+    ///
+    /// # Errors
+    ///
+    /// [`InstallError`] when a recorder is already installed.
+    pub fn install() -> Result<Self, InstallError> {
+        Self::install_from(Self::builder())
+    }
+
+    /// Installs the recorder of `builder` as the process-global recorder.
+    ///
+    /// # Errors
+    ///
+    /// [`InstallError`] when a recorder is already installed.
+    pub fn install_from(builder: PrometheusBuilder) -> Result<Self, InstallError> {
+        builder
+            .install_recorder()
+            .map(|handle| Self { handle })
+            .map_err(|error| InstallError { error })
+    }
+
+    /// An exporter for a recorder the caller installs (or uses locally, with
+    /// `metrics::with_local_recorder`, as tests do).
+    pub fn for_recorder(recorder: &PrometheusRecorder) -> Self {
+        Self {
+            handle: recorder.handle(),
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Runs the exporter's upkeep once.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Runs the upkeep every [`UPKEEP_INTERVAL`] until `stop` is cancelled. Spawn it.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Safe to drop at any time; it holds nothing across an await but a timer.
+    pub async fn run_upkeep(self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => self.upkeep(),
+            }
+        }
+    }
+}
+
+/// A metrics recorder was already installed in this process.
+#[derive(Debug)]
+pub struct InstallError {
+    error: BuildError,
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            BuildError::FailedToSetGlobalRecorder(_) => f.write_str(
+                "cannot install the Prometheus exporter: a metrics recorder is already installed \
+                 in this process (install one recorder, once, from the executable)",
+            ),
+            other => write!(f, "cannot install the Prometheus exporter: {other}"),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

@@ -1,0 +1,450 @@
+//! Drives one hyper connection under portcullis's deadlines, drain and force signals.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use crate::metrics::CloseReason;
+use crate::phase::{PhaseWatch, Stage};
+use crate::state::{ConnState, Deadline, Nanos, nanos};
+
+/// How long a connection that portcullis asked to close gracefully may stay open once it has no
+/// request in flight. HTTP/2 needs it: the GOAWAY handshake waits for a PING answer that a
+/// dead peer never sends. It is also how long a connection that has not sent its first request
+/// yet may take to send it once the drain has begun.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const GRACE: Nanos = nanos(CLOSE_GRACE);
+
+/// A connection future that can be asked to finish gracefully.
+pub(crate) trait GracefulConnection: Future {
+    /// Stop taking new requests, finish the ones in flight, then complete.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConnection
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+pin_project! {
+    /// Completes with the reason the connection closed.
+    #[project = DriverProj]
+    pub(crate) struct Driver<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        sleep: Sleep,
+        // What `sleep` is set to, on the connection clock.
+        armed: Nanos,
+        // The waker `sleep` was last polled with; `None` after a re-arm.
+        sleep_waker: Option<Waker>,
+        state: Arc<ConnState>,
+        header_timeout: Nanos,
+        idle_timeout: Nanos,
+        #[pin]
+        phase: PhaseWatch,
+        // Set when the drain began: until then a connection with no request yet may still
+        // send its first one.
+        drain_greeting_limit: Option<Nanos>,
+        // Set once portcullis asked hyper to finish gracefully; the reason to report when it does.
+        closing: Option<CloseReason>,
+        // While closing and idle: when the grace ends.
+        grace_until: Option<Nanos>,
+    }
+}
+
+impl<C> Driver<C> {
+    pub(crate) fn new(
+        conn: C,
+        state: Arc<ConnState>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        phase: PhaseWatch,
+    ) -> Self {
+        // Armed at the greeting deadline, the first one the connection has.
+        let armed = nanos(header_timeout);
+        Self {
+            conn,
+            sleep: tokio::time::sleep_until(state.instant(armed)),
+            armed,
+            sleep_waker: None,
+            state,
+            header_timeout: nanos(header_timeout),
+            idle_timeout: nanos(idle_timeout),
+            phase,
+            drain_greeting_limit: None,
+            closing: None,
+            grace_until: None,
+        }
+    }
+}
+
+impl<C, T, E> Future for Driver<C>
+where
+    C: GracefulConnection<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    type Output = CloseReason;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut this = self.project();
+        loop {
+            // One atomic load per poll while nothing changes.
+            let stage = this.phase.current();
+            match stage {
+                Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
+                Stage::Draining if this.drain_greeting_limit.is_none() => {
+                    *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
+                }
+                _ => {}
+            }
+            if let Poll::Ready(reason) = poll_connection(&mut this, cx) {
+                return Poll::Ready(reason);
+            }
+            // About to sleep: make sure a phase change wakes this task. A connection that
+            // finishes within one poll never registers.
+            while this.phase.as_mut().poll_change(cx).is_ready() {}
+            if this.phase.current() == stage {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Polls the timer, remembering the waker it now holds. tokio's cooperative budget can make
+/// the poll return `Pending` without registering anything (tokio reschedules the task then);
+/// such a poll is not remembered, so the next poll registers for real.
+fn poll_sleep(
+    sleep: Pin<&mut Sleep>,
+    sleep_waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let had_budget = tokio::task::coop::has_budget_remaining();
+    let polled = sleep.poll(cx);
+    *sleep_waker = (polled.is_pending() && had_budget).then(|| cx.waker().clone());
+    polled
+}
+
+/// Polls the connection and its deadline once the phase is handled.
+fn poll_connection<C, T, E>(this: &mut DriverProj<'_, C>, cx: &mut Context<'_>) -> Poll<CloseReason>
+where
+    C: GracefulConnection<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        // Once draining, ask hyper to finish as soon as the connection knows its protocol.
+        // Earlier, hyper-util would drop a request that is already on its way.
+        if this.drain_greeting_limit.is_some() && this.closing.is_none() && this.state.is_greeted()
+        {
+            *this.closing = Some(CloseReason::Complete);
+            this.conn.as_mut().graceful_shutdown();
+        }
+        match this.conn.as_mut().poll(cx) {
+            Poll::Ready(Ok(_)) => {
+                return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
+            }
+            Poll::Ready(Err(error)) => {
+                if let Some(reason) = *this.closing {
+                    return Poll::Ready(reason);
+                }
+                tracing::debug!(%error, "connection ended with an error");
+                return Poll::Ready(CloseReason::Error);
+            }
+            Poll::Pending => {}
+        }
+
+        // Register before reading the state, so an HTTP/2 stream ending on another thread
+        // after the read still wakes this task.
+        this.state.register(cx.waker());
+        let deadline = match *this.closing {
+            Some(reason) => {
+                if this.state.is_busy() {
+                    // Requests still in flight finish; the drain deadline bounds them.
+                    *this.grace_until = None;
+                    None
+                } else {
+                    let state = &this.state;
+                    let at = *this
+                        .grace_until
+                        .get_or_insert_with(|| state.now().saturating_add(GRACE));
+                    Some(Deadline { at, reason })
+                }
+            }
+            None => {
+                let deadline = this
+                    .state
+                    .deadline(*this.header_timeout, *this.idle_timeout);
+                match (*this.drain_greeting_limit, deadline) {
+                    (Some(limit), Some(d)) if limit < d.at && !this.state.is_greeted() => {
+                        Some(Deadline {
+                            at: limit,
+                            reason: CloseReason::Complete,
+                        })
+                    }
+                    _ => deadline,
+                }
+            }
+        };
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        // Re-arm only when the deadline moved earlier. A later deadline leaves the timer
+        // early; it fires, the deadline is recomputed and the timer re-armed. That keeps
+        // timer-wheel updates to about one per timeout period instead of one per request.
+        if *this.armed > deadline.at {
+            this.sleep.as_mut().reset(this.state.instant(deadline.at));
+            *this.armed = deadline.at;
+            *this.sleep_waker = None;
+        }
+        // The timer already holds this task's waker and has not fired: nothing to do.
+        if this
+            .sleep_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+            && !this.sleep.is_elapsed()
+        {
+            return Poll::Pending;
+        }
+        if poll_sleep(this.sleep.as_mut(), this.sleep_waker, cx).is_pending() {
+            return Poll::Pending;
+        }
+        if this.state.now() < deadline.at {
+            // Fired at an earlier deadline: move on to the current one.
+            this.sleep.as_mut().reset(this.state.instant(deadline.at));
+            *this.armed = deadline.at;
+            *this.sleep_waker = None;
+            if poll_sleep(this.sleep.as_mut(), this.sleep_waker, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // The deadline passed.
+        if this.closing.is_some() {
+            return Poll::Ready(deadline.reason);
+        }
+        match deadline.reason {
+            CloseReason::IdleTimeout => {
+                // Idle: close politely (HTTP/2 GOAWAY; an idle HTTP/1 connection closes at
+                // once), with a short grace before dropping it. Loop to let the connection
+                // act on it.
+                tracing::trace!("closing idle connection");
+                *this.closing = Some(CloseReason::IdleTimeout);
+                this.conn.as_mut().graceful_shutdown();
+            }
+            reason => {
+                tracing::debug!(reason = reason.as_str(), "closing connection at deadline");
+                return Poll::Ready(reason);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phase::Phase;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
+
+    /// A connection that never ends by itself, unless graceful shutdown was asked and nothing
+    /// is in flight, like hyper; counts graceful shutdown requests.
+    struct FakeConn {
+        state: Arc<ConnState>,
+        shutdowns: Arc<AtomicUsize>,
+        /// Whether it honours graceful shutdown (an HTTP/2 peer that never answers the PING
+        /// does not).
+        honours_shutdown: bool,
+        /// Whether its next poll uses up the task's cooperative budget, as a busy HTTP/2
+        /// connection or a long response write can.
+        burn_budget: bool,
+    }
+
+    impl Future for FakeConn {
+        type Output = Result<(), std::io::Error>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if std::mem::take(&mut self.burn_budget) {
+                while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+                    progress.made_progress();
+                }
+            }
+            if self.honours_shutdown
+                && self.shutdowns.load(Ordering::SeqCst) > 0
+                && !self.state.is_busy()
+            {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl GracefulConnection for FakeConn {
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn driver(
+        honours_shutdown: bool,
+    ) -> (
+        Driver<FakeConn>,
+        Arc<ConnState>,
+        Arc<AtomicUsize>,
+        Arc<Phase>,
+    ) {
+        let state = ConnState::new(Instant::now());
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let phase = Phase::new();
+        let conn = FakeConn {
+            state: Arc::clone(&state),
+            shutdowns: Arc::clone(&shutdowns),
+            honours_shutdown,
+            burn_budget: false,
+        };
+        let driver = Driver::new(
+            conn,
+            Arc::clone(&state),
+            HEADER,
+            IDLE,
+            PhaseWatch::new(Arc::clone(&phase)),
+        );
+        (driver, state, shutdowns, phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_connection_closes_at_the_header_timeout() {
+        let (driver, ..) = driver(true);
+        let started = Instant::now();
+        assert_eq!(driver.await, CloseReason::HeaderTimeout);
+        assert_eq!(started.elapsed(), HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_at_the_idle_timeout() {
+        let (driver, state, shutdowns, ..) = driver(true);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        assert_eq!(driver.await, CloseReason::IdleTimeout);
+        assert_eq!(idle_from.elapsed(), IDLE);
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_deadline_holds_when_the_budget_ran_out_on_the_first_poll() {
+        let (mut driver, state, ..) = driver(true);
+        drop(state.request_started());
+        driver.conn.burn_budget = true;
+        let idle_from = Instant::now();
+        let closed = tokio::time::timeout(IDLE * 2, driver).await;
+        assert_eq!(
+            closed,
+            Ok(CloseReason::IdleTimeout),
+            "the idle timer was armed"
+        );
+        assert_eq!(idle_from.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_ignoring_goaway_is_dropped_after_the_grace() {
+        let (driver, state, ..) = driver(false);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        assert_eq!(driver.await, CloseReason::IdleTimeout);
+        assert_eq!(idle_from.elapsed(), IDLE + CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_closes_an_idle_connection_within_the_grace_even_if_the_peer_ignores_it() {
+        let (driver, state, shutdowns, phase) = driver(false);
+        drop(state.request_started());
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let drain_from = Instant::now();
+        phase.advance(Stage::Draining);
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_lets_in_flight_requests_finish_past_the_grace() {
+        let (driver, state, _shutdowns, phase) = driver(false);
+        let request = state.request_started();
+        let task = tokio::spawn(driver);
+        phase.advance(Stage::Draining);
+        tokio::time::sleep(CLOSE_GRACE * 5).await;
+        assert!(
+            !task.is_finished(),
+            "a busy connection is not cut at the grace"
+        );
+        drop(request);
+        let done_from = Instant::now();
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(done_from.elapsed(), CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_briefly_for_the_first_request_of_a_new_connection() {
+        let (driver, _state, shutdowns, phase) = driver(true);
+        let task = tokio::spawn(driver);
+        let drain_from = Instant::now();
+        phase.advance(Stage::Draining);
+        assert_eq!(task.await.expect("driver"), CloseReason::Complete);
+        assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
+        assert_eq!(
+            shutdowns.load(Ordering::SeqCst),
+            0,
+            "hyper is not interrupted mid-greeting"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_closes_at_once() {
+        let (driver, state, _shutdowns, phase) = driver(false);
+        let _request = state.request_started();
+        let task = tokio::spawn(driver);
+        phase.advance(Stage::Draining);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        phase.advance(Stage::Forced);
+        assert_eq!(task.await.expect("driver"), CloseReason::DrainForced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeouts_do_not_overflow() {
+        let state = ConnState::new(Instant::now());
+        let conn = FakeConn {
+            state: Arc::clone(&state),
+            shutdowns: Arc::new(AtomicUsize::new(0)),
+            honours_shutdown: true,
+            burn_budget: false,
+        };
+        let never = Phase::new();
+        let driver = Driver::new(
+            conn,
+            state,
+            Duration::MAX,
+            Duration::MAX,
+            PhaseWatch::new(never),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(3600), driver).await;
+        assert!(result.is_err(), "no deadline within the hour");
+    }
+}

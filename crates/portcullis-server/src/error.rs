@@ -1,0 +1,63 @@
+//! Errors from starting or running a server.
+
+use std::fmt;
+use std::io;
+
+use portcullis_listen::Addr;
+
+/// Why a [`Server`](crate::Server) could not serve.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server was given no listener.
+    NoListeners,
+    /// A per-core runtime or its thread could not be started.
+    Runtime(io::Error),
+    /// [`serve_per_core`](crate::Builder::serve_per_core) was called from within a tokio
+    /// runtime; it starts runtimes of its own and must be called outside one.
+    InsideRuntime,
+    /// A listener could not be moved onto a per-core runtime.
+    Listener {
+        /// The listener's address.
+        addr: Addr,
+        /// What failed.
+        source: io::Error,
+    },
+    /// A per-core thread panicked.
+    CorePanicked {
+        /// Index of the core's thread.
+        core: usize,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoListeners => f.write_str("the server has no listener to serve on"),
+            Error::Runtime(e) => write!(f, "cannot start a per-core runtime: {e}"),
+            Error::Listener { addr, source } => {
+                write!(
+                    f,
+                    "cannot move listener {addr} onto a per-core runtime: {source}"
+                )
+            }
+            Error::InsideRuntime => f.write_str(
+                "serve_per_core must be called outside a tokio runtime (it starts one per core)",
+            ),
+            Error::CorePanicked { core, message } => {
+                write!(f, "the thread serving core {core} panicked: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Runtime(e) | Error::Listener { source: e, .. } => Some(e),
+            Error::NoListeners | Error::InsideRuntime | Error::CorePanicked { .. } => None,
+        }
+    }
+}

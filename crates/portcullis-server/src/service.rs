@@ -1,0 +1,224 @@
+//! Adapts a tower service to hyper for one connection: request tracking, and panics and
+//! errors turned into 500 answers.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::Service;
+use tower::util::Oneshot;
+
+use portcullis_limit::PeerAddr;
+use portcullis_tls::ClientCertificates;
+
+use crate::BoxError;
+use crate::body::ResponseBody;
+use crate::metrics::ServerMetrics;
+use crate::server::ConnInfo;
+use crate::state::{ConnState, InFlight};
+
+const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
+
+/// The hyper service of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnService<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    metrics: Arc<ServerMetrics>,
+    info: Option<ConnInfo>,
+    peer: Option<PeerAddr>,
+    client_certificates: Option<ClientCertificates>,
+}
+
+impl<S> ConnService<S> {
+    pub(crate) fn new(
+        inner: S,
+        state: Arc<ConnState>,
+        metrics: Arc<ServerMetrics>,
+        info: Option<ConnInfo>,
+        peer: Option<PeerAddr>,
+        client_certificates: Option<ClientCertificates>,
+    ) -> Self {
+        Self {
+            inner,
+            state,
+            metrics,
+            info,
+            peer,
+            client_certificates,
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture<S, B>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(info) = &self.info {
+            request.extensions_mut().insert(info.clone());
+        }
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
+        if let Some(certificates) = &self.client_certificates {
+            request.extensions_mut().insert(certificates.clone());
+        }
+        let in_flight = self.state.request_started();
+        let mut service = self.inner.clone();
+        // Most services are always ready: ask once without a real waker and call at once,
+        // so the future hyper stores is just the application's. A service that is not ready
+        // is driven the usual way (`Oneshot` polls readiness with the real waker).
+        let mut noop = Context::from_waker(Waker::noop());
+        let call = match catch_unwind(AssertUnwindSafe(|| service.poll_ready(&mut noop))) {
+            Ok(Poll::Ready(Ok(()))) => {
+                match catch_unwind(AssertUnwindSafe(move || service.call(request))) {
+                    Ok(future) => Call::Called { future },
+                    Err(payload) => self.failed_by_panic(payload.as_ref()),
+                }
+            }
+            Ok(Poll::Ready(Err(error))) => self.failed_by_error(error.into()),
+            Ok(Poll::Pending) => Call::NotReady {
+                oneshot: Box::pin(Oneshot::new(service, request)),
+            },
+            Err(payload) => self.failed_by_panic(payload.as_ref()),
+        };
+        ResponseFuture {
+            call,
+            in_flight: Some(in_flight),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<S> ConnService<S> {
+    fn failed_by_panic<C>(&self, payload: &(dyn std::any::Any + Send)) -> C
+    where
+        C: From<Failed>,
+    {
+        let message = crate::server::panic_message(payload);
+        tracing::error!(panic = message, "handler panicked; answering 500");
+        self.metrics.panics.increment(1);
+        C::from(Failed)
+    }
+
+    fn failed_by_error<C>(&self, error: BoxError) -> C
+    where
+        C: From<Failed>,
+    {
+        tracing::error!(%error, "service returned an error; answering 500");
+        self.metrics.errors.increment(1);
+        C::from(Failed)
+    }
+}
+
+/// The request failed before the application produced a future; already counted and logged.
+#[derive(Debug)]
+pub(crate) struct Failed;
+
+pin_project! {
+    /// Where one request's call to the application stands.
+    #[project = CallProj]
+    pub(crate) enum Call<S>
+    where
+        S: Service<Request<Incoming>>,
+    {
+        Called { #[pin] future: S::Future },
+        // Rare (the service was not ready at once), so boxed: the common future stays small.
+        NotReady { oneshot: Pin<Box<Oneshot<S, Request<Incoming>>>> },
+        Failed,
+    }
+}
+
+impl<S: Service<Request<Incoming>>> From<Failed> for Call<S> {
+    fn from(_: Failed) -> Self {
+        Call::Failed
+    }
+}
+
+pin_project! {
+    /// Drives the application's future for one request.
+    pub(crate) struct ResponseFuture<S, B>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>>,
+    {
+        #[pin]
+        call: Call<S>,
+        in_flight: Option<InFlight>,
+        metrics: Arc<ServerMetrics>,
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.in_flight.is_none() {
+            // Polled after completion: a contract violation by the caller. Stay pending
+            // rather than poll the finished call again.
+            return Poll::Pending;
+        }
+        let polled = match this.call.project() {
+            CallProj::Called { future } => {
+                catch_unwind(AssertUnwindSafe(|| future.poll(cx).map_err(Some)))
+            }
+            CallProj::NotReady { oneshot } => {
+                catch_unwind(AssertUnwindSafe(|| oneshot.as_mut().poll(cx).map_err(Some)))
+            }
+            CallProj::Failed => Ok(Poll::Ready(Err(None))),
+        };
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => Ok(response),
+            Ok(Poll::Ready(Err(None))) => Err(()),
+            Ok(Poll::Ready(Err(Some(error)))) => {
+                let error: BoxError = error.into();
+                tracing::error!(%error, "service returned an error; answering 500");
+                this.metrics.errors.increment(1);
+                Err(())
+            }
+            Err(payload) => {
+                let message = crate::server::panic_message(payload.as_ref());
+                tracing::error!(panic = message, "handler panicked; answering 500");
+                this.metrics.panics.increment(1);
+                Err(())
+            }
+        };
+        let Some(in_flight) = this.in_flight.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(match outcome {
+            Ok(response) => response.map(|body| ResponseBody::new(body, in_flight)),
+            Err(()) => internal_error(in_flight),
+        }))
+    }
+}
+
+fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::fixed(INTERNAL_ERROR_BODY, in_flight));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

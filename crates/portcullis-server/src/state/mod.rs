@@ -1,0 +1,299 @@
+//! Per-connection phase tracking: which deadline applies to a connection right now.
+//!
+//! hyper knows when a request head is complete (it calls the service) and when a response is
+//! finished (it drops the body), but exposes no deadline that distinguishes "reading a request
+//! head" from "idle between requests". portcullis observes both edges itself: the I/O wrapper reports
+//! bytes read, the service wrapper reports request start and end, and the connection driver
+//! turns that into one deadline.
+//!
+//! | phase | condition | deadline |
+//! |---|---|---|
+//! | greeting | no request yet and no HTTP/2 preface | start + header timeout |
+//! | head | HTTP/1, bytes of a new request read while idle | first byte + header timeout |
+//! | busy | at least one request in flight | none |
+//! | idle | no request in flight | end of last request + idle timeout |
+//!
+//! The in-flight count may change on another thread (HTTP/2 streams run on their own tasks),
+//! so the state is atomic and the driver's waker is woken when a connection becomes idle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::loom::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering};
+
+use crate::metrics::CloseReason;
+
+const NONE: u64 = u64::MAX;
+/// A request head started but its start time was not read yet (see `on_http1_read`).
+const HEAD_UNTIMED: u64 = u64::MAX - 1;
+
+/// About 30 years: the stand-in for "never" when a timeout would overflow `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at + timeout`, saturating at a far-future instant instead of panicking, so that
+/// `Duration::MAX` can mean "no deadline".
+pub(crate) fn later(at: Instant, timeout: Duration) -> Instant {
+    at.checked_add(timeout)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
+/// State shared by the I/O wrapper, the service wrapper and the driver of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    origin: Instant,
+    /// The greeting phase is over: a request started, or the HTTP/2 preface arrived.
+    greeted: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Nanoseconds after `origin` when the last request ended.
+    idle_since: AtomicU64,
+    /// Nanoseconds after `origin` of the first byte of the request head being read, or `NONE`.
+    head_since: AtomicU64,
+    waker: AtomicWaker,
+    /// The task that drives the connection (the one that created this state), if known.
+    driver_task: Option<tokio::task::Id>,
+}
+
+/// A point in a connection's life, on its own cheap clock: nanoseconds since it was accepted.
+/// Arithmetic saturates, so `u64::MAX` (about 584 years) serves as "never".
+pub(crate) type Nanos = u64;
+
+/// A duration on the connection clock, saturating.
+pub(crate) const fn nanos(duration: Duration) -> Nanos {
+    let n = duration.as_nanos();
+    if n > u64::MAX as u128 {
+        u64::MAX
+    } else {
+        n as u64
+    }
+}
+
+/// The deadline in force and what passing it means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    pub(crate) at: Nanos,
+    pub(crate) reason: CloseReason,
+}
+
+impl ConnState {
+    pub(crate) fn new(origin: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            origin,
+            greeted: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NONE),
+            waker: AtomicWaker::new(),
+            driver_task: tokio::task::try_id(),
+        })
+    }
+
+    fn nanos_since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(HEAD_UNTIMED - 1)
+    }
+
+    /// Whether the greeting is over: a request started, or the HTTP/2 preface arrived.
+    pub(crate) fn is_greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
+    }
+
+    /// Whether a request is in flight.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Bytes of a new HTTP/1 request arrived. Only the first call while idle counts.
+    pub(crate) fn on_http1_read(&self) {
+        if self.greeted.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE
+        {
+            // The time is read only if the driver needs it: usually the whole head is in this
+            // read and the request starts before the driver looks.
+            self.head_since.store(HEAD_UNTIMED, Ordering::Relaxed);
+        }
+    }
+
+    /// The HTTP/2 preface arrived: the connection is now idle until a stream opens.
+    pub(crate) fn on_http2_preface(&self) {
+        let now = self.nanos_since_origin(Instant::now());
+        self.idle_since.store(now, Ordering::Relaxed);
+        self.greeted.store(true, Ordering::Release);
+    }
+
+    /// The service was called: a request head is complete.
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Relaxed);
+        self.greeted.store(true, Ordering::Release);
+        InFlight(Some(Arc::clone(self)))
+    }
+
+    fn request_ended(&self) {
+        // Record the end time before the count can read zero, so a driver that sees zero
+        // never computes an idle deadline from a stale time.
+        let now = self.nanos_since_origin(Instant::now());
+        self.idle_since.fetch_max(now, Ordering::Release);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !self.on_driver_task() {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether this runs on the driver's own task. There the driver is in the middle of
+    /// polling the connection and reads the state right after, so waking it would only cost
+    /// an extra poll (an HTTP/1 response ends on the driver's task; an HTTP/2 stream ends on
+    /// its own).
+    fn on_driver_task(&self) -> bool {
+        self.driver_task.is_some() && tokio::task::try_id() == self.driver_task
+    }
+
+    /// Registers the driver's waker, to be woken when the connection becomes idle.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// The deadline in force now, if any.
+    pub(crate) fn deadline(&self, header_timeout: Nanos, idle_timeout: Nanos) -> Option<Deadline> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.greeted.load(Ordering::Acquire) {
+            return Some(Deadline {
+                at: header_timeout,
+                reason: CloseReason::HeaderTimeout,
+            });
+        }
+        let mut head = self.head_since.load(Ordering::Relaxed);
+        if head == HEAD_UNTIMED {
+            // Read by the driver right after the read that started the head (HTTP/1 reads
+            // happen on the driver's task), so this is the head's start time.
+            head = self.now();
+            let _ = self.head_since.compare_exchange(
+                HEAD_UNTIMED,
+                head,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        if head != NONE {
+            return Some(Deadline {
+                at: head.saturating_add(header_timeout),
+                reason: CloseReason::HeaderTimeout,
+            });
+        }
+        Some(Deadline {
+            at: self
+                .idle_since
+                .load(Ordering::Acquire)
+                .saturating_add(idle_timeout),
+            reason: CloseReason::IdleTimeout,
+        })
+    }
+
+    /// Now, on this connection's clock.
+    pub(crate) fn now(&self) -> Nanos {
+        self.nanos_since_origin(Instant::now())
+    }
+
+    /// The instant of a point on this connection's clock.
+    pub(crate) fn instant(&self, at: Nanos) -> Instant {
+        later(self.origin, Duration::from_nanos(at))
+    }
+}
+
+/// Marks one request in flight until dropped (when its response body ends or is dropped).
+#[derive(Debug)]
+pub(crate) struct InFlight(Option<Arc<ConnState>>);
+
+impl InFlight {
+    /// Ends the request now rather than at drop.
+    pub(crate) fn end(&mut self) {
+        if let Some(state) = self.0.take() {
+            state.request_ended();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[cfg(all(test, portcullis_loom))]
+#[path = "tests/loom_state.rs"]
+mod loom_state;
+
+#[cfg(all(test, not(portcullis_loom)))]
+mod tests {
+    use super::*;
+
+    const HEADER_D: Duration = Duration::from_secs(10);
+    const IDLE_D: Duration = Duration::from_secs(60);
+    const HEADER: Nanos = nanos(HEADER_D);
+    const IDLE: Nanos = nanos(IDLE_D);
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_give_their_deadlines() {
+        let start = Instant::now();
+        let state = ConnState::new(start);
+        let greeting = state.deadline(HEADER, IDLE).expect("greeting deadline");
+        assert_eq!(state.instant(greeting.at), start + HEADER_D);
+        assert_eq!(greeting.reason, CloseReason::HeaderTimeout);
+
+        // Reads during the greeting do not move its deadline.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        state.on_http1_read();
+        assert_eq!(
+            state.deadline(HEADER, IDLE).map(|d| state.instant(d.at)),
+            Some(start + HEADER_D)
+        );
+
+        let mut request = state.request_started();
+        assert_eq!(state.deadline(HEADER, IDLE), None, "busy has no deadline");
+
+        tokio::time::advance(Duration::from_secs(100)).await;
+        request.end();
+        let idle = state.deadline(HEADER, IDLE).expect("idle deadline");
+        assert_eq!(idle.reason, CloseReason::IdleTimeout);
+        assert_eq!(state.instant(idle.at), Instant::now() + IDLE_D);
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        state.on_http1_read();
+        let head = state.deadline(HEADER, IDLE).expect("head deadline");
+        assert_eq!(head.reason, CloseReason::HeaderTimeout);
+        assert_eq!(state.instant(head.at), Instant::now() + HEADER_D);
+
+        // Further bytes of the same head do not extend it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        state.on_http1_read();
+        assert_eq!(state.deadline(HEADER, IDLE), Some(head));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_preface_starts_idle_and_streams_overlap() {
+        let state = ConnState::new(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.on_http2_preface();
+        assert_eq!(
+            state
+                .deadline(HEADER, IDLE)
+                .map(|d| (state.instant(d.at), d.reason)),
+            Some((Instant::now() + IDLE_D, CloseReason::IdleTimeout))
+        );
+        let first = state.request_started();
+        let second = state.request_started();
+        drop(first);
+        assert_eq!(state.deadline(HEADER, IDLE), None, "one stream still open");
+        tokio::time::advance(Duration::from_secs(7)).await;
+        drop(second);
+        assert_eq!(
+            state.deadline(HEADER, IDLE).map(|d| state.instant(d.at)),
+            Some(Instant::now() + IDLE_D)
+        );
+        assert_eq!(state.in_flight.load(Ordering::Acquire), 0);
+    }
+}

@@ -1,0 +1,232 @@
+//! [`Shutdown`]: everything a server's graceful shutdown needs, in one value.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Health, Signals};
+
+/// Default drain delay: none. Without a load balancer that polls readiness there is nobody to
+/// wait for; behind Kubernetes set a few seconds (see `docs/shutdown.md`).
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
+/// Default drain deadline: 30 s, Kubernetes' default termination grace period.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A boxed trigger future.
+pub type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The configuration and the handles of one graceful shutdown: what triggers it (signals
+/// and/or a [`ShutdownHandle`]), the drain delay and deadline, and what application code
+/// watches ([`Health`], the shutdown token, the task tracker). Give it to the server
+/// (`portcullis_server::Builder::graceful`); keep the handles it hands out.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use portcullis_shutdown::Shutdown;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let shutdown = Shutdown::from_signals()?          // SIGTERM/SIGINT; a second one forces
+///     .drain_delay(Duration::from_secs(5))
+///     .drain_timeout(Duration::from_secs(30));
+/// let token = shutdown.token();                     // cancelled when the shutdown begins
+/// let tasks = shutdown.tasks();                     // the drain waits for these
+/// tasks.spawn(async move { token.cancelled().await; /* flush, then return */ });
+/// // portcullis_server::Server::builder().graceful(shutdown) ...
+/// # Ok(()) }
+/// ```
+pub struct Shutdown {
+    signals: Option<Signals>,
+    handle: ShutdownHandle,
+    drain_delay: Duration,
+    drain_timeout: Duration,
+    health: Health,
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("signals", &self.signals)
+            .field("drain_delay", &self.drain_delay)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("health", &self.health)
+            .field("shutting_down", &self.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A shutdown triggered only through its [`handle`](Self::handle).
+    pub fn new() -> Self {
+        Self {
+            signals: None,
+            handle: ShutdownHandle {
+                shutdown: CancellationToken::new(),
+                force: CancellationToken::new(),
+            },
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            health: Health::new(),
+            token: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// A shutdown triggered by SIGTERM or SIGINT (the next signal forces it), or through its
+    /// handle. The signal handlers are installed now: call it before the server is reachable.
+    ///
+    /// # Errors
+    ///
+    /// When a signal handler cannot be installed.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with its I/O driver (tokio's requirement for signals).
+    pub fn from_signals() -> io::Result<Self> {
+        Ok(Self::new().signals(Signals::new()?))
+    }
+
+    /// Uses `signals` (for example with SIGQUIT added) as triggers.
+    pub fn signals(mut self, signals: Signals) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Sets the drain delay: how long the server keeps serving, readiness already off, before
+    /// its listeners close. Default [`DEFAULT_DRAIN_DELAY`].
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Sets the drain deadline, after which remaining connections are closed by force.
+    /// Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Triggers the shutdown (or forces it) from code.
+    pub fn handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Readiness and liveness, as the server will report them.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Cancelled at the first moment of the shutdown: long-lived responses
+    /// ([`end_on_shutdown`](crate::end_on_shutdown)) and background work watch it.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Background tasks spawned here are waited for by the drain, under its deadline.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+
+    /// Takes it apart for the server that runs it.
+    pub fn into_parts(self) -> ShutdownParts {
+        let (trigger, force): (Trigger, Trigger) = {
+            let handle = self.handle;
+            match self.signals {
+                Some(signals) => {
+                    let (first, second) = signals.into_triggers();
+                    let shutdown = handle.shutdown.clone();
+                    let force = handle.force.clone();
+                    (
+                        Box::pin(async move {
+                            tokio::select! {
+                                () = first => {}
+                                () = shutdown.cancelled() => {}
+                            }
+                        }),
+                        Box::pin(async move {
+                            tokio::select! {
+                                () = second => {}
+                                () = force.cancelled() => {}
+                            }
+                        }),
+                    )
+                }
+                None => (
+                    Box::pin(handle.shutdown.cancelled_owned()),
+                    Box::pin(handle.force.cancelled_owned()),
+                ),
+            }
+        };
+        ShutdownParts {
+            trigger,
+            force,
+            drain_delay: self.drain_delay,
+            drain_timeout: self.drain_timeout,
+            health: self.health,
+            token: self.token,
+            tasks: self.tasks,
+        }
+    }
+}
+
+/// What a server needs to run a [`Shutdown`]; see [`Shutdown::into_parts`].
+#[non_exhaustive]
+pub struct ShutdownParts {
+    /// Completes when the shutdown should begin.
+    pub trigger: Trigger,
+    /// Completes when the drain should be cut short. Poll it from the start: with signals it
+    /// also does the listening for `trigger`.
+    pub force: Trigger,
+    /// The drain delay.
+    pub drain_delay: Duration,
+    /// The drain deadline.
+    pub drain_timeout: Duration,
+    /// Readiness and liveness to report.
+    pub health: Health,
+    /// To cancel at the first moment of the shutdown.
+    pub token: CancellationToken,
+    /// To wait for during the drain.
+    pub tasks: TaskTracker,
+}
+
+impl fmt::Debug for ShutdownParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownParts")
+            .field("drain_delay", &self.drain_delay)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts or forces a [`Shutdown`] from code (an admin endpoint, a test, a fatal error).
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    shutdown: CancellationToken,
+    force: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Cuts the drain short: remaining connections close at once.
+    pub fn force(&self) {
+        self.force.cancel();
+    }
+}
