@@ -5,15 +5,14 @@
 //! call [`describe`] once at start-up so the exporter shows help text and units.
 //!
 //! Label values come from small closed sets: the `kind` label of
-//! [`ACCEPT_ERRORS_TOTAL`] takes only the values in [`ACCEPT_ERROR_KINDS`]. No address, path or
+//! [`ACCEPT_ERRORS_TOTAL`] takes only the values in [`ACCEPT_ERROR_KINDS`], the `reason` label
+//! of [`PROXY_HEADER_ERRORS_TOTAL`] only those in [`PROXY_ERROR_REASONS`]. No address, path or
 //! descriptor number is ever used as a label value.
 //!
 //! Handles are resolved once per [`Listener`](crate::Listener) when it is created, so the
 //! recorder that is current at that moment is the one that receives its metrics.
 
 use metrics::Unit;
-
-pub use crate::proxy::{PROXY_ERROR_REASONS, PROXY_HEADER_ERRORS_TOTAL};
 
 /// Counter: connections accepted and handed to the caller.
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "portcullis_listen_connections_accepted_total";
@@ -67,6 +66,39 @@ pub const ACCEPT_ERROR_KINDS: &[&str] = &[
     "other",
 ];
 
+/// Counter: connections from trusted peers dropped because no valid PROXY header could be
+/// read, labelled by [`LABEL_REASON`]. Counted by
+/// [`ProxyProtocol::read_header`](crate::proxy::ProxyProtocol::read_header).
+pub const PROXY_HEADER_ERRORS_TOTAL: &str = "portcullis_listen_proxy_header_errors_total";
+
+/// Label on [`PROXY_HEADER_ERRORS_TOTAL`] naming why the header was rejected.
+pub const LABEL_REASON: &str = "reason";
+
+/// Every value the [`LABEL_REASON`] label can take, which is also every value of
+/// [`ProxyError::reason`](crate::proxy::ProxyError::reason) and
+/// [`ParseError::reason`](crate::proxy::ParseError::reason).
+///
+/// | value | meaning |
+/// |---|---|
+/// | `timeout` | no complete header within [`ProxyProtocol::timeout`](crate::proxy::ProxyProtocol::timeout) |
+/// | `io` | reading from the connection failed |
+/// | `eof` | the peer closed the connection before a complete header |
+/// | `not_proxy` | the bytes start with neither the v1 nor the v2 signature (for example plain HTTP or TLS) |
+/// | `bad_v1` | a malformed v1 line |
+/// | `bad_v2` | a malformed v2 header (inconsistent lengths) |
+/// | `too_long` | a v1 line without CRLF within [`V1_MAX_LEN`](crate::proxy::V1_MAX_LEN) bytes, or a v2 header longer than the cap |
+/// | `unsupported` | a v2 version, command or address family/transport the specification does not define |
+pub const PROXY_ERROR_REASONS: &[&str] = &[
+    "timeout",
+    "io",
+    "eof",
+    "not_proxy",
+    "bad_v1",
+    "bad_v2",
+    "too_long",
+    "unsupported",
+];
+
 /// Registers units and help text for every metric of this crate with the current recorder.
 ///
 /// Call it once from the executable after installing a recorder; calling it more than once is
@@ -87,7 +119,17 @@ pub fn describe() {
         Unit::Count,
         "Connections accepted and closed at once because file descriptors ran out."
     );
-    crate::proxy::describe();
+    describe_proxy();
+}
+
+/// The PROXY protocol part of [`describe`].
+pub(crate) fn describe_proxy() {
+    metrics::describe_counter!(
+        PROXY_HEADER_ERRORS_TOTAL,
+        Unit::Count,
+        "Connections from trusted proxies dropped because their PROXY protocol header was \
+         missing, malformed, too slow or cut short, by reason."
+    );
 }
 
 #[cfg(test)]
@@ -104,9 +146,10 @@ mod tests {
             metrics::counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(1);
             metrics::counter!(CONNECTIONS_SHED_TOTAL).increment(1);
             metrics::counter!(ACCEPT_ERRORS_TOTAL, LABEL_KIND => "emfile").increment(1);
+            metrics::counter!(PROXY_HEADER_ERRORS_TOTAL, LABEL_REASON => "eof").increment(1);
         });
         let snapshot = snapshotter.snapshot().into_vec();
-        assert_eq!(snapshot.len(), 3);
+        assert_eq!(snapshot.len(), 4);
         for (key, unit, help, _) in snapshot {
             assert_eq!(unit, Some(Unit::Count), "{key:?}");
             assert!(help.is_some_and(|h| !h.is_empty()), "{key:?}");
