@@ -1,8 +1,10 @@
-//! Metric names emitted by this crate, and [`describe`] to register their units and help.
+//! Metric names emitted by this crate, [`describe`] to register their units and help, and
+//! [`register`] to create every series at 0.
 //!
 //! The crate only emits through the [`metrics`](https://docs.rs/metrics) facade; it never
 //! installs a recorder. An executable installs one (for example a Prometheus exporter) and may
-//! call [`describe`] once at start-up so the exporter shows help text and units.
+//! call [`describe`] once at start-up so the exporter shows help text and units, and
+//! [`register`] so every counter is exported before its first event.
 //!
 //! Label values come from small closed sets: the `kind` label of
 //! [`ACCEPT_ERRORS_TOTAL`] takes only the values in [`ACCEPT_ERROR_KINDS`], the `reason` label
@@ -122,6 +124,27 @@ pub fn describe() {
     describe_proxy();
 }
 
+/// Registers every series of this crate with the current recorder, at 0, so they exist before
+/// their first event: [`CONNECTIONS_ACCEPTED_TOTAL`], [`CONNECTIONS_SHED_TOTAL`],
+/// [`ACCEPT_ERRORS_TOTAL`] for each of the [`ACCEPT_ERROR_KINDS`], and
+/// [`PROXY_HEADER_ERRORS_TOTAL`] for each of the [`PROXY_ERROR_REASONS`].
+///
+/// A counter that first appears with the first incident leaves `rate()` and alerts with
+/// nothing to compare against; registered up front, it is exported as 0 from the start. The
+/// label sets are closed, so this is a fixed, small number of series. Call it once from the
+/// executable after installing a recorder; calling it more than once is harmless (nothing is
+/// incremented).
+pub fn register() {
+    metrics::counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(0);
+    metrics::counter!(CONNECTIONS_SHED_TOTAL).increment(0);
+    for kind in ACCEPT_ERROR_KINDS {
+        metrics::counter!(ACCEPT_ERRORS_TOTAL, LABEL_KIND => *kind).increment(0);
+    }
+    for reason in PROXY_ERROR_REASONS {
+        metrics::counter!(PROXY_HEADER_ERRORS_TOTAL, LABEL_REASON => *reason).increment(0);
+    }
+}
+
 /// The PROXY protocol part of [`describe`].
 pub(crate) fn describe_proxy() {
     metrics::describe_counter!(
@@ -135,7 +158,8 @@ pub(crate) fn describe_proxy() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_util::debugging::DebuggingRecorder;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::collections::BTreeSet;
 
     #[test]
     fn describe_registers_units_and_help() {
@@ -154,5 +178,48 @@ mod tests {
             assert_eq!(unit, Some(Unit::Count), "{key:?}");
             assert!(help.is_some_and(|h| !h.is_empty()), "{key:?}");
         }
+    }
+
+    #[test]
+    fn register_creates_every_series_at_zero() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            register();
+            // Twice is harmless: still one series each, still 0.
+            register();
+        });
+        let mut got = BTreeSet::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            assert_eq!(value, DebugValue::Counter(0), "{key:?}");
+            let key = key.key();
+            let labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            assert!(got.insert((key.name().to_owned(), labels)), "{key:?} twice");
+        }
+
+        let series = |name: &str, label: Option<(&str, &str)>| {
+            let labels = label
+                .map(|(k, v)| vec![(k.to_owned(), v.to_owned())])
+                .unwrap_or_default();
+            (name.to_owned(), labels)
+        };
+        let mut expected = BTreeSet::from([
+            series(CONNECTIONS_ACCEPTED_TOTAL, None),
+            series(CONNECTIONS_SHED_TOTAL, None),
+        ]);
+        for kind in ACCEPT_ERROR_KINDS {
+            expected.insert(series(ACCEPT_ERRORS_TOTAL, Some((LABEL_KIND, kind))));
+        }
+        for reason in PROXY_ERROR_REASONS {
+            expected.insert(series(
+                PROXY_HEADER_ERRORS_TOTAL,
+                Some((LABEL_REASON, reason)),
+            ));
+        }
+        assert_eq!(expected.len(), 2 + 14 + 8);
+        assert_eq!(got, expected);
     }
 }
