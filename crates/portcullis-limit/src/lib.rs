@@ -1,6 +1,6 @@
 //! Rate limits, connection caps and load shedding that cannot be spoofed and cannot eat memory.
 //!
-//! - [`RateLimit`] builds a tower layer: a keyed GCRA limit (on
+//! - [`RateLimitLayer`] is a tower layer: a keyed GCRA limit (on
 //!   [governor](https://docs.rs/governor)) per client address, per header value, per key of
 //!   the application's choosing, or global. Refused requests get `429` with `Retry-After` and
 //!   the IETF `RateLimit-Policy` / `RateLimit` fields. The limiter state is shared by every
@@ -19,17 +19,13 @@
 //! # Example
 //!
 //! ```
-//! use std::time::Duration;
-//! use portcullis_limit::{RateLimit, ConnLimiter};
-//! use tokio_util::sync::CancellationToken;
+//! use portcullis_limit::{RateLimitLayer, ConnLimiter};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let layer = RateLimit::per_client("100/s burst 20".parse()?)
+//! let layer = RateLimitLayer::per_client("100/s burst 20".parse()?)
 //!     .trusted_proxies(["10.0.0.0/8".parse()?])
 //!     .exempt_path("/healthz")
 //!     .layer();
-//! let shutdown = CancellationToken::new();
-//! tokio::spawn(layer.housekeeping(Duration::from_secs(10), shutdown.clone()));
 //! // app.layer(layer) ...
 //! let connections = ConnLimiter::new(10_000).per_client(100.try_into()?);
 //! # let _ = connections;
@@ -45,7 +41,7 @@
 //!
 //! # Metrics
 //!
-//! Every type resolves its metric handles when it is built ([`RateLimit::layer`],
+//! Every type resolves its metric handles when it is built ([`RateLimitBuilder::layer`],
 //! [`ConnLimiter::new`], [`HandshakeLimiter::new`], [`LoadShedLayer::new`]), with the recorder
 //! installed at that moment: install the recorder first. [`metrics`] lists every name.
 //!
@@ -59,13 +55,17 @@ mod body;
 pub mod client;
 pub mod clock;
 mod conn;
+pub mod future;
+mod housekeeping;
 mod key;
 mod layer;
 mod limiter;
 mod loom;
 pub mod metrics;
 mod quota;
+mod service;
 mod shed;
+mod state;
 mod store;
 
 pub use body::LimitBody;
@@ -74,10 +74,8 @@ pub use conn::{
     HandshakeLimiter, HandshakePermit,
 };
 pub use key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
-pub use layer::{
-    DEFAULT_HOUSEKEEPING_INTERVAL, RateLimit, RateLimitLayer, RateLimitService, Rejection,
-    ResponseFuture,
-};
+pub use layer::{DEFAULT_HOUSEKEEPING_INTERVAL, RateLimitBuilder, RateLimitLayer, Rejection};
 pub use limiter::{DEFAULT_MAX_KEYS, GlobalLimiter, KeyedLimiter, Limited};
 pub use quota::{Per, Quota, QuotaError};
-pub use shed::{LoadShed, LoadShedLayer, ShedFuture};
+pub use service::RateLimit;
+pub use shed::{LoadShed, LoadShedLayer};

@@ -2,7 +2,7 @@
 //!
 //! Emitted only through the [`metrics`](https://docs.rs/metrics) facade; this crate never
 //! installs a recorder. Label values come from closed sets: [`LABEL_LIMITER`] is the name the
-//! application gave the limiter in code ([`RateLimit::name`](crate::RateLimit::name)), never a
+//! application gave the limiter in code ([`RateLimitBuilder::name`](crate::RateLimitBuilder::name)), never a
 //! key, an address or a path.
 
 use metrics::Unit;

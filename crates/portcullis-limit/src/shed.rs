@@ -1,7 +1,7 @@
 //! [`LoadShedLayer`]: a global in-flight request limit that answers 503 instead of queueing.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tokio::sync::Semaphore;
 
 use crate::body::LimitBody;
-use crate::layer::ResponseFuture;
+use crate::future::LoadShedFuture;
 use crate::metrics::REQUESTS_SHED_TOTAL;
 
 /// At most `max` requests in flight; past it, requests are answered at once with
@@ -27,22 +27,34 @@ pub struct LoadShedLayer {
 struct Shared {
     semaphore: Arc<Semaphore>,
     max: usize,
-    shed: metrics::Counter,
+    /// Resolved on the first shed request, against the recorder installed then.
+    shed: OnceLock<metrics::Counter>,
+}
+
+impl Shared {
+    fn count_shed(&self) {
+        self.shed
+            .get_or_init(|| metrics::counter!(REQUESTS_SHED_TOTAL))
+            .increment(1);
+    }
 }
 
 impl LoadShedLayer {
-    /// At most `max` requests in flight.
+    /// At most `max` requests in flight (values above tokio's `Semaphore::MAX_PERMITS` are
+    /// capped there).
+    #[must_use]
     pub fn new(max: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 semaphore: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
                 max: max.min(Semaphore::MAX_PERMITS),
-                shed: metrics::counter!(REQUESTS_SHED_TOTAL),
+                shed: OnceLock::new(),
             }),
         }
     }
 
     /// Requests in flight now.
+    #[must_use]
     pub fn in_flight(&self) -> usize {
         self.shared.max - self.shared.semaphore.available_permits()
     }
@@ -68,11 +80,32 @@ impl<S> tower_layer::Layer<S> for LoadShedLayer {
     }
 }
 
-/// The service of a [`LoadShedLayer`].
+/// The service of a [`LoadShedLayer`]: passes a request on to `S` if a place is free, answers
+/// 503 otherwise.
 #[derive(Clone)]
 pub struct LoadShed<S> {
     inner: S,
     shared: Arc<Shared>,
+}
+
+impl<S> LoadShed<S> {
+    /// The inner service.
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    #[must_use]
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; the limit is left to the other clones.
+    #[must_use]
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for LoadShed<S> {
@@ -90,7 +123,7 @@ where
 {
     type Response = Response<LimitBody<ResB>>;
     type Error = S::Error;
-    type Future = ShedFuture<S::Future>;
+    type Future = LoadShedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -98,12 +131,9 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         match Arc::clone(&self.shared.semaphore).try_acquire_owned() {
-            Ok(permit) => ShedFuture {
-                inner: ResponseFuture::inner(self.inner.call(request)),
-                permit: Some(permit),
-            },
+            Ok(permit) => LoadShedFuture::admitted(self.inner.call(request), permit),
             Err(_) => {
-                self.shared.shed.increment(1);
+                self.shared.count_shed();
                 let mut response = Response::new(Bytes::from_static(b"overloaded\n"));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 let headers = response.headers_mut();
@@ -112,35 +142,8 @@ where
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
-                ShedFuture {
-                    inner: ResponseFuture::refused(response),
-                    permit: None,
-                }
+                LoadShedFuture::shed(response)
             }
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`LoadShed`]: moves the request's place into the body.
-    #[derive(Debug)]
-    pub struct ShedFuture<F> {
-        #[pin]
-        inner: ResponseFuture<F>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    }
-}
-
-impl<F, B, E> std::future::Future for ShedFuture<F>
-where
-    F: std::future::Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<LimitBody<B>>, E>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx));
-        let permit = this.permit.take();
-        Poll::Ready(response.map(|response| response.map(|body| body.hold(permit))))
     }
 }

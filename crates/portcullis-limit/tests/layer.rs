@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use portcullis_limit::{Key, KeyBy, LoadShedLayer, PeerAddr, RateLimit, RateLimitLayer};
+use portcullis_limit::clock::{Clock, FakeRelativeClock};
+use portcullis_limit::{Key, KeyBy, LoadShedLayer, PeerAddr, RateLimitLayer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Reply = Response<Full<Bytes>>;
@@ -24,10 +25,13 @@ fn request(peer: &str, path: &str) -> Request<()> {
     request
 }
 
-async fn call(
-    layer: &RateLimitLayer,
+async fn call<C>(
+    layer: &RateLimitLayer<C>,
     request: Request<()>,
-) -> (StatusCode, http::HeaderMap, Bytes) {
+) -> (StatusCode, http::HeaderMap, Bytes)
+where
+    C: Clock + Send + Sync + 'static,
+{
     let response = layer
         .layer(service_fn(ok))
         .oneshot(request)
@@ -40,7 +44,7 @@ async fn call(
 
 #[tokio::test]
 async fn refusal_carries_retry_after_and_the_ietf_fields() {
-    let layer = RateLimit::per_client("2/m burst 1".parse().expect("quota"))
+    let layer = RateLimitLayer::per_client("2/m burst 1".parse().expect("quota"))
         .name("api")
         .layer();
     let (status, _, _) = call(&layer, request("127.0.0.1", "/")).await;
@@ -60,7 +64,7 @@ async fn refusal_carries_retry_after_and_the_ietf_fields() {
 
 #[tokio::test]
 async fn every_clone_and_every_service_share_one_limit() {
-    let layer = RateLimit::per_client("1/m".parse().expect("quota")).layer();
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota")).layer();
     let mut route_a = layer.clone().layer(service_fn(ok));
     let mut route_b = layer.layer(service_fn(ok));
     let a = route_a
@@ -93,22 +97,9 @@ async fn every_clone_and_every_service_share_one_limit() {
     );
 }
 
-#[tokio::test]
-async fn dry_run_counts_but_lets_everything_through() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        RateLimit::per_client("1/m".parse().expect("quota"))
-            .name("trial")
-            .dry_run(true)
-            .layer()
-    });
-    for _ in 0..3 {
-        let (status, headers, _) = call(&layer, request("127.0.0.1", "/")).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(headers.get("retry-after").is_none());
-    }
-    let counts: Vec<(String, u64)> = snapshotter
+/// `(result, count)` of every `portcullis_limit_requests_total` series in `snapshotter`.
+fn request_counts(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
@@ -126,15 +117,89 @@ async fn dry_run_counts_but_lets_everything_through() {
             }
         })
         .collect();
-    let get = |name: &str| counts.iter().find(|(r, _)| r == name).map(|(_, n)| *n);
-    assert_eq!(get("allowed"), Some(1));
-    assert_eq!(get("dry_run_limited"), Some(2));
-    assert_eq!(get("limited"), Some(0));
+    counts.sort();
+    counts
+}
+
+#[tokio::test]
+async fn dry_run_counts_but_lets_everything_through() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota"))
+        .name("trial")
+        .dry_run(true)
+        .layer();
+    for _ in 0..3 {
+        let (status, headers, _) = call(&layer, request("127.0.0.1", "/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.get("retry-after").is_none());
+    }
+    assert_eq!(
+        request_counts(&snapshotter),
+        [
+            ("allowed".to_owned(), 1),
+            ("dry_run_limited".to_owned(), 2),
+            ("limited".to_owned(), 0),
+        ]
+    );
+}
+
+/// Metric handles are resolved on first use: a layer built before the recorder is installed
+/// (as when a server is configured before the exporter starts) counts into it all the same.
+#[tokio::test]
+async fn a_layer_built_before_the_recorder_still_reports_to_it() {
+    let built_before = RateLimitLayer::per_client("1/m".parse().expect("quota"))
+        .name("early")
+        .layer();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    assert_eq!(
+        call(&built_before, request("127.0.0.1", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&built_before, request("127.0.0.1", "/")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    built_before.evict_idle();
+    let built_after = RateLimitLayer::per_client("1/m".parse().expect("quota"))
+        .name("late")
+        .layer();
+    assert_eq!(
+        call(&built_after, request("127.0.0.1", "/")).await.0,
+        StatusCode::OK
+    );
+    let series: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            format!("{} {} {value:?}", key.key().name(), labels.join(","))
+        })
+        .collect();
+    for expected in [
+        "portcullis_limit_requests_total limiter=early,result=allowed Counter(1)",
+        "portcullis_limit_requests_total limiter=early,result=limited Counter(1)",
+        "portcullis_limit_keys limiter=early Gauge(1.0)",
+        "portcullis_limit_requests_total limiter=late,result=allowed Counter(1)",
+    ] {
+        assert!(
+            series.iter().any(|s| s == expected),
+            "{expected} not in {series:#?}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn exempt_paths_and_clients_are_never_limited() {
-    let layer = RateLimit::per_client("1/m".parse().expect("quota"))
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota"))
         .exempt_path("/healthz")
         .exempt_path("/internal/")
         .exempt_clients("127.0.9.0/24".parse().expect("range"))
@@ -167,7 +232,7 @@ async fn exempt_paths_and_clients_are_never_limited() {
 
 #[tokio::test]
 async fn the_hook_rewrites_the_refusal() {
-    let layer = RateLimit::global("1/h".parse().expect("quota"))
+    let layer = RateLimitLayer::global("1/h".parse().expect("quota"))
         .on_limited(|rejection, mut response| {
             let body = format!(
                 "{{\"retry_after\":{}}}",
@@ -193,7 +258,7 @@ async fn the_hook_rewrites_the_refusal() {
 
 #[tokio::test]
 async fn header_keys_fall_back_to_the_client_address() {
-    let layer = RateLimit::keyed_by(
+    let layer = RateLimitLayer::keyed_by(
         "1/m".parse().expect("quota"),
         KeyBy::Header(http::HeaderName::from_static("x-api-key")),
     )
@@ -229,7 +294,7 @@ async fn header_keys_fall_back_to_the_client_address() {
 
 #[tokio::test]
 async fn custom_keys_see_the_request_and_the_client() {
-    let layer = RateLimit::keyed_by(
+    let layer = RateLimitLayer::keyed_by(
         "1/m".parse().expect("quota"),
         KeyBy::custom(|info| {
             // One bucket per tenant (first path segment), per client.
@@ -260,41 +325,69 @@ async fn custom_keys_see_the_request_and_the_client() {
 
 #[tokio::test]
 async fn requests_without_a_peer_share_one_bucket() {
-    let layer = RateLimit::per_client("1/m".parse().expect("quota")).layer();
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota")).layer();
     let bare = || Request::get("/").body(()).expect("request");
     assert_eq!(call(&layer, bare()).await.0, StatusCode::OK);
     assert_eq!(call(&layer, bare()).await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
-#[tokio::test(start_paused = true)]
-async fn housekeeping_evicts_idle_keys_and_stops_with_its_token() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        RateLimit::per_client("1000/s burst 1".parse().expect("quota"))
-            .name("hk")
-            .layer()
-    });
+/// 20 clients of a `1000/s burst 1` limit on a fake clock: idle 1 ms after their request.
+async fn twenty_clients<C>(layer: &RateLimitLayer<C>)
+where
+    C: Clock + Send + Sync + 'static,
+{
     for last in 1..=20u8 {
         let ip = IpAddr::from([127, 0, 1, last]);
         assert_eq!(
-            call(&layer, request(&ip.to_string(), "/")).await.0,
+            call(layer, request(&ip.to_string(), "/")).await.0,
             StatusCode::OK
         );
     }
     assert_eq!(layer.keys(), 20);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(layer.housekeeping(Duration::from_secs(10), stop.clone()));
-    // The governor clock is real time, not tokio's: the keys have been idle for far longer
-    // than their 1 ms interval by the time the first pass runs 10 s of paused time later.
-    std::thread::sleep(Duration::from_millis(5));
-    tokio::time::sleep(Duration::from_secs(11)).await;
+}
+
+fn housekeeping_layer(clock: &FakeRelativeClock) -> RateLimitLayer<FakeRelativeClock> {
+    RateLimitLayer::per_client("1000/s burst 1".parse().expect("quota"))
+        .name("hk")
+        .clock(clock.clone())
+        .layer()
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Lets the runtime run every task that is ready until `alive_tasks()` is `expected`, or gives
+/// up after a bounded number of turns; returns the count. Paused time does not move while
+/// tasks are ready, so this waits on the event, not on time.
+async fn settle_to(expected: usize) -> usize {
+    for _ in 0..100 {
+        if alive_tasks() == expected {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    alive_tasks()
+}
+
+#[tokio::test(start_paused = true)]
+async fn housekeeping_starts_by_itself_and_evicts_idle_keys() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let clock = FakeRelativeClock::default();
+    let layer = housekeeping_layer(&clock);
+    assert_eq!(alive_tasks(), 0, "nothing runs before the first request");
+    twenty_clients(&layer).await;
+    assert_eq!(alive_tasks(), 1, "the first request started housekeeping");
+    // Idle for far longer than their 1 ms interval; the first pass is due 10 s after the start.
+    clock.advance(Duration::from_secs(1));
+    tokio::time::sleep(portcullis_limit::DEFAULT_HOUSEKEEPING_INTERVAL / 2).await;
+    assert_eq!(layer.keys(), 20, "no pass yet");
+    tokio::time::sleep(portcullis_limit::DEFAULT_HOUSEKEEPING_INTERVAL).await;
     assert_eq!(layer.keys(), 0);
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(1), task)
-        .await
-        .expect("housekeeping stops when its token is cancelled")
-        .expect("no panic");
     let evicted = snapshotter
         .snapshot()
         .into_vec()
@@ -305,6 +398,111 @@ async fn housekeeping_evicts_idle_keys_and_stops_with_its_token() {
     assert_eq!(
         evicted,
         Some(metrics_util::debugging::DebugValue::Counter(20))
+    );
+    assert_eq!(alive_tasks(), 1, "one task, however many requests");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_automatic_task_ends_when_the_last_clone_is_dropped() {
+    let clock = FakeRelativeClock::default();
+    let layer = housekeeping_layer(&clock);
+    let service = layer.clone().layer(service_fn(ok));
+    twenty_clients(&layer).await;
+    assert_eq!(alive_tasks(), 1);
+    drop(layer);
+    assert_eq!(settle_to(0).await, 1, "a service still holds the limiter");
+    drop(service);
+    // At once, not at the next tick: paused time has not moved.
+    assert_eq!(settle_to(0).await, 0, "the task outlived the limiter");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_global_limit_has_nothing_to_evict_and_starts_no_task() {
+    let layer = RateLimitLayer::global("10/s".parse().expect("quota")).layer();
+    assert_eq!(
+        call(&layer, request("127.0.0.1", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(alive_tasks(), 0);
+}
+
+#[test]
+fn housekeeping_moves_to_another_runtime_when_its_runtime_shuts_down() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    };
+    let clock = FakeRelativeClock::default();
+    let layer = housekeeping_layer(&clock);
+    let first = runtime();
+    first.block_on(async {
+        twenty_clients(&layer).await;
+        assert_eq!(alive_tasks(), 1);
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        assert_eq!(alive_tasks(), 0);
+        assert_eq!(
+            call(&layer, request("127.0.0.9", "/")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(alive_tasks(), 1, "started again on this runtime");
+        clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(portcullis_limit::DEFAULT_HOUSEKEEPING_INTERVAL * 2).await;
+        assert_eq!(layer.keys(), 0);
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn explicit_housekeeping_turns_the_automatic_one_off_and_stops_with_its_token() {
+    let clock = FakeRelativeClock::default();
+    let layer = housekeeping_layer(&clock);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let managed = layer.housekeeping(Duration::from_secs(60), stop.clone());
+    twenty_clients(&layer).await;
+    assert_eq!(
+        alive_tasks(),
+        0,
+        "managed by the application: no automatic task"
+    );
+    let task = tokio::spawn(managed);
+    clock.advance(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        layer.keys(),
+        20,
+        "the application's period, not the default"
+    );
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(layer.keys(), 0);
+    stop.cancel();
+    assert_eq!(
+        settle_to(0).await,
+        0,
+        "housekeeping stops when its token is cancelled"
+    );
+    assert!(task.await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn explicit_housekeeping_stops_an_automatic_task_already_running() {
+    let clock = FakeRelativeClock::default();
+    let layer = housekeeping_layer(&clock);
+    twenty_clients(&layer).await;
+    assert_eq!(alive_tasks(), 1);
+    // Every key is idle: any pass would evict them all.
+    clock.advance(Duration::from_secs(1));
+    let _managed = layer.housekeeping(Duration::from_secs(60), Default::default());
+    tokio::time::sleep(portcullis_limit::DEFAULT_HOUSEKEEPING_INTERVAL * 2).await;
+    assert_eq!(settle_to(0).await, 0);
+    assert_eq!(
+        layer.keys(),
+        20,
+        "the automatic task made no pass after the hand-over"
     );
 }
 
@@ -383,7 +581,7 @@ fn with_header(peer: &str, name: &'static str, value: &[u8]) -> Request<()> {
 
 #[tokio::test]
 async fn a_spoofed_forwarding_header_from_an_untrusted_peer_changes_nothing() {
-    let layer = RateLimit::per_client("1/m".parse().expect("quota"))
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota"))
         .trusted_proxies(["127.0.0.10/32".parse().expect("range")])
         .layer();
     assert_eq!(
@@ -409,7 +607,7 @@ async fn a_spoofed_forwarding_header_from_an_untrusted_peer_changes_nothing() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_rightmost_untrusted_address_is_the_client() {
-    let layer = RateLimit::per_client("1/m".parse().expect("quota"))
+    let layer = RateLimitLayer::per_client("1/m".parse().expect("quota"))
         .trusted_proxies([
             "127.0.0.10/32".parse().expect("range"),
             "10.0.0.0/8".parse().expect("range"),
@@ -444,7 +642,7 @@ async fn behind_a_trusted_proxy_the_rightmost_untrusted_address_is_the_client() 
 
 #[tokio::test]
 async fn hostile_forwarding_values_never_fail_and_never_mint_fresh_buckets() {
-    let layer = RateLimit::per_client("1/h".parse().expect("quota"))
+    let layer = RateLimitLayer::per_client("1/h".parse().expect("quota"))
         .trusted_proxies(["127.0.0.10/32".parse().expect("range")])
         .layer();
     let long: String = (0..1000)
