@@ -118,6 +118,7 @@
 
 mod accept;
 mod activation;
+mod bind;
 mod config;
 pub mod duration;
 mod error;

@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use socket2::SockRef;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::accept::{AcceptLoop, AcceptSource};
-use crate::config::AcceptOptions;
 use crate::error::{BindErrorKind, Step, Target};
-use crate::{BindError, ListenerConfig};
+use crate::{BindError, Keepalive, ListenerConfig};
 
 /// A process-unique identifier of one [`Listener`], for logs and for telling connections of
 /// different listeners apart.
@@ -248,6 +248,53 @@ pub struct Accepted {
     pub local: Addr,
     /// The listener that accepted it.
     pub listener: ListenerId,
+}
+
+/// Options applied to every accepted TCP connection.
+#[derive(Clone, Debug)]
+pub(crate) struct AcceptOptions {
+    pub(crate) nodelay: bool,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) user_timeout: Option<Duration>,
+}
+
+impl AcceptOptions {
+    /// Applies the options to `socket`: an accepted connection, or (to validate the values
+    /// once, at bind time) the listening socket; Linux copies them to accepted sockets.
+    pub(crate) fn apply(&self, socket: SockRef<'_>) -> io::Result<()> {
+        socket.set_tcp_nodelay(self.nodelay)?;
+        match self.keepalive {
+            Some(keepalive) => socket.set_tcp_keepalive(&keepalive_params(keepalive))?,
+            None => socket.set_keepalive(false)?,
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
+/// socket2's keep-alive parameters. Where interval and retries cannot be set per socket,
+/// only the idle time is.
+#[allow(clippy::let_and_return)]
+fn keepalive_params(keepalive: Keepalive) -> TcpKeepalive {
+    let params = TcpKeepalive::new().with_time(keepalive.idle);
+    #[cfg(any(
+        target_os = "android",
+        target_os = "dragonfly",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "illumos",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+    ))]
+    let params = params
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    params
 }
 
 /// The socket behind a [`Listener`]: what the accept loop polls.
