@@ -240,6 +240,7 @@ impl SocketActivation {
     }
 
     /// Whether every socket has been taken.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.inherited.is_empty()
     }

@@ -34,6 +34,7 @@ pub struct Keepalive {
 
 impl Keepalive {
     /// Keep-alive with the given idle time, probe interval and probe count.
+    #[must_use]
     pub const fn new(idle: Duration, interval: Duration, retries: u32) -> Self {
         Self {
             idle,
@@ -115,6 +116,7 @@ impl Default for ListenerConfig {
 
 impl ListenerConfig {
     /// The default configuration; same as [`Default::default`].
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -124,6 +126,7 @@ impl ListenerConfig {
     ///
     /// Default: 1024. Large enough to absorb a burst while the accept task is busy; the kernel
     /// caps it at `net.core.somaxconn` (4096 on current Linux).
+    #[must_use]
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
         self
@@ -133,6 +136,7 @@ impl ListenerConfig {
     ///
     /// Default: `true`, so a restarted server can bind at once. It does not let two live
     /// listeners share a port (that is [`reuse_port`](Self::reuse_port)).
+    #[must_use]
     pub fn reuse_address(mut self, reuse: bool) -> Self {
         self.reuse_address = reuse;
         self
@@ -147,6 +151,7 @@ impl ListenerConfig {
     /// sockets over for restarts instead (socket activation). Not available on illumos and
     /// Solaris (binding reports [`Unsupported`](crate::BindErrorKind::Unsupported)); on BSDs
     /// and macOS it shares the port without spreading the load.
+    #[must_use]
     pub fn reuse_port(mut self, reuse: bool) -> Self {
         self.reuse_port = reuse;
         self
@@ -157,6 +162,7 @@ impl ListenerConfig {
     ///
     /// Default: `true`, so `[::]:port` and `0.0.0.0:port` can both be bound, and IPv4 clients
     /// are seen as IPv4 addresses rather than `::ffff:a.b.c.d`. Ignored for IPv4 addresses.
+    #[must_use]
     pub fn only_v6(mut self, only_v6: bool) -> Self {
         self.only_v6 = only_v6;
         self
@@ -166,6 +172,7 @@ impl ListenerConfig {
     ///
     /// Default: the operating system's (autotuned on Linux; setting it turns autotuning off
     /// for these sockets). Linux doubles the value for bookkeeping.
+    #[must_use]
     pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
         self.recv_buffer_size = Some(bytes);
         self
@@ -174,6 +181,7 @@ impl ListenerConfig {
     /// `SO_SNDBUF` of the listening socket, inherited by accepted sockets.
     ///
     /// Default: the operating system's (autotuned on Linux). Linux doubles the value.
+    #[must_use]
     pub fn send_buffer_size(mut self, bytes: usize) -> Self {
         self.send_buffer_size = Some(bytes);
         self
@@ -185,6 +193,7 @@ impl ListenerConfig {
     /// processes before the handshake completes, so a replayed SYN replays the request: only
     /// worth it for idempotent protocols, and TLS already protects against replays. Linux
     /// only; elsewhere the setting is ignored with a warning at bind time.
+    #[must_use]
     pub fn tcp_fastopen(mut self, queue_len: u32) -> Self {
         self.tcp_fastopen = queue_len;
         self
@@ -196,6 +205,7 @@ impl ListenerConfig {
     ///
     /// Default: off, because server-speaks-first protocols would see no connection until the
     /// timeout. Linux only; elsewhere the setting is ignored with a warning at bind time.
+    #[must_use]
     pub fn defer_accept(mut self, timeout: Duration) -> Self {
         self.defer_accept = (!timeout.is_zero()).then_some(timeout);
         self
@@ -206,6 +216,7 @@ impl ListenerConfig {
     ///
     /// Default: `true`; request/response protocols such as HTTP otherwise stall up to 40 ms on
     /// the interaction of Nagle and delayed ACKs.
+    #[must_use]
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = nodelay;
         self
@@ -216,6 +227,7 @@ impl ListenerConfig {
     /// Default: `Some(Keepalive::default())` (60 s idle, 10 s interval, 6 probes), so the
     /// connections of peers that vanished without a FIN are reaped within about two minutes
     /// instead of holding a descriptor forever.
+    #[must_use]
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
         self.keepalive = keepalive;
         self
@@ -227,6 +239,7 @@ impl ListenerConfig {
     /// Default: `None`, the kernel's retransmission limit (about 15 minutes). Set it to free
     /// connections to unreachable peers that have unacknowledged data sooner. Linux only;
     /// elsewhere the setting is ignored with a warning at bind time.
+    #[must_use]
     pub fn user_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.user_timeout = timeout.filter(|t| !t.is_zero());
         self
@@ -243,6 +256,7 @@ impl ListenerConfig {
     /// listens on (address in use), so a second copy of a server cannot silently share the
     /// port. Ignored by [`bind_unix`](Self::bind_unix) and
     /// [`from_std`](Self::from_std).
+    #[must_use]
     pub fn acceptors(mut self, acceptors: NonZeroUsize) -> Self {
         self.acceptors = acceptors;
         self

@@ -29,6 +29,7 @@ impl ParseDurationError {
     }
 
     /// The input that was rejected (at most its first 64 characters).
+    #[must_use]
     pub fn input(&self) -> &str {
         &self.input
     }

@@ -132,12 +132,14 @@ impl BindError {
     }
 
     /// What kind of failure this is.
+    #[must_use]
     pub fn kind(&self) -> BindErrorKind {
         self.kind
     }
 
     /// The address or Unix socket path the error is about; `None` when it is about an
     /// inherited (socket-activation) descriptor, see [`fd`](Self::fd).
+    #[must_use]
     pub fn addr(&self) -> Option<&Addr> {
         match &self.target {
             Target::Addr(addr) => Some(addr),
@@ -146,6 +148,7 @@ impl BindError {
     }
 
     /// The inherited descriptor the error is about, for socket activation errors.
+    #[must_use]
     pub fn fd(&self) -> Option<RawFd> {
         match &self.target {
             Target::Fd { fd, .. } => Some(*fd),

@@ -35,6 +35,7 @@ impl ListenerId {
     }
 
     /// The id as a number (unique within this process, never 0).
+    #[must_use]
     pub fn as_u64(self) -> u64 {
         self.0
     }
@@ -60,11 +61,13 @@ pub enum Addr {
 
 impl Addr {
     /// The IP address, for [`Addr::Inet`].
+    #[must_use]
     pub fn ip(&self) -> Option<IpAddr> {
         self.as_inet().map(|a| a.ip())
     }
 
     /// The socket address, for [`Addr::Inet`].
+    #[must_use]
     pub fn as_inet(&self) -> Option<SocketAddr> {
         match self {
             Addr::Inet(addr) => Some(*addr),
@@ -73,6 +76,7 @@ impl Addr {
     }
 
     /// The path, for a named [`Addr::Unix`].
+    #[must_use]
     pub fn as_unix_path(&self) -> Option<&Path> {
         match self {
             Addr::Unix(path) => path.as_deref(),
@@ -81,6 +85,7 @@ impl Addr {
     }
 
     /// Whether this is a Unix socket address.
+    #[must_use]
     pub fn is_unix(&self) -> bool {
         matches!(self, Addr::Unix(_))
     }
@@ -116,6 +121,7 @@ pub enum Stream {
 
 impl Stream {
     /// The TCP stream, if this is one.
+    #[must_use]
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Tcp(s) => Some(s),
@@ -124,6 +130,7 @@ impl Stream {
     }
 
     /// The Unix stream, if this is one.
+    #[must_use]
     pub fn as_unix(&self) -> Option<&UnixStream> {
         match self {
             Stream::Unix(s) => Some(s),
@@ -478,11 +485,13 @@ impl Listener {
     }
 
     /// The address this listener is bound to, with the real port when port 0 was requested.
+    #[must_use]
     pub fn local_addr(&self) -> &Addr {
         &self.local
     }
 
     /// This listener's process-unique id.
+    #[must_use]
     pub fn id(&self) -> ListenerId {
         self.id
     }
@@ -591,6 +600,7 @@ enum DetachedSource {
 
 impl DetachedListener {
     /// The listener's address.
+    #[must_use]
     pub fn local_addr(&self) -> &Addr {
         &self.local
     }

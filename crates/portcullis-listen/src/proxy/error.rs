@@ -31,6 +31,7 @@ pub enum ParseErrorKind {
 impl ParseErrorKind {
     /// The metric label value for this kind; one of
     /// [`PROXY_ERROR_REASONS`](crate::metrics::PROXY_ERROR_REASONS).
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NotProxy => "not_proxy",
@@ -58,12 +59,14 @@ impl ParseError {
     }
 
     /// What kind of error this is.
+    #[must_use]
     pub fn kind(&self) -> ParseErrorKind {
         self.kind
     }
 
     /// The metric label value for this error; one of
     /// [`PROXY_ERROR_REASONS`](crate::metrics::PROXY_ERROR_REASONS).
+    #[must_use]
     pub fn reason(&self) -> &'static str {
         self.kind.as_str()
     }
@@ -142,6 +145,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// The metric label value for this error; one of
     /// [`PROXY_ERROR_REASONS`](crate::metrics::PROXY_ERROR_REASONS).
+    #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout { .. } => "timeout",

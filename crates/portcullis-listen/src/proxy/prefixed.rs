@@ -22,6 +22,7 @@ pub struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     /// Wraps `inner` with nothing in front.
+    #[must_use]
     pub fn new(inner: S) -> Self {
         Self {
             prefix: Bytes::new(),
@@ -35,27 +36,32 @@ impl<S> Prefixed<S> {
     }
 
     /// The bytes still to be yielded before reading from the inner stream.
+    #[must_use]
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
 
     /// The inner stream.
+    #[must_use]
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner stream. Reading from it directly skips the [`prefix`](Self::prefix).
+    #[must_use]
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// The unread prefix and the inner stream.
+    #[must_use]
     pub fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.inner)
     }
 
     /// The inner stream, discarding any unread [`prefix`](Self::prefix); use
     /// [`into_parts`](Self::into_parts) to keep it.
+    #[must_use]
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -43,6 +43,7 @@ impl ProxyProtocol {
     /// An empty list trusts nobody. Host bits are ignored (`10.1.2.3/8` means `10.0.0.0/8`),
     /// and IPv4-mapped IPv6 ranges (`::ffff:10.0.0.0/104`) are treated as the IPv4 ranges they
     /// map.
+    #[must_use]
     pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             trusted: trusted.into_iter().map(canonical_net).collect(),
@@ -54,6 +55,7 @@ impl ProxyProtocol {
     /// How long [`read_header`](Self::read_header) waits for the complete header, counted from
     /// the call. Default: [`DEFAULT_TIMEOUT`] (5 seconds), which covers a balancer on a lossy
     /// network while releasing a silent peer's connection slot quickly.
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -67,12 +69,14 @@ impl ProxyProtocol {
     /// the TLVs your balancer sends (a v2 header with an IPv6 address and no TLVs is 52 bytes;
     /// AWS and GCP add a few dozen bytes of TLVs, HAProxy with TLS details a few hundred).
     /// v1 lines are always limited to [`V1_MAX_LEN`](super::V1_MAX_LEN) bytes.
+    #[must_use]
     pub fn max_header_len(mut self, max: usize) -> Self {
         self.max_header_len = max.min(MAX_HEADER_LEN);
         self
     }
 
     /// The trusted ranges, normalized as described at [`new`](Self::new).
+    #[must_use]
     pub fn trusted(&self) -> &[IpNet] {
         &self.trusted
     }
@@ -83,6 +87,7 @@ impl ProxyProtocol {
     ///
     /// Peers of Unix socket listeners have no IP address; whether to read a header from them
     /// is the caller's decision.
+    #[must_use]
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted.iter().any(|net| net.contains(&ip))
