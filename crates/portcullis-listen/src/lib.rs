@@ -20,13 +20,17 @@
 //!   socket.
 //! - [`proxy`] reads a PROXY protocol v1 or v2 header from a trusted load balancer, under a
 //!   deadline, in the connection's task; the caller decides which peers are trusted.
+//! - [`metrics`] names every metric the crate emits; an executable calls
+//!   [`metrics::describe`] for units and help and [`metrics::register`] to export every series
+//!   at 0 before its first event.
 //!
 //! # What it does not do
 //!
 //! It does not spawn tasks, limit connections, speak TLS or HTTP, or decide
 //! when to stop accepting: it hands each [`Accepted`] connection to the caller, who runs one
-//! task per listener and one per connection (portcullis-server does this). It never installs a
-//! metrics recorder or a tracing subscriber. It is Unix-only.
+//! task per listener and one per connection (portcullis-server does this). It does not read
+//! HTTP forwarding headers (`Forwarded`, `X-Forwarded-For`; portcullis-limit does). It never
+//! installs a metrics recorder or a tracing subscriber. It is Unix-only.
 //!
 //! # Example
 //!
@@ -63,6 +67,15 @@
 //! ```
 //!
 //! # Design
+//!
+//! **Layout.** [`ListenerConfig`] and [`Keepalive`] are plain data (they deserialize from
+//! configuration); the `bind*` methods that turn them into sockets live apart from them, next
+//! to nothing but system calls. A [`Listener`] owns its socket and the accept loop; the loop's
+//! error taxonomy and backoff are written against an injectable accept source, so tests script
+//! errno sequences. [`SocketActivation`] adopts inherited descriptors and hands them to the
+//! same constructors. [`proxy`] is independent of all of these: a pure, incremental parser of
+//! both header versions, a reader that applies it to any `AsyncRead` under a deadline, and the
+//! [`Prefixed`](proxy::Prefixed) stream it returns.
 //!
 //! **Binding.** Each option is set on the socket before `bind()`/`listen()`, so there is no
 //! window in which the socket accepts connections with the wrong settings. Per-connection
@@ -111,10 +124,24 @@
 //! `TCP_DEFER_ACCEPT` and `TCP_USER_TIMEOUT` are then ignored with a warning at bind time, and
 //! [`sockopt`] readers return [`std::io::ErrorKind::Unsupported`].
 //!
+//! # Dependencies in the public API
+//!
+//! - **tokio**: [`Stream`] wraps tokio's `TcpStream` and `UnixStream` and implements its
+//!   `AsyncRead` and `AsyncWrite`; listeners must be created inside a tokio runtime.
+//! - **serde**: [`ListenerConfig`] and [`Keepalive`] implement `Deserialize`.
+//! - **ipnet** and **bytes**: re-exported as [`proxy::IpNet`] (the trusted ranges of
+//!   [`ProxyProtocol`](proxy::ProxyProtocol)) and [`proxy::Bytes`] (the unread prefix of
+//!   [`Prefixed::into_parts`](proxy::Prefixed::into_parts)), so callers can name them without
+//!   depending on the same versions.
+//!
+//! socket2 is used inside and never appears in the API: read socket options of a
+//! [`Listener`] or [`Stream`] through their `AsFd` (with socket2's `SockRef` of your own
+//! socket2 version, or [`sockopt`]).
+//!
 //! # Crate features
 //!
 //! This crate has no Cargo features: everything above is always available. It depends on
-//! tokio with the `net`, `time` and `rt` features.
+//! tokio with the `net`, `time`, `rt` and `io-util` features.
 
 mod accept;
 mod activation;

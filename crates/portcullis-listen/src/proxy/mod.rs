@@ -42,8 +42,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use ipnet::IpNet;
-//! use portcullis_listen::proxy::{Prefixed, ProxyProtocol};
+//! use portcullis_listen::proxy::{IpNet, Prefixed, ProxyProtocol};
 //! use tokio::io::AsyncWriteExt;
 //! use tokio::net::TcpListener;
 //!
@@ -83,6 +82,14 @@
 //! [`ProxyProtocol::max_header_len`]). v2 TLVs are checked for consistent lengths and otherwise
 //! skipped; their contents (including `PP2_TYPE_CRC32C`) are not interpreted.
 //!
+//! # Metrics
+//!
+//! Every failed [`read_header`](ProxyProtocol::read_header) increments
+//! [`metrics::PROXY_HEADER_ERRORS_TOTAL`](crate::metrics::PROXY_HEADER_ERRORS_TOTAL) with a
+//! `reason` from the closed set
+//! [`metrics::PROXY_ERROR_REASONS`](crate::metrics::PROXY_ERROR_REASONS), which is also every
+//! value of [`ProxyError::reason`].
+//!
 //! [PROXY protocol]: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 // Each file answers one question:
 mod error; // what went wrong: `ParseError` (the bytes) and `ProxyError` (the read)
@@ -101,6 +108,11 @@ pub use prefixed::Prefixed;
 pub use reader::{DEFAULT_TIMEOUT, ProxyProtocol};
 pub use v1::V1_MAX_LEN;
 pub use v2::MAX_HEADER_LEN;
+
+// The dependency types in this module's signatures (`ProxyProtocol::new` and `trusted`,
+// `Prefixed::into_parts`), so callers need not depend on the same versions themselves.
+pub use bytes::Bytes;
+pub use ipnet::IpNet;
 
 // The metric names moved to `crate::metrics`; these old paths stay until the crates that use
 // them have switched.
