@@ -4,7 +4,8 @@
 
 #![no_main]
 
-use portcullis_listen::proxy::{MAX_HEADER_LEN, PROXY_ERROR_REASONS, Parsed, parse};
+use portcullis_listen::metrics::PROXY_ERROR_REASONS;
+use portcullis_listen::proxy::{MAX_HEADER_LEN, Parsed, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
