@@ -6,7 +6,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::PoisonError;
+use std::sync::{OnceLock, PoisonError};
 
 use crate::client::{KeyPrefix, TrustedProxies};
 use crate::loom::{Arc, AtomicUsize, Mutex, Ordering};
@@ -59,7 +59,108 @@ impl fmt::Display for ConnRejected {
 
 impl std::error::Error for ConnRejected {}
 
-/// Global and per-client connection caps.
+/// The configuration of a [`ConnLimiter`]: a global connection cap and, optionally, a
+/// per-client one. Plain data; [`ConnLimits::build`] makes the shared limiter.
+///
+/// ```
+/// use portcullis_limit::{ConnLimiter, ConnLimits};
+/// use portcullis_limit::client::TrustedProxies;
+///
+/// let limiter: ConnLimiter = ConnLimits::new(10_000)
+///     .per_client(100.try_into()?)
+///     .exempt_from_per_client(TrustedProxies::new(["10.0.0.0/8".parse()?]))
+///     .build();
+/// # let _ = limiter;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    max_total: usize,
+    per_client: Option<NonZeroU32>,
+    prefix: KeyPrefix,
+    exempt: TrustedProxies,
+}
+
+impl ConnLimits {
+    /// At most `max_total` connections at once; no per-client cap until
+    /// [`ConnLimits::per_client`] sets one.
+    #[must_use]
+    pub fn new(max_total: usize) -> Self {
+        Self {
+            max_total,
+            per_client: None,
+            prefix: KeyPrefix::default(),
+            exempt: TrustedProxies::none(),
+        }
+    }
+
+    /// At most `max` connections per client too (default: no per-client cap, since behind a
+    /// proxy that is not exempt every client would share the proxy's).
+    #[must_use]
+    pub fn per_client(mut self, max: NonZeroU32) -> Self {
+        self.per_client = Some(max);
+        self
+    }
+
+    /// Peers in these ranges are not held to the per-client cap: a reverse proxy or load
+    /// balancer carries many clients over its connections. Usually the same ranges as the
+    /// trusted proxies. The global cap still counts them. Default: nothing is exempt.
+    #[must_use]
+    pub fn exempt_from_per_client(mut self, ranges: TrustedProxies) -> Self {
+        self.exempt = ranges;
+        self
+    }
+
+    /// Aggregates client addresses to `prefix` for the per-client cap (default IPv4 /32, IPv6
+    /// /64, so one host cannot escape its cap by rotating through its /64).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The global cap.
+    #[must_use]
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
+    /// The per-client cap, if any.
+    #[must_use]
+    pub fn max_per_client(&self) -> Option<NonZeroU32> {
+        self.per_client
+    }
+
+    /// The limiter enforcing these caps. Each call makes a new, independent one: build it once
+    /// and clone the [`ConnLimiter`].
+    #[must_use]
+    pub fn build(self) -> ConnLimiter {
+        let hasher = foldhash::fast::RandomState::default();
+        let per_client = self.per_client.map(|max| PerClient {
+            max: max.get(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            hasher,
+        });
+        ConnLimiter {
+            inner: Arc::new(Inner {
+                total: AtomicUsize::new(0),
+                per_client,
+                limits: self,
+                metrics: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+impl From<ConnLimits> for ConnLimiter {
+    fn from(limits: ConnLimits) -> Self {
+        limits.build()
+    }
+}
+
+/// Global and per-client connection caps: the shared handle, built from [`ConnLimits`].
 ///
 /// [`ConnLimiter::try_acquire`] is called right after accept, before anything is read from the
 /// connection or any TLS work is done; over a cap it fails at once and the caller closes the
@@ -71,20 +172,33 @@ impl std::error::Error for ConnRejected {}
 /// the global cap. Clients are keyed by address aggregated to a [`KeyPrefix`] (IPv6 /64 by
 /// default), so one host cannot escape its cap by rotating through its /64.
 ///
-/// Cloning gives another handle to the same caps.
+/// Cloning gives another handle to the same caps. The handle has no setters: configuration is
+/// [`ConnLimits`], so no clone can end up counting apart from the others.
 #[derive(Clone)]
 pub struct ConnLimiter {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    max_total: usize,
+    limits: ConnLimits,
     total: AtomicUsize,
     per_client: Option<PerClient>,
-    prefix: KeyPrefix,
-    exempt: TrustedProxies,
+    /// Resolved on the first rejection, against the recorder installed then.
+    metrics: OnceLock<ConnMetrics>,
+}
+
+struct ConnMetrics {
     rejected_total: metrics::Counter,
     rejected_per_client: metrics::Counter,
+}
+
+impl Inner {
+    fn metrics(&self) -> &ConnMetrics {
+        self.metrics.get_or_init(|| ConnMetrics {
+            rejected_total: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => ConnRejected::MaxConnections.reason()),
+            rejected_per_client: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => ConnRejected::MaxConnectionsPerClient.reason()),
+        })
+    }
 }
 
 struct PerClient {
@@ -102,84 +216,17 @@ impl PerClient {
 }
 
 impl ConnLimiter {
-    /// At most `max_total` connections at once, no per-client cap.
+    /// At most `max_total` connections at once, no per-client cap: shorthand for
+    /// `ConnLimits::new(max_total).build()`.
+    #[must_use]
     pub fn new(max_total: usize) -> Self {
-        Self::build(
-            max_total,
-            None,
-            KeyPrefix::default(),
-            TrustedProxies::none(),
-        )
+        ConnLimits::new(max_total).build()
     }
 
-    /// The same global cap, and at most `max` connections per client.
+    /// The caps this limiter enforces.
     #[must_use]
-    pub fn per_client(self, max: NonZeroU32) -> Self {
-        Self::build(
-            self.inner.max_total,
-            Some(max),
-            self.inner.prefix,
-            self.inner.exempt.clone(),
-        )
-    }
-
-    /// Peers in these ranges are not held to the per-client cap: a reverse proxy or load
-    /// balancer carries many clients over its connections. Usually the same ranges as the
-    /// trusted proxies. The global cap still counts them.
-    #[must_use]
-    pub fn exempt_from_per_client(self, ranges: TrustedProxies) -> Self {
-        Self::build(
-            self.inner.max_total,
-            self.max_per_client(),
-            self.inner.prefix,
-            ranges,
-        )
-    }
-
-    fn max_per_client(&self) -> Option<NonZeroU32> {
-        self.inner
-            .per_client
-            .as_ref()
-            .and_then(|p| NonZeroU32::new(p.max))
-    }
-
-    /// Aggregates client addresses to `prefix` for the per-client cap (default IPv4 /32, IPv6
-    /// /64).
-    #[must_use]
-    pub fn key_prefix(self, prefix: KeyPrefix) -> Self {
-        Self::build(
-            self.inner.max_total,
-            self.max_per_client(),
-            prefix,
-            self.inner.exempt.clone(),
-        )
-    }
-
-    fn build(
-        max_total: usize,
-        per_client: Option<NonZeroU32>,
-        prefix: KeyPrefix,
-        exempt: TrustedProxies,
-    ) -> Self {
-        let hasher = foldhash::fast::RandomState::default();
-        let per_client = per_client.map(|max| PerClient {
-            max: max.get(),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
-                .collect(),
-            hasher,
-        });
-        Self {
-            inner: Arc::new(Inner {
-                max_total,
-                total: AtomicUsize::new(0),
-                per_client,
-                prefix,
-                exempt,
-                rejected_total: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_conns"),
-                rejected_per_client: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_conns_per_ip"),
-            }),
-        }
+    pub fn limits(&self) -> &ConnLimits {
+        &self.inner.limits
     }
 
     /// Takes a place for one connection from `client`, or says which cap is reached and counts
@@ -206,10 +253,10 @@ impl ConnLimiter {
         let reserved = inner
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < inner.max_total).then_some(open + 1)
+                (open < inner.limits.max_total).then_some(open + 1)
             });
         if reserved.is_err() {
-            inner.rejected_total.increment(1);
+            inner.metrics().rejected_total.increment(1);
             return Err(ConnRejected::MaxConnections);
         }
         Ok(ConnPermit {
@@ -229,7 +276,7 @@ impl ConnLimiter {
         let Some(per_client) = &self.inner.per_client else {
             return 0;
         };
-        let key = self.inner.prefix.apply(client);
+        let key = self.inner.limits.prefix.apply(client);
         let table = per_client
             .shard(&key)
             .lock()
@@ -252,12 +299,9 @@ impl ConnLimiter {
 impl fmt::Debug for ConnLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnLimiter")
-            .field("max_total", &self.inner.max_total)
+            .field("max_total", &self.inner.limits.max_total)
             .field("open", &self.open())
-            .field(
-                "max_per_client",
-                &self.inner.per_client.as_ref().map(|p| p.max),
-            )
+            .field("max_per_client", &self.inner.limits.per_client)
             .finish()
     }
 }
@@ -283,10 +327,10 @@ impl ConnPermit {
         let Some(per_client) = &inner.per_client else {
             return Ok(());
         };
-        if self.client.is_some() || inner.exempt.contains(client) {
+        if self.client.is_some() || inner.limits.exempt.contains(client) {
             return Ok(());
         }
-        let key = inner.prefix.apply(client);
+        let key = inner.limits.prefix.apply(client);
         let mut table = per_client
             .shard(&key)
             .lock()
@@ -294,7 +338,7 @@ impl ConnPermit {
         let open = table.entry(key).or_insert(0);
         if *open >= per_client.max {
             drop(table);
-            inner.rejected_per_client.increment(1);
+            inner.metrics().rejected_per_client.increment(1);
             return Err(ConnRejected::MaxConnectionsPerClient);
         }
         *open += 1;
@@ -335,12 +379,18 @@ impl fmt::Debug for ConnPermit {
 /// Handshakes are the expensive part of a TLS connection (public-key operations); capping how
 /// many run at once keeps a flood of new connections from starving established ones of CPU.
 /// A connection waits for a place under its handshake deadline ([`HandshakeLimiter::acquire`])
-/// or is turned away at once ([`HandshakeLimiter::try_acquire`]).
-#[derive(Clone, Debug)]
+/// or is turned away at once ([`HandshakeLimiter::try_acquire`]). Its only setting is the
+/// constructor's; clones share one cap.
+#[derive(Clone)]
 pub struct HandshakeLimiter {
+    inner: std::sync::Arc<HandshakeInner>,
+}
+
+struct HandshakeInner {
     semaphore: std::sync::Arc<tokio::sync::Semaphore>,
     max: usize,
-    rejected: metrics::Counter,
+    /// Resolved on the first rejection, against the recorder installed then.
+    rejected: OnceLock<metrics::Counter>,
 }
 
 /// A place under a [`HandshakeLimiter`]; released when dropped, which should be as soon as
@@ -354,13 +404,25 @@ pub struct HandshakePermit {
 impl HandshakeLimiter {
     /// At most `max` handshakes at once (`usize::MAX`: no cap; values above tokio's
     /// `Semaphore::MAX_PERMITS` are capped there).
+    #[must_use]
     pub fn new(max: usize) -> Self {
         let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
         Self {
-            semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
-            max,
-            rejected: metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_handshakes"),
+            inner: std::sync::Arc::new(HandshakeInner {
+                semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+                max,
+                rejected: OnceLock::new(),
+            }),
         }
+    }
+
+    fn count_rejection(&self) {
+        self.inner
+            .rejected
+            .get_or_init(
+                || metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "max_handshakes"),
+            )
+            .increment(1);
     }
 
     /// Waits for a place. Put it under the handshake deadline.
@@ -369,7 +431,10 @@ impl HandshakeLimiter {
     ///
     /// Dropping the future gives up its place in the queue and takes nothing.
     pub async fn acquire(&self) -> HandshakePermit {
-        match std::sync::Arc::clone(&self.semaphore).acquire_owned().await {
+        match std::sync::Arc::clone(&self.inner.semaphore)
+            .acquire_owned()
+            .await
+        {
             Ok(permit) => HandshakePermit { _permit: permit },
             // The semaphore is never closed.
             Err(_closed) => unreachable!("the handshake semaphore is never closed"),
@@ -386,26 +451,43 @@ impl HandshakeLimiter {
         match tokio::time::timeout(wait, self.acquire()).await {
             Ok(permit) => Some(permit),
             Err(_elapsed) => {
-                self.rejected.increment(1);
+                self.count_rejection();
                 None
             }
         }
     }
 
     /// A place if one is free now; otherwise counts a `max_handshakes` rejection.
+    #[must_use = "the place is released at once if the permit is dropped"]
     pub fn try_acquire(&self) -> Option<HandshakePermit> {
-        match std::sync::Arc::clone(&self.semaphore).try_acquire_owned() {
+        match std::sync::Arc::clone(&self.inner.semaphore).try_acquire_owned() {
             Ok(permit) => Some(HandshakePermit { _permit: permit }),
             Err(_) => {
-                self.rejected.increment(1);
+                self.count_rejection();
                 None
             }
         }
     }
 
+    /// The cap.
+    #[must_use]
+    pub fn max(&self) -> usize {
+        self.inner.max
+    }
+
     /// Handshakes in progress now.
+    #[must_use]
     pub fn in_progress(&self) -> usize {
-        self.max - self.semaphore.available_permits()
+        self.inner.max - self.inner.semaphore.available_permits()
+    }
+}
+
+impl fmt::Debug for HandshakeLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandshakeLimiter")
+            .field("max", &self.inner.max)
+            .field("in_progress", &self.in_progress())
+            .finish()
     }
 }
 

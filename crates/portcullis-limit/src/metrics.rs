@@ -1,9 +1,15 @@
-//! Metric names emitted by this crate, and [`describe`] to register their units and help.
+//! Metric names emitted by this crate, [`describe`] to register their units and help, and
+//! [`register`] to create every series of the closed label sets at 0.
 //!
 //! Emitted only through the [`metrics`](https://docs.rs/metrics) facade; this crate never
 //! installs a recorder. Label values come from closed sets: [`LABEL_LIMITER`] is the name the
-//! application gave the limiter in code ([`RateLimitBuilder::name`](crate::RateLimitBuilder::name)), never a
-//! key, an address or a path.
+//! application gave the limiter in code
+//! ([`RateLimitBuilder::name`](crate::RateLimitBuilder::name)), never a key, an address or a
+//! path.
+//!
+//! Every handle is resolved on first use (the first request checked, the first rejection),
+//! not when the limiter is built, so a limiter built before the recorder is installed still
+//! reports to it. Install the recorder before serving.
 
 use metrics::Unit;
 
@@ -77,4 +83,83 @@ pub fn describe() {
         Unit::Count,
         "Requests answered 503 because portcullis's in-flight request limit was reached."
     );
+}
+
+/// Registers every series of this crate whose labels come from a closed set with the current
+/// recorder, at 0, so they exist before their first event: [`CONNECTIONS_REJECTED_TOTAL`] for
+/// each of the [`REJECT_REASONS`], and [`REQUESTS_SHED_TOTAL`].
+///
+/// A counter that first appears with the first incident leaves `rate()` and alerts with
+/// nothing to compare against; registered up front, it is exported as 0 from the start. The
+/// series labelled by [`LABEL_LIMITER`] are not among them (the names are the application's):
+/// a rate limit creates its own at 0 on the first request it checks. Call it once from the
+/// executable after installing a recorder; calling it more than once is harmless (nothing is
+/// incremented).
+pub fn register() {
+    for reason in REJECT_REASONS {
+        metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => *reason).increment(0);
+    }
+    metrics::counter!(REQUESTS_SHED_TOTAL).increment(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::ConnRejected;
+
+    #[test]
+    fn the_reject_reasons_are_the_reasons_emitted() {
+        let emitted = [
+            ConnRejected::MaxConnections.reason(),
+            ConnRejected::MaxConnectionsPerClient.reason(),
+            // HandshakeLimiter's.
+            "max_handshakes",
+        ];
+        assert_eq!(REJECT_REASONS, emitted);
+    }
+
+    #[test]
+    fn describe_registers_units_and_help() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            register();
+        });
+        for (key, unit, help, _) in snapshotter.snapshot().into_vec() {
+            assert!(unit.is_some(), "{key:?}");
+            assert!(help.is_some_and(|h| !h.is_empty()), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn register_creates_every_series_at_zero() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            register();
+            // Twice is harmless: still one series each, still 0.
+            register();
+        });
+        let mut got = BTreeSet::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            assert_eq!(value, DebugValue::Counter(0), "{key:?}");
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            got.insert(format!("{}{{{}}}", key.key().name(), labels.join(",")));
+        }
+        let mut expected: BTreeSet<String> = REJECT_REASONS
+            .iter()
+            .map(|r| format!("{CONNECTIONS_REJECTED_TOTAL}{{{LABEL_REASON}={r}}}"))
+            .collect();
+        expected.insert(format!("{REQUESTS_SHED_TOTAL}{{}}"));
+        assert_eq!(got, expected);
+    }
 }

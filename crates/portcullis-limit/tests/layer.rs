@@ -695,3 +695,45 @@ async fn hostile_forwarding_values_never_fail_and_never_mint_fresh_buckets() {
     assert!(layer.keys() <= 3, "{} buckets", layer.keys());
     assert!(statuses[&StatusCode::OK] <= 3, "{statuses:?}");
 }
+
+/// The shed counter is resolved at the first shed request: a layer built before the recorder
+/// is installed counts into it all the same.
+#[tokio::test]
+async fn a_load_shedder_built_before_the_recorder_still_reports_to_it() {
+    let layer = LoadShedLayer::new(0);
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let mut service = layer.layer(service_fn(ok));
+    let response = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let shed = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            (key.key().name() == portcullis_limit::metrics::REQUESTS_SHED_TOTAL).then_some(value)
+        });
+    assert_eq!(shed, Some(metrics_util::debugging::DebugValue::Counter(1)));
+}
+
+#[tokio::test]
+async fn the_inner_service_is_reachable_through_every_service() {
+    let limited = RateLimitLayer::global("1/s".parse().expect("quota"))
+        .layer()
+        .layer(Counter(0));
+    let mut shed = LoadShedLayer::new(1).layer(limited);
+    shed.get_mut().get_mut().0 = 7;
+    assert_eq!(shed.get_ref().get_ref().0, 7);
+    assert_eq!(shed.into_inner().into_inner().0, 7);
+}
+
+/// A stand-in service with a field to reach.
+#[derive(Clone, Debug)]
+struct Counter(u32);

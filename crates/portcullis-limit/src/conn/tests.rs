@@ -11,6 +11,9 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
+#[cfg(portcullis_loom)]
+mod loom_conn;
+
 #[cfg(not(portcullis_loom))]
 mod std_tests {
     use super::*;
@@ -32,7 +35,7 @@ mod std_tests {
 
     #[test]
     fn per_client_cap_leaves_other_clients_alone_and_forgets_idle_clients() {
-        let limiter = ConnLimiter::new(100).per_client(nz(2));
+        let limiter = ConnLimits::new(100).per_client(nz(2)).build();
         let first = limiter.try_acquire(v4(1)).expect("first");
         let second = limiter.try_acquire(v4(1)).expect("second");
         let third = limiter.try_acquire(v4(1)).map(drop);
@@ -48,9 +51,10 @@ mod std_tests {
     #[test]
     fn proxies_are_exempt_and_a_client_can_be_added_later() {
         let proxies = crate::client::TrustedProxies::new(["127.0.0.10/32".parse().expect("net")]);
-        let limiter = ConnLimiter::new(10)
+        let limiter = ConnLimits::new(10)
             .per_client(nz(1))
-            .exempt_from_per_client(proxies);
+            .exempt_from_per_client(proxies)
+            .build();
         let from_proxy: Vec<_> = (0..3)
             .map(|_| {
                 limiter
@@ -77,7 +81,7 @@ mod std_tests {
 
     #[test]
     fn ipv6_clients_share_a_cap_within_their_prefix() {
-        let limiter = ConnLimiter::new(100).per_client(nz(1));
+        let limiter = ConnLimiter::from(ConnLimits::new(100).per_client(nz(1)));
         let a: IpAddr = "2001:db8:1:2::1"
             .parse()
             .unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST));
@@ -96,20 +100,8 @@ mod std_tests {
         assert!(limiter.try_acquire(mapped).is_err(), "mapped = plain IPv4");
     }
 
-    #[test]
-    fn rejections_are_counted_by_reason() {
-        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            let limiter = ConnLimiter::new(2).per_client(nz(1));
-            let _held = limiter.try_acquire(v4(1)).expect("first");
-            assert!(limiter.try_acquire(v4(1)).is_err());
-            let _other = limiter.try_acquire(v4(2)).expect("second client");
-            assert!(limiter.try_acquire(v4(3)).is_err());
-            let handshakes = HandshakeLimiter::new(0);
-            assert!(handshakes.try_acquire().is_none());
-        });
+    /// `(reason, count)` of every rejection counter in `snapshotter`.
+    fn rejections(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, u64)> {
         let mut counts: Vec<(String, u64)> = snapshotter
             .snapshot()
             .into_vec()
@@ -117,20 +109,91 @@ mod std_tests {
             .filter_map(|(key, _, _, value)| {
                 let reason = key.key().labels().next()?.value().to_owned();
                 match value {
-                    DebugValue::Counter(n) => Some((reason, n)),
+                    metrics_util::debugging::DebugValue::Counter(n) => Some((reason, n)),
                     _ => None,
                 }
             })
             .collect();
         counts.sort();
+        counts
+    }
+
+    fn reject_one_of_each(limiter: &ConnLimiter, handshakes: &HandshakeLimiter) {
+        let _held = limiter.try_acquire(v4(1)).expect("first");
+        assert!(limiter.try_acquire(v4(1)).is_err());
+        let _other = limiter.try_acquire(v4(2)).expect("second client");
+        assert!(limiter.try_acquire(v4(3)).is_err());
+        assert!(handshakes.try_acquire().is_none());
+    }
+
+    const ONE_OF_EACH: [(&str, u64); 3] = [
+        ("max_conns", 1),
+        ("max_conns_per_ip", 1),
+        ("max_handshakes", 1),
+    ];
+
+    #[test]
+    fn rejections_are_counted_by_reason() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let limiter = ConnLimits::new(2).per_client(nz(1)).build();
+            reject_one_of_each(&limiter, &HandshakeLimiter::new(0));
+        });
+        let expected: Vec<_> = ONE_OF_EACH
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect();
+        assert_eq!(rejections(&snapshotter), expected);
+    }
+
+    /// Metric handles are resolved at the first rejection: limiters built before the recorder
+    /// is installed count into it all the same.
+    #[test]
+    fn limiters_built_before_the_recorder_still_report_to_it() {
+        let limiter = ConnLimits::new(2).per_client(nz(1)).build();
+        let handshakes = HandshakeLimiter::new(0);
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || reject_one_of_each(&limiter, &handshakes));
+        let expected: Vec<_> = ONE_OF_EACH
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect();
+        assert_eq!(rejections(&snapshotter), expected);
+    }
+
+    #[test]
+    fn every_clone_counts_against_the_same_caps() {
+        let limits = ConnLimits::new(2).per_client(nz(1));
+        assert_eq!(limits.max_total(), 2);
+        assert_eq!(limits.max_per_client(), Some(nz(1)));
+        let limiter = ConnLimiter::from(limits.clone());
+        assert_eq!(limiter.limits(), &limits);
+        let clone = limiter.clone();
+        let _a = limiter.try_acquire(v4(1)).expect("first");
         assert_eq!(
-            counts,
-            [
-                ("max_conns".to_owned(), 1),
-                ("max_conns_per_ip".to_owned(), 1),
-                ("max_handshakes".to_owned(), 1),
-            ]
+            clone.try_acquire(v4(1)).map(drop),
+            Err(ConnRejected::MaxConnectionsPerClient)
         );
+        let _b = clone.try_acquire(v4(2)).expect("second");
+        assert_eq!(
+            limiter.try_acquire(v4(3)).map(drop),
+            Err(ConnRejected::MaxConnections)
+        );
+        assert_eq!((limiter.open(), clone.open()), (2, 2));
+        // `new` is the global cap alone.
+        let global = ConnLimiter::new(5);
+        assert_eq!(global.limits(), &ConnLimits::new(5));
+    }
+
+    #[test]
+    fn handshake_clones_share_one_cap() {
+        let limiter = HandshakeLimiter::new(1);
+        let clone = limiter.clone();
+        let _held = limiter.try_acquire().expect("free");
+        assert!(clone.try_acquire().is_none());
+        assert_eq!((clone.in_progress(), clone.max()), (1, 1));
     }
 
     #[tokio::test]
@@ -148,102 +211,5 @@ mod std_tests {
         assert_eq!(limiter.in_progress(), 1);
         drop(permit);
         assert_eq!(limiter.in_progress(), 0);
-    }
-}
-
-#[cfg(portcullis_loom)]
-mod loom_models {
-    use super::*;
-    use loom::sync::atomic::AtomicUsize as LoomUsize;
-    use loom::sync::atomic::Ordering::SeqCst;
-
-    /// Two threads race for one client's two places (cap 1) while a third client holds
-    /// the global cap's second place: the per-client cap is never exceeded, the global cap
-    /// is never exceeded, and everything is given back.
-    #[test]
-    fn caps_are_never_exceeded_and_permits_never_lost() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(|| {
-            let limiter = ConnLimiter::new(2).per_client(nz(1));
-            let holders = Arc::new(LoomUsize::new(0));
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let limiter = limiter.clone();
-                    let holders = Arc::clone(&holders);
-                    loom::thread::spawn(move || {
-                        if let Ok(permit) = limiter.try_acquire(v4(1)) {
-                            let now = holders.fetch_add(1, SeqCst) + 1;
-                            assert!(now <= 1, "two connections of one client under a cap of 1");
-                            holders.fetch_sub(1, SeqCst);
-                            drop(permit);
-                            true
-                        } else {
-                            false
-                        }
-                    })
-                })
-                .collect();
-            let other = limiter.try_acquire(v4(2));
-            let mut acquired = 0;
-            for thread in threads {
-                acquired += usize::from(thread.join().unwrap_or(false));
-            }
-            assert!(acquired >= 1 || other.is_ok(), "someone got a place");
-            assert!(limiter.open() <= 2);
-            drop(other);
-            assert_eq!(limiter.open(), 0, "a permit was lost or released twice");
-            assert_eq!(limiter.clients(), 0, "an idle client kept its entry");
-        });
-    }
-
-    /// Three clients race for a global cap of 2 while one of them releases: at no moment do
-    /// more than two hold a place.
-    #[test]
-    fn global_cap_is_never_exceeded() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(2);
-        builder.check(|| {
-            let limiter = ConnLimiter::new(2);
-            let holders = Arc::new(LoomUsize::new(0));
-            let threads: Vec<_> = (1..=3)
-                .map(|client| {
-                    let limiter = limiter.clone();
-                    let holders = Arc::clone(&holders);
-                    loom::thread::spawn(move || {
-                        if let Ok(permit) = limiter.try_acquire(v4(client)) {
-                            let now = holders.fetch_add(1, SeqCst) + 1;
-                            assert!(now <= 2, "{now} connections under a cap of 2");
-                            holders.fetch_sub(1, SeqCst);
-                            drop(permit);
-                        }
-                    })
-                })
-                .collect();
-            for thread in threads {
-                thread.join().unwrap_or(());
-            }
-            assert_eq!(limiter.open(), 0);
-        });
-    }
-
-    /// Acquire and release of the same client on two threads: the entry disappears with the
-    /// last connection even when a release and an acquire interleave.
-    #[test]
-    fn entry_of_a_client_without_connections_is_removed() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(|| {
-            let limiter = ConnLimiter::new(10).per_client(nz(2));
-            let first = limiter.try_acquire(v4(1)).expect("empty limiter");
-            let releaser = loom::thread::spawn(move || drop(first));
-            let second = limiter.try_acquire(v4(1));
-            assert!(second.is_ok(), "cap 2 with at most 2 holders");
-            releaser.join().unwrap_or(());
-            assert_eq!(limiter.open_from(v4(1)), 1);
-            drop(second);
-            assert_eq!(limiter.open(), 0);
-            assert_eq!(limiter.clients(), 0);
-        });
     }
 }
