@@ -19,7 +19,7 @@
 //! # Example
 //!
 //! ```
-//! use portcullis_limit::{RateLimitLayer, ConnLimiter};
+//! use portcullis_limit::{ConnLimits, RateLimitLayer};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = RateLimitLayer::per_client("100/s burst 20".parse()?)
@@ -27,7 +27,7 @@
 //!     .exempt_path("/healthz")
 //!     .layer();
 //! // app.layer(layer) ...
-//! let connections = ConnLimiter::new(10_000).per_client(100.try_into()?);
+//! let connections = ConnLimits::new(10_000).per_client(100.try_into()?).build();
 //! # let _ = connections;
 //! # Ok(())
 //! # }
@@ -70,8 +70,8 @@ mod store;
 
 pub use body::LimitBody;
 pub use conn::{
-    ConnLimiter, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES,
-    HandshakeLimiter, HandshakePermit,
+    ConnLimiter, ConnLimits, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES, HandshakeLimiter, HandshakePermit,
 };
 pub use key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
 pub use layer::{DEFAULT_HOUSEKEEPING_INTERVAL, RateLimitBuilder, RateLimitLayer, Rejection};
