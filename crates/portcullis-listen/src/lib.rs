@@ -69,8 +69,9 @@
 //! # Design
 //!
 //! **Layout.** [`ListenerConfig`] and [`Keepalive`] are plain data (they deserialize from
-//! configuration); the `bind*` methods that turn them into sockets live apart from them, next
-//! to nothing but system calls. A [`Listener`] owns its socket and the accept loop; the loop's
+//! configuration); the system calls of the `bind*` methods that turn them into sockets live in
+//! a module of their own, which depends on the configuration and never the other way round. A
+//! [`Listener`] owns its socket and the accept loop; the loop's
 //! error taxonomy and backoff are written against an injectable accept source, so tests script
 //! errno sequences. [`SocketActivation`] adopts inherited descriptors and hands them to the
 //! same constructors. [`proxy`] is independent of all of these: a pure, incremental parser of
