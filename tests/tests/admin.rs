@@ -51,7 +51,7 @@ async fn probes_follow_the_shutdown_and_the_admin_listener_outlives_the_drain() 
         |b| {
             b.health(health.clone())
                 .drain_delay(Duration::from_millis(500))
-                .admin(admin_listener, Admin::new().metrics(|| "up 1\n".to_owned()))
+                .admin_listener(admin_listener, Admin::new().metrics(|| "up 1\n".to_owned()))
         },
         app(Arc::clone(&entered)),
     );
@@ -119,7 +119,7 @@ async fn without_a_health_of_its_own_the_server_reports_its_readiness() {
     let admin = admin_listener.local_addr().as_inet().expect("inet");
     let mut server = Running::start(
         |b| {
-            b.admin(admin_listener, Admin::new())
+            b.admin_listener(admin_listener, Admin::new())
                 .drain_delay(Duration::from_secs(30))
         },
         app(Default::default()),

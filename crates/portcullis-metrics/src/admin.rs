@@ -18,6 +18,13 @@ pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf
 
 type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 type Render = Arc<dyn Fn() -> String + Send + Sync>;
+type Upkeep = Arc<dyn Fn() + Send + Sync>;
+
+/// How often a server runs the admin service's [upkeep](Admin::upkeep) (and
+/// `PrometheusExporter::run_upkeep` drains histogram samples into their buckets): the
+/// Prometheus exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer
+/// that grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A tower service for an admin listener, answering `GET` and `HEAD`:
 ///
@@ -50,6 +57,7 @@ pub struct Admin {
     ready: Option<Check>,
     live: Option<Check>,
     metrics: Option<Render>,
+    upkeep: Option<Upkeep>,
 }
 
 impl fmt::Debug for Admin {
@@ -58,49 +66,76 @@ impl fmt::Debug for Admin {
             .field("readiness", &self.ready.is_some())
             .field("liveness", &self.live.is_some())
             .field("metrics", &self.metrics.is_some())
+            .field("upkeep", &self.upkeep.is_some())
             .finish()
     }
 }
 
 impl Admin {
     /// An admin service that answers 200 to both probes and 404 to `/metrics`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// What `/readyz` reports.
+    #[must_use]
     pub fn readiness(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.ready = Some(Arc::new(ready));
         self
     }
 
     /// What `/livez` reports.
+    #[must_use]
     pub fn liveness(mut self, live: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.live = Some(Arc::new(live));
         self
     }
 
     /// Whether a readiness check was given.
+    #[must_use]
     pub fn has_readiness(&self) -> bool {
         self.ready.is_some()
     }
 
     /// Whether a liveness check was given.
+    #[must_use]
     pub fn has_liveness(&self) -> bool {
         self.live.is_some()
     }
 
     /// What `/metrics` answers: text in the Prometheus exposition format.
+    #[must_use]
     pub fn metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.metrics = Some(Arc::new(render));
         self
     }
 
-    /// `/metrics` renders `exporter`.
+    /// Work the metrics behind `/metrics` need done regularly whether or not anybody
+    /// scrapes (an exporter folding histogram samples into buckets). A server that serves
+    /// this admin service runs it every [`UPKEEP_INTERVAL`](crate::UPKEEP_INTERVAL) for as
+    /// long as it serves.
+    #[must_use]
+    pub fn upkeep(mut self, upkeep: impl Fn() + Send + Sync + 'static) -> Self {
+        self.upkeep = Some(Arc::new(upkeep));
+        self
+    }
+
+    /// The upkeep given with [`upkeep`](Self::upkeep) or [`prometheus`](Self::prometheus),
+    /// for the server that runs it.
+    #[must_use]
+    pub fn upkeep_fn(&self) -> Option<Arc<dyn Fn() + Send + Sync>> {
+        self.upkeep.clone()
+    }
+
+    /// `/metrics` renders `exporter`, and its upkeep is run by the server that serves this.
     #[cfg(feature = "prometheus")]
+    #[must_use]
     pub fn prometheus(self, exporter: &crate::PrometheusExporter) -> Self {
-        let exporter = exporter.clone();
-        self.metrics(move || exporter.render())
+        let render = exporter.clone();
+        let upkeep = exporter.clone();
+        self.metrics(move || render.render())
+            .upkeep(move || upkeep.upkeep())
     }
 
     fn answer(&self, method: &Method, path: &str) -> Response<AdminBody> {

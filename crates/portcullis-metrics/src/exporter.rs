@@ -1,7 +1,6 @@
 //! Prometheus exposition through metrics-exporter-prometheus.
 
 use std::fmt;
-use std::time::Duration;
 
 use metrics_exporter_prometheus::{
     BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -10,10 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{REQUEST_DURATION, REQUEST_DURATION_BUCKETS};
 
-/// How often [`PrometheusExporter::run_upkeep`] drains histogram samples into their buckets:
-/// the exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer that
-/// grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+use crate::admin::UPKEEP_INTERVAL;
 
 /// Bucket upper bounds, in seconds, of every histogram without its own: portcullis's other
 /// histograms are durations from milliseconds (a handshake) to an hour (a long-lived

@@ -55,7 +55,7 @@ mod admin;
 mod exporter;
 pub mod http;
 
-pub use admin::{Admin, AdminBody};
+pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
-pub use exporter::{DEFAULT_BUCKETS, InstallError, PrometheusExporter, UPKEEP_INTERVAL};
+pub use exporter::{DEFAULT_BUCKETS, InstallError, PrometheusExporter};
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};

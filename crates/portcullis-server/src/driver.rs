@@ -10,8 +10,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use crate::metrics::CloseReason;
-use crate::phase::{PhaseWatch, Stage};
 use crate::state::{ConnState, Deadline, Nanos, nanos};
+use portcullis_shutdown::PhaseWatch;
 
 /// How long a connection that portcullis asked to close gracefully may stay open once it has no
 /// request in flight. HTTP/2 needs it: the GOAWAY handshake waits for a PING answer that a
@@ -106,13 +106,12 @@ where
         let mut this = self.project();
         loop {
             // One atomic load per poll while nothing changes.
-            let stage = this.phase.current();
-            match stage {
-                Stage::Forced => return Poll::Ready(CloseReason::DrainForced),
-                Stage::Draining if this.drain_greeting_limit.is_none() => {
-                    *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
-                }
-                _ => {}
+            let phase = this.phase.current();
+            if phase.is_forced() {
+                return Poll::Ready(CloseReason::DrainForced);
+            }
+            if phase.is_draining() && this.drain_greeting_limit.is_none() {
+                *this.drain_greeting_limit = Some(this.state.now().saturating_add(GRACE));
             }
             if let Poll::Ready(reason) = poll_connection(&mut this, cx) {
                 return Poll::Ready(reason);
@@ -120,7 +119,7 @@ where
             // About to sleep: make sure a phase change wakes this task. A connection that
             // finishes within one poll never registers.
             while this.phase.as_mut().poll_change(cx).is_ready() {}
-            if this.phase.current() == stage {
+            if this.phase.current() == phase {
                 return Poll::Pending;
             }
         }
@@ -257,7 +256,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phase::Phase;
+    use portcullis_shutdown::{Lifecycle, ShutdownPhase};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
@@ -308,24 +307,18 @@ mod tests {
         Driver<FakeConn>,
         Arc<ConnState>,
         Arc<AtomicUsize>,
-        Arc<Phase>,
+        Lifecycle,
     ) {
         let state = ConnState::new(Instant::now());
         let shutdowns = Arc::new(AtomicUsize::new(0));
-        let phase = Phase::new();
+        let phase = Lifecycle::new();
         let conn = FakeConn {
             state: Arc::clone(&state),
             shutdowns: Arc::clone(&shutdowns),
             honours_shutdown,
             burn_budget: false,
         };
-        let driver = Driver::new(
-            conn,
-            Arc::clone(&state),
-            HEADER,
-            IDLE,
-            PhaseWatch::new(Arc::clone(&phase)),
-        );
+        let driver = Driver::new(conn, Arc::clone(&state), HEADER, IDLE, phase.watch());
         (driver, state, shutdowns, phase)
     }
 
@@ -378,7 +371,7 @@ mod tests {
         let task = tokio::spawn(driver);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let drain_from = Instant::now();
-        phase.advance(Stage::Draining);
+        phase.advance(ShutdownPhase::Drain);
         assert_eq!(task.await.expect("driver"), CloseReason::Complete);
         assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
         assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
@@ -389,7 +382,7 @@ mod tests {
         let (driver, state, _shutdowns, phase) = driver(false);
         let request = state.request_started();
         let task = tokio::spawn(driver);
-        phase.advance(Stage::Draining);
+        phase.advance(ShutdownPhase::Drain);
         tokio::time::sleep(CLOSE_GRACE * 5).await;
         assert!(
             !task.is_finished(),
@@ -406,7 +399,7 @@ mod tests {
         let (driver, _state, shutdowns, phase) = driver(true);
         let task = tokio::spawn(driver);
         let drain_from = Instant::now();
-        phase.advance(Stage::Draining);
+        phase.advance(ShutdownPhase::Drain);
         assert_eq!(task.await.expect("driver"), CloseReason::Complete);
         assert_eq!(drain_from.elapsed(), CLOSE_GRACE);
         assert_eq!(
@@ -421,9 +414,9 @@ mod tests {
         let (driver, state, _shutdowns, phase) = driver(false);
         let _request = state.request_started();
         let task = tokio::spawn(driver);
-        phase.advance(Stage::Draining);
+        phase.advance(ShutdownPhase::Drain);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        phase.advance(Stage::Forced);
+        phase.advance(ShutdownPhase::Forced);
         assert_eq!(task.await.expect("driver"), CloseReason::DrainForced);
     }
 
@@ -436,14 +429,8 @@ mod tests {
             honours_shutdown: true,
             burn_budget: false,
         };
-        let never = Phase::new();
-        let driver = Driver::new(
-            conn,
-            state,
-            Duration::MAX,
-            Duration::MAX,
-            PhaseWatch::new(never),
-        );
+        let never = Lifecycle::new();
+        let driver = Driver::new(conn, state, Duration::MAX, Duration::MAX, never.watch());
         let result = tokio::time::timeout(Duration::from_secs(3600), driver).await;
         assert!(result.is_err(), "no deadline within the hour");
     }

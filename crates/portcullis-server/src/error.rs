@@ -30,6 +30,23 @@ pub enum Error {
         /// The panic message, when it was a string.
         message: String,
     },
+    /// An address given to [`listen`](crate::Builder::listen) or
+    /// [`admin`](crate::Builder::admin) is not a socket address.
+    Address {
+        /// The address as given.
+        input: String,
+        /// Why it is not one.
+        reason: String,
+    },
+    /// A listener could not be bound (the error names the address).
+    Bind(portcullis_listen::BindError),
+    /// The Prometheus exporter of [`admin`](crate::Builder::admin) could not be installed:
+    /// the process already has a metrics recorder (give it with
+    /// [`admin_listener`](crate::Builder::admin_listener) instead).
+    #[cfg(feature = "prometheus")]
+    Exporter(portcullis_metrics::InstallError),
+    /// The SIGHUP handler that reloads the TLS certificates could not be installed.
+    Signal(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -49,6 +66,23 @@ impl fmt::Display for Error {
             Error::CorePanicked { core, message } => {
                 write!(f, "the thread serving core {core} panicked: {message}")
             }
+            Error::Address { input, reason } => {
+                write!(f, "`{input}` is not a listen address: {reason}")
+            }
+            Error::Bind(error) => error.fmt(f),
+            #[cfg(feature = "prometheus")]
+            Error::Exporter(error) => {
+                write!(
+                    f,
+                    "cannot install the Prometheus exporter of the admin listener: {error}"
+                )
+            }
+            Error::Signal(error) => {
+                write!(
+                    f,
+                    "cannot install the SIGHUP handler that reloads TLS certificates: {error}"
+                )
+            }
         }
     }
 }
@@ -56,8 +90,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Runtime(e) | Error::Listener { source: e, .. } => Some(e),
-            Error::NoListeners | Error::InsideRuntime | Error::CorePanicked { .. } => None,
+            Error::Runtime(e) | Error::Listener { source: e, .. } | Error::Signal(e) => Some(e),
+            Error::Bind(error) => Some(error),
+            #[cfg(feature = "prometheus")]
+            Error::Exporter(error) => Some(error),
+            Error::NoListeners
+            | Error::InsideRuntime
+            | Error::CorePanicked { .. }
+            | Error::Address { .. } => None,
         }
     }
 }

@@ -1,40 +1,46 @@
-//! A hardened HTTP/1.1 + HTTP/2 server for any tower service, composed from portcullis's building
-//! blocks over hyper.
+//! A hardened HTTP/1.1 + HTTP/2 server for any tower service, composed from portcullis's
+//! building blocks over hyper.
 //!
-//! `portcullis-server` takes [`portcullis_listen`] listeners and an application service — an axum
-//! `Router` or any `tower::Service<http::Request<hyper::body::Incoming>>` — and serves it with
-//! every connection phase under a deadline:
+//! `portcullis-server` takes listeners and an application service (an axum `Router` or any
+//! `tower::Service<http::Request<hyper::body::Incoming>>`) and serves it with every
+//! connection phase under a deadline:
 //!
 //! ```text
 //! Listener::accept()        portcullis-listen: socket options, EMFILE-proof backoff, never exits
+//!  -> connection caps       portcullis-limit: global and per-client, before anything is read
 //!  -> spawn connection task (the accept loop never awaits anything per connection)
+//!  -> PROXY header          portcullis-listen: from trusted proxies only
+//!  -> TLS handshake         portcullis-tls: capped, under one deadline, ALPN enforced
 //!  -> hyper-util auto       HTTP/1.1 or HTTP/2 (h2c prior knowledge), timer installed
-//!  -> portcullis deadlines        greeting / request head: header timeout; between requests: idle timeout
+//!  -> portcullis deadlines  greeting / request head: header timeout; between requests: idle
 //!  -> application service   panics and errors become a 500 for that request only
-//! shutdown future           listeners close -> connections drain gracefully -> deadline -> force
+//! lifecycle                 portcullis-shutdown: readiness off -> delay -> drain -> deadline
+//! admin listener            /metrics /livez /readyz, outside every limit, up through the drain
 //! ```
 //!
-//! An admin listener ([`Builder::admin`]) serves portcullis-metrics' admin service (`/metrics`,
-//! `/livez`, `/readyz`) outside the application's listeners, up until the drain has ended.
-//! What it does not do (yet): TLS and connection and rate limits live in their own portcullis crates
-//! and are composed in as they land.
+//! The server owns the lifecycle of what it is given: for as long as it serves it runs the
+//! blocks' background work (certificate file watching and SIGHUP reloads for every TLS
+//! acceptor, the exporter's upkeep behind the admin listener), reports to systemd when asked
+//! ([`Builder::systemd`]), and stops all of it with the drain. A SIGHUP never ends a server
+//! started with signals. Nothing has to be spawned by hand.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
-//! use portcullis_listen::Listener;
 //! use portcullis_server::Server;
+//! use portcullis_shutdown::Shutdown;
 //!
 //! # async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
-//! let listener = Listener::bind("127.0.0.1:8080".parse()?)?;
 //! let service = tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
 //!     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("hello\n"))))
 //! });
 //! let report = Server::builder()
-//!     .listener(listener)
-//!     .shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .listen("127.0.0.1:8080")?
+//!     .admin("127.0.0.1:9090")? // /metrics /livez /readyz, Prometheus exporter installed
+//!     .graceful(Shutdown::from_signals()?) // SIGTERM/SIGINT drain, a second one forces
+//!     .systemd()
 //!     .serve(service)
 //!     .await?;
 //! Ok(report.exit_code()) // 0 after a clean drain, 1 when connections were forced closed
@@ -43,50 +49,67 @@
 //!
 //! # Design
 //!
-//! hyper decides what a connection does; portcullis decides how long it may take. An I/O wrapper
-//! sees the bytes read, a service wrapper sees each request start and each response body end,
-//! and the connection's driver turns those edges into one deadline (see [`HttpConfig`]):
-//! header timeout from the first byte of a request head to the service call, idle timeout from
-//! the end of the last response to the next request. hyper's own header timer is switched off
-//! because it would close idle keep-alive connections at the header timeout. Every close is
-//! counted by reason (see [`metrics`]).
+//! hyper decides what a connection does; portcullis decides how long it may take. An I/O
+//! wrapper sees the bytes read, a service wrapper sees each request start and each response
+//! body end, and the connection's driver turns those edges into one deadline (see
+//! [`HttpConfig`]): header timeout from the first byte of a request head to the service call,
+//! idle timeout from the end of the last response to the next request. hyper's own header
+//! timer is switched off because it would close idle keep-alive connections at the header
+//! timeout. Every close is counted by reason (see [`metrics`]).
 //!
-//! The server's phase (running, draining, forced) is one atomic that every connection reads
-//! on each poll; a `Notify` per stage wakes them when it moves. The phase and the
-//! per-connection state shared with HTTP/2 stream tasks are checked with loom
-//! (`RUSTFLAGS="--cfg portcullis_loom" cargo test -p portcullis-server --lib loom`).
+//! The server's phase is portcullis-shutdown's [`Lifecycle`](portcullis_shutdown::Lifecycle):
+//! one atomic that every connection reads on each poll, with a wake-up per phase. The
+//! per-connection state shared with HTTP/2 stream tasks is checked with loom
+//! (`RUSTFLAGS="--cfg portcullis_loom" cargo test -p portcullis-server --lib loom`), the
+//! phase in portcullis-shutdown.
 //!
 //! hyper's HTTP/2 stream tasks run on a tracked executor: the drain waits for them, and a
 //! forced drain stops them. Connections upgraded away from HTTP (`101 Switching Protocols`)
 //! leave portcullis's tracking at the upgrade; the application owns them from there.
 //!
+//! The code reads in pipeline order: `builder` (what to serve), `serve` and `per_core`
+//! (the lifecycle around one runtime or one per core), `accept` (accept loops and the
+//! drain), `connection` (the stages of one connection), `driver` and `state` (its
+//! deadlines), `service` and `body` (the application's side), `blocks` (their background
+//! work), `admin`.
+//!
 //! # Crate features
 //!
-//! None yet; HTTP/1.1 and HTTP/2 are always on.
+//! - `aws-lc-rs` (default) or `ring`: the crypto provider of portcullis-tls.
+//! - `prometheus` (default): [`Builder::admin`] installs a Prometheus exporter.
+//!
+//! HTTP/1.1 and HTTP/2 are always on.
 
 #![forbid(unsafe_code)]
 
+mod accept;
+mod admin;
+mod blocks;
 mod body;
+mod builder;
 mod config;
+mod connection;
 mod driver;
 mod error;
+mod info;
 mod io;
 mod loom;
 pub mod metrics;
-mod phase;
+mod per_core;
+mod policy;
 mod report;
-mod server;
+mod serve;
 mod service;
 mod state;
 
+pub use admin::ADMIN_DRAIN_TIMEOUT;
 pub use body::{BodyPanicked, ResponseBody};
+pub use builder::{Builder, DEFAULT_DRAIN_TIMEOUT, Server};
 pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
-pub use metrics::ShutdownPhase;
+pub use info::ConnInfo;
+pub use portcullis_shutdown::{DrainProgress, ShutdownPhase};
 pub use report::ServeReport;
-pub use server::{
-    ADMIN_DRAIN_TIMEOUT, Builder, ConnInfo, DEFAULT_DRAIN_TIMEOUT, DrainProgress, Server,
-};
 
 /// The boxed error type of bodies and services, as in tower and hyper.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -19,49 +19,6 @@ pub const HANDLER_PANICS: &str = "portcullis_handler_panics_total";
 /// Counter: requests whose service returned an error, answered with 500.
 pub const HANDLER_ERRORS: &str = "portcullis_handler_errors_total";
 
-/// Gauge: the server's shutdown phase, one series per `phase` (`running`, `delay` (readiness
-/// off, still serving; only with a drain delay), `drain`, `done`), 1 for the current phase and
-/// 0 for the others. The series carry no server label: one portcullis server per process.
-pub const SHUTDOWN_PHASE: &str = "portcullis_shutdown_phase";
-/// Gauge: how long the last drain took, in seconds (from the listeners closing until the last
-/// connection and tracked task was gone, or the deadline).
-pub const DRAIN_DURATION: &str = "portcullis_shutdown_drain_duration_seconds";
-
-/// A server's shutdown phase: the closed set of values of the `phase` label of
-/// [`SHUTDOWN_PHASE`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ShutdownPhase {
-    /// Serving normally.
-    Running = 0,
-    /// Shutdown began: readiness off, still accepting and serving for the drain delay.
-    Delay = 1,
-    /// Listeners closed; connections and tracked tasks finishing.
-    Drain = 2,
-    /// Everything finished or was forced.
-    Done = 3,
-}
-
-impl ShutdownPhase {
-    /// Every phase, in order.
-    pub const ALL: [ShutdownPhase; 4] = [
-        ShutdownPhase::Running,
-        ShutdownPhase::Delay,
-        ShutdownPhase::Drain,
-        ShutdownPhase::Done,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShutdownPhase::Running => "running",
-            ShutdownPhase::Delay => "delay",
-            ShutdownPhase::Drain => "drain",
-            ShutdownPhase::Done => "done",
-        }
-    }
-}
-
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,16 +86,6 @@ pub fn describe() {
         Unit::Count,
         "Handler panics caught (answered with 500, or the response body cut short)."
     );
-    metrics::describe_gauge!(
-        SHUTDOWN_PHASE,
-        Unit::Count,
-        "Shutdown phase, 1 for the current one: running, delay, drain, done."
-    );
-    metrics::describe_gauge!(
-        DRAIN_DURATION,
-        Unit::Seconds,
-        "How long the last drain took."
-    );
     metrics::describe_counter!(
         HANDLER_ERRORS,
         Unit::Count,
@@ -158,62 +105,25 @@ pub fn describe_all() {
     portcullis_metrics::describe();
 }
 
-/// Registers every series of the closed label sets of portcullis's connection and shutdown
-/// metrics, so that they are exported (as 0) before their first event: `rate()` and alerts
-/// on, say, `drain_forced` closes then see a counter that exists from the start instead of
-/// one that appears with the first incident. The HTTP request series appear with their first
-/// request (their routes are the application's).
-pub fn register_all() {
+/// Registers every series of this crate's closed label sets (the connection metrics), so
+/// that they are exported (as 0) before their first event.
+pub fn register() {
     let _ = ServerMetrics::resolve();
-    let _ = ShutdownMetrics::resolve();
-    metrics::counter!(portcullis_listen::metrics::CONNECTIONS_ACCEPTED_TOTAL).increment(0);
-    metrics::counter!(portcullis_listen::metrics::CONNECTIONS_SHED_TOTAL).increment(0);
-    for kind in portcullis_listen::metrics::ACCEPT_ERROR_KINDS {
-        metrics::counter!(
-            portcullis_listen::metrics::ACCEPT_ERRORS_TOTAL,
-            portcullis_listen::metrics::LABEL_KIND => *kind
-        )
-        .increment(0);
-    }
-    for reason in portcullis_listen::proxy::PROXY_ERROR_REASONS {
-        metrics::counter!(
-            portcullis_listen::proxy::PROXY_HEADER_ERRORS_TOTAL,
-            portcullis_listen::proxy::LABEL_REASON => *reason
-        )
-        .increment(0);
-    }
-    for reason in portcullis_limit::metrics::REJECT_REASONS {
-        metrics::counter!(
-            portcullis_limit::metrics::CONNECTIONS_REJECTED_TOTAL,
-            portcullis_limit::metrics::LABEL_REASON => *reason
-        )
-        .increment(0);
-    }
-    for reason in portcullis_tls::metrics::HANDSHAKE_FAILURE_REASONS {
-        metrics::counter!(
-            portcullis_tls::metrics::HANDSHAKE_FAILURES_TOTAL,
-            portcullis_tls::metrics::LABEL_REASON => *reason
-        )
-        .increment(0);
-    }
-    for kind in portcullis_tls::metrics::HANDSHAKE_KINDS {
-        metrics::counter!(
-            portcullis_tls::metrics::HANDSHAKES_TOTAL,
-            portcullis_tls::metrics::LABEL_KIND => *kind
-        )
-        .increment(0);
-    }
-    for outcome in portcullis_tls::metrics::RELOAD_OUTCOMES {
-        metrics::counter!(
-            portcullis_tls::metrics::RELOADS_TOTAL,
-            portcullis_tls::metrics::LABEL_OUTCOME => *outcome
-        )
-        .increment(0);
-    }
-    for signal in portcullis_shutdown::metrics::SIGNALS {
-        metrics::counter!(portcullis_shutdown::metrics::SIGNALS_RECEIVED, "signal" => *signal)
-            .increment(0);
-    }
+}
+
+/// Registers every series of the closed label sets of every portcullis crate (each crate's
+/// own `register()`), so that they are exported (as 0) before their first event: `rate()`
+/// and alerts on, say, `drain_forced` closes then see a counter that exists from the start
+/// instead of one that appears with the first incident. The HTTP request series appear with
+/// their first request (their routes are the application's). Call it once from the
+/// executable, after installing the recorder ([`Builder::admin`](crate::Builder::admin)
+/// does both).
+pub fn register_all() {
+    register();
+    portcullis_listen::metrics::register();
+    portcullis_limit::metrics::register();
+    portcullis_tls::metrics::register();
+    portcullis_shutdown::metrics::register();
 }
 
 /// Handles resolved once per server, so the per-connection path does no key lookups.
@@ -224,59 +134,6 @@ pub(crate) struct ServerMetrics {
     pub(crate) duration: Histogram,
     pub(crate) panics: Counter,
     pub(crate) errors: Counter,
-}
-
-/// A hook called at every phase change.
-pub(crate) type PhaseHook = std::sync::Arc<dyn Fn(ShutdownPhase) + Send + Sync>;
-
-/// The shutdown metrics of one server (shared by all its cores in per-core mode), and the
-/// application's phase hook.
-#[derive(Clone)]
-pub(crate) struct ShutdownMetrics {
-    phase: [Gauge; ShutdownPhase::ALL.len()],
-    drain_duration: Gauge,
-    hook: Option<PhaseHook>,
-}
-
-impl std::fmt::Debug for ShutdownMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShutdownMetrics")
-            .field("hook", &self.hook.as_ref().map(|_| "..."))
-            .finish_non_exhaustive()
-    }
-}
-
-impl ShutdownMetrics {
-    pub(crate) fn resolve() -> Self {
-        Self {
-            phase: ShutdownPhase::ALL
-                .map(|phase| metrics::gauge!(SHUTDOWN_PHASE, "phase" => phase.as_str())),
-            drain_duration: metrics::gauge!(DRAIN_DURATION),
-            hook: None,
-        }
-    }
-
-    pub(crate) fn set_hook(&mut self, hook: Option<PhaseHook>) {
-        self.hook = hook;
-    }
-
-    pub(crate) fn enter(&self, current: ShutdownPhase) {
-        for phase in ShutdownPhase::ALL {
-            self.phase[phase as usize].set(if phase == current { 1.0 } else { 0.0 });
-        }
-        tracing::debug!(phase = current.as_str(), "shutdown phase");
-        if let Some(hook) = &self.hook {
-            // The application's code: a panic in it must not stop the shutdown halfway.
-            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(current)));
-            if called.is_err() {
-                tracing::error!(phase = current.as_str(), "the shutdown phase hook panicked");
-            }
-        }
-    }
-
-    pub(crate) fn drained_in(&self, duration: std::time::Duration) {
-        self.drain_duration.set(duration.as_secs_f64());
-    }
 }
 
 impl ServerMetrics {
@@ -311,13 +168,6 @@ impl ServerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn phase_discriminants_are_positions_in_all() {
-        for (i, phase) in ShutdownPhase::ALL.iter().enumerate() {
-            assert_eq!(*phase as usize, i, "{phase:?}");
-        }
-    }
 
     #[test]
     fn discriminants_are_positions_in_all() {

@@ -20,8 +20,8 @@ use portcullis_tls::ClientCertificates;
 
 use crate::BoxError;
 use crate::body::ResponseBody;
+use crate::info::ConnInfo;
 use crate::metrics::ServerMetrics;
-use crate::server::ConnInfo;
 use crate::state::{ConnState, InFlight};
 
 const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
@@ -110,7 +110,7 @@ impl<S> ConnService<S> {
     where
         C: From<Failed>,
     {
-        let message = crate::server::panic_message(payload);
+        let message = panic_message(payload);
         tracing::error!(panic = message, "handler panicked; answering 500");
         self.metrics.panics.increment(1);
         C::from(Failed)
@@ -197,7 +197,7 @@ where
                 Err(())
             }
             Err(payload) => {
-                let message = crate::server::panic_message(payload.as_ref());
+                let message = panic_message(payload.as_ref());
                 tracing::error!(panic = message, "handler panicked; answering 500");
                 this.metrics.panics.increment(1);
                 Err(())
@@ -221,4 +221,13 @@ fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis_limit::{ConnLimiter, PeerAddr};
+use portcullis_limit::{ConnLimits, PeerAddr};
 use portcullis_listen::Listener;
 use portcullis_listen::proxy::ProxyProtocol;
 use portcullis_server::{Builder, ConnInfo, Server};
@@ -123,7 +123,7 @@ fn nz(n: u32) -> NonZeroU32 {
 
 #[tokio::test]
 async fn per_ip_cap_refuses_one_address_while_another_still_connects() {
-    let server = start(|b| b.connection_limits(ConnLimiter::new(100).per_client(nz(2))));
+    let server = start(|b| b.connection_limits(ConnLimits::new(100).per_client(nz(2))));
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = connect_from("127.0.0.1", server.addr).await;
@@ -158,7 +158,7 @@ async fn per_ip_cap_refuses_one_address_while_another_still_connects() {
 
 #[tokio::test]
 async fn global_cap_closes_connections_over_it_at_once() {
-    let server = start(|b| b.connection_limits(ConnLimiter::new(1)));
+    let server = start(|b| b.connection_limits(ConnLimits::new(1)));
     let mut first = connect_from("127.0.0.1", server.addr).await;
     assert!(get(&mut first, b"").await.is_some());
     let mut second = connect_from("127.0.0.3", server.addr).await;
@@ -188,7 +188,7 @@ async fn proxy_headers_from_trusted_peers_name_the_client() {
             ProxyProtocol::new(["127.0.0.1/32".parse().expect("net")])
                 .timeout(Duration::from_millis(300)),
         )
-        .connection_limits(ConnLimiter::new(100).per_client(nz(1)))
+        .connection_limits(ConnLimits::new(100).per_client(nz(1)))
     });
     let mut v1 = connect_from("127.0.0.1", server.addr).await;
     let body = get(&mut v1, b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n")
@@ -260,7 +260,7 @@ async fn proxy_headers_from_trusted_peers_name_the_client() {
 #[tokio::test]
 async fn the_rate_limit_finds_the_client_without_the_extension() {
     use tower::Layer;
-    let limit = portcullis_limit::RateLimit::per_client("1/m".parse().expect("quota")).layer();
+    let limit = portcullis_limit::RateLimitLayer::per_client("1/m".parse().expect("quota")).layer();
     let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().as_inet().expect("inet");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -325,7 +325,7 @@ async fn an_upgraded_connection_keeps_its_place_under_the_caps() {
     let task = tokio::spawn(
         Server::builder()
             .listener(listener)
-            .connection_limits(ConnLimiter::new(100).per_client(nz(1)))
+            .connection_limits(ConnLimits::new(100).per_client(nz(1)))
             .drain_timeout(Duration::from_secs(1))
             .shutdown(async {
                 let _ = rx.await;

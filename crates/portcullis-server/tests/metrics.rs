@@ -7,10 +7,9 @@ use http_body_util::Full;
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use portcullis_listen::Listener;
-use portcullis_server::metrics::{
-    CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED, DRAIN_DURATION, SHUTDOWN_PHASE,
-};
+use portcullis_server::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED};
 use portcullis_server::{HttpConfig, Server};
+use portcullis_shutdown::metrics::{DRAIN_DURATION, SHUTDOWN_PHASE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -126,6 +125,7 @@ fn closes_are_counted_by_reason() {
         ("running", 0.0),
         ("delay", 0.0),
         ("drain", 0.0),
+        ("forced", 0.0),
         ("done", 1.0),
     ] {
         assert_eq!(

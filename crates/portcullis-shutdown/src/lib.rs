@@ -49,7 +49,10 @@
 #![forbid(unsafe_code)]
 
 mod health;
+mod lifecycle;
+mod loom;
 pub mod metrics;
+pub mod phase;
 mod shutdown;
 mod signal;
 mod stream;
@@ -57,8 +60,10 @@ mod stream;
 pub mod systemd;
 
 pub use health::Health;
+pub use lifecycle::{DrainProgress, Lifecycle};
+pub use phase::{PhaseWatch, ShutdownPhase};
 pub use shutdown::{
     DEFAULT_DRAIN_DELAY, DEFAULT_DRAIN_TIMEOUT, Shutdown, ShutdownHandle, ShutdownParts, Trigger,
 };
-pub use signal::{Signal, Signals};
+pub use signal::{Hangups, Signal, Signals};
 pub use stream::{EndOnShutdown, end_on_shutdown};

@@ -9,7 +9,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Health, Signals};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::lifecycle::{Lifecycle, Parts, PhaseGauges, PhaseHook, ProgressHook, Report};
+use crate::{DrainProgress, Health, ShutdownPhase, Signals};
 
 /// Default drain delay: none. Without a load balancer that polls readiness there is nobody to
 /// wait for; behind Kubernetes set a few seconds (see `docs/shutdown.md`).
@@ -42,11 +46,16 @@ pub type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Shutdown {
     signals: Option<Signals>,
     handle: ShutdownHandle,
+    triggers: Vec<Trigger>,
+    forces: Vec<Trigger>,
     drain_delay: Duration,
     drain_timeout: Duration,
     health: Health,
     token: CancellationToken,
     tasks: TaskTracker,
+    on_phase: Option<PhaseHook>,
+    on_progress: Option<(Duration, ProgressHook)>,
+    systemd: bool,
 }
 
 impl fmt::Debug for Shutdown {
@@ -57,6 +66,14 @@ impl fmt::Debug for Shutdown {
             .field("drain_timeout", &self.drain_timeout)
             .field("health", &self.health)
             .field("shutting_down", &self.token.is_cancelled())
+            .field("triggers", &self.triggers.len())
+            .field("forces", &self.forces.len())
+            .field("on_phase", &self.on_phase.is_some())
+            .field(
+                "on_progress",
+                &self.on_progress.as_ref().map(|(every, _)| every),
+            )
+            .field("systemd", &self.systemd)
             .finish_non_exhaustive()
     }
 }
@@ -76,16 +93,23 @@ impl Shutdown {
                 shutdown: CancellationToken::new(),
                 force: CancellationToken::new(),
             },
+            triggers: Vec::new(),
+            forces: Vec::new(),
             drain_delay: DEFAULT_DRAIN_DELAY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             health: Health::new(),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            on_phase: None,
+            on_progress: None,
+            systemd: false,
         }
     }
 
     /// A shutdown triggered by SIGTERM or SIGINT (the next signal forces it), or through its
     /// handle. The signal handlers are installed now: call it before the server is reachable.
+    /// SIGHUP is caught too (on Unix): it reloads what the server can reload (its TLS
+    /// certificates) and never ends the process.
     ///
     /// # Errors
     ///
@@ -118,6 +142,82 @@ impl Shutdown {
         self
     }
 
+    /// Also starts the shutdown when `trigger` completes (a channel, a token's
+    /// `cancelled_owned()`, an admin endpoint). Any number can be added; the first wins.
+    #[must_use]
+    pub fn trigger(mut self, trigger: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.triggers.push(Box::pin(trigger));
+        self
+    }
+
+    /// Also cuts the drain short when `force` completes. If it completes before any shutdown
+    /// trigger, the shutdown starts and is forced at once.
+    #[must_use]
+    pub fn force_trigger(mut self, force: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.forces.push(Box::pin(force));
+        self
+    }
+
+    /// Uses `health` as the readiness and liveness to report (default: a fresh one).
+    #[must_use]
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Uses `token` as the shutdown token (default: a fresh one).
+    #[must_use]
+    pub fn with_token(mut self, token: CancellationToken) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Uses `tasks` as the tracker the drain waits for (default: a fresh one).
+    #[must_use]
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// Called at every phase change (see [`ShutdownPhase`]), for example to log or to report
+    /// progress elsewhere. Runs wherever the phase moves (a runtime task, or a drop): keep it
+    /// quick and non-blocking; a panic in it is caught and logged.
+    ///
+    /// Default: none. The phase is also the
+    /// [`SHUTDOWN_PHASE`](crate::metrics::SHUTDOWN_PHASE) gauge.
+    #[must_use]
+    pub fn on_phase(mut self, hook: impl Fn(ShutdownPhase) + Send + Sync + 'static) -> Self {
+        self.on_phase = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called every `every` during the drain with how many connections are still open, and
+    /// once more when it has ended. Keep it quick and non-blocking.
+    ///
+    /// Default: none.
+    #[must_use]
+    pub fn on_drain_progress(
+        mut self,
+        every: Duration,
+        hook: impl Fn(DrainProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_progress = Some((every, Arc::new(hook)));
+        self
+    }
+
+    /// Reports to systemd when started by it with `Type=notify` (`NOTIFY_SOCKET` set; nothing
+    /// happens otherwise): `READY=1` once every listener accepts, `STOPPING=1` when the
+    /// shutdown begins, a `STATUS=` line at every phase and every second of the drain (with
+    /// the connections still open), and `WATCHDOG=1` at half of `WatchdogSec=` from the
+    /// serving runtime, so the pings stop if it stops. Unix only; elsewhere it does nothing.
+    ///
+    /// Default: off (a library does not talk to the service manager unless asked).
+    #[must_use]
+    pub fn systemd(mut self) -> Self {
+        self.systemd = true;
+        self
+    }
+
     /// Triggers the shutdown (or forces it) from code.
     pub fn handle(&self) -> ShutdownHandle {
         self.handle.clone()
@@ -137,6 +237,82 @@ impl Shutdown {
     /// Background tasks spawned here are waited for by the drain, under its deadline.
     pub fn tasks(&self) -> TaskTracker {
         self.tasks.clone()
+    }
+
+    /// Starts the lifecycle this configures: the triggers (signals, the handle, added
+    /// triggers) and SIGHUP are listened for from now on, on tasks that end with the last
+    /// handle of the returned [`Lifecycle`]. A server calls it when it starts serving.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (the triggers run as tasks).
+    #[must_use]
+    pub fn start(mut self) -> Lifecycle {
+        #[cfg(unix)]
+        let systemd = if self.systemd {
+            match crate::systemd::Notifier::from_env() {
+                Ok(notifier) => notifier.map(Arc::new),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot talk to systemd; not notifying it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let hangups = self.signals.as_mut().and_then(Signals::take_hangups);
+        let parts = Parts {
+            health: self.health.clone(),
+            token: self.token.clone(),
+            tasks: self.tasks.clone(),
+            drain_delay: self.drain_delay,
+            drain_timeout: self.drain_timeout,
+            report: Report {
+                gauges: Some(PhaseGauges::resolve()),
+                on_phase: self.on_phase.take(),
+                on_progress: self.on_progress.take(),
+                #[cfg(unix)]
+                systemd,
+                stopping_sent: AtomicBool::new(false),
+            },
+            hangups_caught: hangups.is_some(),
+        };
+        let lifecycle = Lifecycle::from_parts(parts);
+        let mut triggers = std::mem::take(&mut self.triggers);
+        let mut forces = std::mem::take(&mut self.forces);
+        let parts = self.into_parts();
+        triggers.push(parts.trigger);
+        forces.push(parts.force);
+        for trigger in triggers {
+            let weak = lifecycle.downgrade();
+            lifecycle.keep(tokio::spawn(async move {
+                trigger.await;
+                if let Some(lifecycle) = Lifecycle::upgrade(&weak) {
+                    lifecycle.shut_down();
+                }
+            }));
+        }
+        for force in forces {
+            let weak = lifecycle.downgrade();
+            lifecycle.keep(tokio::spawn(async move {
+                force.await;
+                if let Some(lifecycle) = Lifecycle::upgrade(&weak) {
+                    lifecycle.force();
+                }
+            }));
+        }
+        if let Some(mut hangups) = hangups {
+            let weak = lifecycle.downgrade();
+            lifecycle.keep(tokio::spawn(async move {
+                while hangups.recv().await {
+                    match Lifecycle::upgrade(&weak) {
+                        Some(lifecycle) => lifecycle.reload().await,
+                        None => return,
+                    }
+                }
+            }));
+        }
+        lifecycle
     }
 
     /// Takes it apart for the server that runs it.

@@ -64,6 +64,39 @@ pub struct Signals {
     term: Listener,
     int: Listener,
     quit: Option<Listener>,
+    hangups: Option<Hangups>,
+}
+
+/// SIGHUP, caught so that it never ends the process: the conventional "reload your
+/// configuration" signal (certbot's deploy hooks send it). Taken from [`Signals`] by
+/// [`Shutdown::start`](crate::Shutdown::start), which reloads on each one.
+#[derive(Debug)]
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: TokioSignal,
+}
+
+impl Hangups {
+    /// Waits for the next SIGHUP and counts it; `false` once no more can come.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe: a signal that arrives while nobody waits is kept for the next call.
+    pub async fn recv(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            if self.signal.recv().await.is_none() {
+                return false;
+            }
+            metrics::counter!(crate::metrics::SIGNALS_RECEIVED, "signal" => "hup").increment(1);
+            tracing::info!("SIGHUP received");
+            true
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
 }
 
 /// One signal's handler on this platform.
@@ -151,12 +184,14 @@ impl fmt::Debug for Signals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signals")
             .field("quit", &self.quit.is_some())
+            .field("hangups", &self.hangups.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Signals {
-    /// Installs handlers for SIGTERM and SIGINT.
+    /// Installs handlers for SIGTERM and SIGINT, and (on Unix) SIGHUP, which is never a
+    /// shutdown signal: see [`take_hangups`](Self::take_hangups).
     ///
     /// # Errors
     ///
@@ -167,11 +202,25 @@ impl Signals {
     ///
     /// Outside a tokio runtime with its I/O driver enabled (tokio's own requirement).
     pub fn new() -> io::Result<Self> {
+        #[cfg(unix)]
+        let hangups = Some(Hangups {
+            signal: tokio::signal::unix::signal(SignalKind::hangup())?,
+        });
+        #[cfg(not(unix))]
+        let hangups = None;
         Ok(Self {
             term: Listener::term()?,
             int: Listener::int()?,
             quit: None,
+            hangups,
         })
+    }
+
+    /// Takes the SIGHUP listener (installed by [`new`](Self::new) on Unix, so SIGHUP never
+    /// ends the process); `None` when taken already or on other platforms. Without anyone
+    /// receiving them, SIGHUPs are caught and ignored.
+    pub fn take_hangups(&mut self) -> Option<Hangups> {
+        self.hangups.take()
     }
 
     /// Also treats SIGQUIT as a shutdown signal. Off by default: SIGQUIT conventionally asks

@@ -70,6 +70,13 @@ pub(crate) struct Slot {
 }
 
 impl TlsAcceptor {
+    /// Whether `other` is a clone of this acceptor (the same certificates, reloads and
+    /// configuration), for a server that runs each acceptor's reload triggers once.
+    #[must_use]
+    pub fn same_as(&self, other: &TlsAcceptor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Runs the TLS handshake on `io` under the handshake deadline.
     ///
     /// The deadline ([`TlsConfig::handshake_timeout`](crate::TlsConfig::handshake_timeout),

@@ -67,6 +67,20 @@ pub const LABEL_KIND: &str = "kind";
 /// returning clients points at lost session state.
 pub const HANDSHAKE_KINDS: &[&str] = &["full", "resumed"];
 
+/// Registers every series of this crate's closed label sets, so that they are exported (as 0)
+/// before their first event: handshakes by kind, failures by reason, reloads by outcome.
+pub fn register() {
+    for kind in HANDSHAKE_KINDS {
+        metrics::counter!(HANDSHAKES_TOTAL, LABEL_KIND => *kind).increment(0);
+    }
+    for reason in HANDSHAKE_FAILURE_REASONS {
+        metrics::counter!(HANDSHAKE_FAILURES_TOTAL, LABEL_REASON => *reason).increment(0);
+    }
+    for outcome in RELOAD_OUTCOMES {
+        metrics::counter!(RELOADS_TOTAL, LABEL_OUTCOME => *outcome).increment(0);
+    }
+}
+
 /// Registers units and help text for every metric of this crate with the current recorder.
 pub fn describe() {
     metrics::describe_counter!(

@@ -1,4 +1,4 @@
-//! loom models of the server phase: an advance is never missed by a watcher that registered
+//! loom models of the lifecycle phase: an advance is never missed by a watcher that registered
 //! on another thread, and the stage only moves forward, whoever advances it.
 
 use std::future::poll_fn;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use loom::thread;
 
-use super::{Phase, PhaseWatch, Stage};
+use crate::phase::{PhaseCell as Phase, PhaseWatch, ShutdownPhase as Stage};
 
 /// Runs `f` under loom, exploring schedules with up to three preemptions: enough for each of
 /// the races here (an advance between a watcher's load and its registration, a notification
@@ -36,10 +36,10 @@ fn loom_an_advance_on_another_thread_wakes_the_watcher() {
         let phase = Phase::new();
         let advancer = {
             let phase = Arc::clone(&phase);
-            thread::spawn(move || phase.advance(Stage::Draining))
+            thread::spawn(move || phase.advance(Stage::Drain))
         };
-        loom::future::block_on(phase.reached(Stage::Draining));
-        assert_eq!(phase.stage(), Stage::Draining);
+        loom::future::block_on(phase.reached(Stage::Drain));
+        assert_eq!(phase.get(), Stage::Drain);
         advancer.join().expect("advancer");
     });
 }
@@ -51,7 +51,7 @@ fn loom_concurrent_advances_only_move_forward() {
         // Two cores' triggers at once: one drains, one forces.
         let draining = {
             let phase = Arc::clone(&phase);
-            thread::spawn(move || phase.advance(Stage::Draining))
+            thread::spawn(move || phase.advance(Stage::Drain))
         };
         let forced = {
             let phase = Arc::clone(&phase);
@@ -65,7 +65,7 @@ fn loom_concurrent_advances_only_move_forward() {
         draining.join().expect("draining");
         forced.join().expect("forced");
         assert_eq!(
-            phase.stage(),
+            phase.get(),
             Stage::Forced,
             "a late Draining never undoes Forced"
         );
@@ -76,11 +76,11 @@ fn loom_concurrent_advances_only_move_forward() {
 fn loom_a_repeated_advance_does_not_hide_the_next_one() {
     model(|| {
         let phase = Phase::new();
-        phase.advance(Stage::Draining);
+        phase.advance(Stage::Drain);
         // Another core repeats Draining while this one moves on to Forced.
         let repeat = {
             let phase = Arc::clone(&phase);
-            thread::spawn(move || phase.advance(Stage::Draining))
+            thread::spawn(move || phase.advance(Stage::Drain))
         };
         let force = {
             let phase = Arc::clone(&phase);
