@@ -13,11 +13,9 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use portcullis_limit::client::{
-    ClientIp, ForwardingHeader, MAX_ELEMENT_LEN, RevElements, TrustedProxies,
-    parse_forwarded_element, parse_xff_element,
-};
 use libfuzzer_sys::fuzz_target;
+use portcullis_limit::client::{ClientIp, ForwardingHeader, MAX_ELEMENT_LEN, TrustedProxies};
+use portcullis_limit::internal::{RevElements, parse_forwarded_element, parse_xff_element};
 
 const NAMES: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 

@@ -38,6 +38,7 @@ pub enum ConnRejected {
 
 impl ConnRejected {
     /// The value of the `reason` label: `max_conns` or `max_conns_per_ip`.
+    #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
             ConnRejected::MaxConnections => "max_conns",
@@ -266,12 +267,14 @@ impl ConnLimiter {
     }
 
     /// Connections holding a permit now.
+    #[must_use]
     pub fn open(&self) -> usize {
         self.inner.total.load(Ordering::Acquire)
     }
 
     /// Open connections of `client` (aggregated to the key prefix); 0 without a per-client
     /// cap.
+    #[must_use]
     pub fn open_from(&self, client: IpAddr) -> u32 {
         let Some(per_client) = &self.inner.per_client else {
             return 0;
@@ -285,6 +288,7 @@ impl ConnLimiter {
     }
 
     /// How many clients have at least one open connection; 0 without a per-client cap.
+    #[must_use]
     pub fn clients(&self) -> usize {
         self.inner.per_client.as_ref().map_or(0, |per_client| {
             per_client

@@ -37,6 +37,7 @@ impl PeerAddr {
     }
 
     /// The peer of the connection scope the current task runs in, if any.
+    #[must_use]
     pub fn current() -> Option<SocketAddr> {
         CONNECTION_PEER.try_with(|peer| *peer).ok()
     }
@@ -59,11 +60,13 @@ pub const MAX_KEY_LEN: usize = 256;
 
 impl Key {
     /// A key for an address, used as given (no prefix aggregation).
+    #[must_use]
     pub fn ip(ip: IpAddr) -> Self {
         Key(Repr::Ip(ip))
     }
 
     /// A key of at most [`MAX_KEY_LEN`] bytes (an API key, a tenant id); `None` if longer.
+    #[must_use]
     pub fn bytes(bytes: &[u8]) -> Option<Self> {
         (bytes.len() <= MAX_KEY_LEN).then(|| Key(Repr::Bytes(bytes.into())))
     }
@@ -121,6 +124,7 @@ pub enum KeyBy {
 
 impl KeyBy {
     /// A key computed by `extract`.
+    #[must_use]
     pub fn custom(
         extract: impl Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync + 'static,
     ) -> Self {

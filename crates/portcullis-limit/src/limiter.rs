@@ -38,12 +38,14 @@ impl Limited {
     }
 
     /// How long until the same key would be allowed one request.
+    #[must_use]
     pub fn wait(&self) -> Duration {
         self.wait
     }
 
     /// [`Limited::wait`] in whole seconds, rounded up and at least 1: the value of a
     /// `Retry-After` field. A client told `0` retries at once, which is never what a limit wants.
+    #[must_use]
     pub fn retry_after_secs(&self) -> u64 {
         let secs = self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0);
         secs.max(1)
@@ -84,11 +86,13 @@ pub struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// A limiter allowing `quota` per key, tracking at most [`DEFAULT_MAX_KEYS`] keys.
+    #[must_use]
     pub fn new(quota: Quota) -> Self {
         Self::with_clock(quota, DEFAULT_MAX_KEYS, DefaultClock::default())
     }
 
     /// A limiter allowing `quota` per key, tracking at most `max_keys` keys.
+    #[must_use]
     pub fn with_max_keys(quota: Quota, max_keys: NonZeroUsize) -> Self {
         Self::with_clock(quota, max_keys, DefaultClock::default())
     }
@@ -96,6 +100,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
 impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     /// A limiter reading time from `clock` (for tests: `governor::clock::FakeRelativeClock`).
+    #[must_use]
     pub fn with_clock(quota: Quota, max_keys: NonZeroUsize, clock: C) -> Self {
         let store = BoundedStore::new(max_keys.get(), KeyHasher::default());
         Self {
@@ -118,27 +123,32 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     }
 
     /// The quota each key gets.
+    #[must_use]
     pub fn quota(&self) -> Quota {
         self.quota
     }
 
     /// How many keys have a state of their own now.
+    #[must_use]
     pub fn len(&self) -> usize {
         self.store.live()
     }
 
     /// Whether no key has a state of its own.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// How many checks of untracked keys went to the shared overflow state because the table
     /// was full, since the limiter was made.
+    #[must_use]
     pub fn overflowed(&self) -> u64 {
         self.store.overflowed()
     }
 
     /// How many keys [`KeyedLimiter::evict_idle`] removed, since the limiter was made.
+    #[must_use]
     pub fn evicted(&self) -> u64 {
         self.store.evicted()
     }
@@ -171,6 +181,7 @@ pub struct GlobalLimiter<C: Clock = DefaultClock> {
 
 impl GlobalLimiter {
     /// A limiter allowing `quota` in all.
+    #[must_use]
     pub fn new(quota: Quota) -> Self {
         Self::with_clock(quota, DefaultClock::default())
     }
@@ -178,6 +189,7 @@ impl GlobalLimiter {
 
 impl<C: Clock> GlobalLimiter<C> {
     /// A limiter reading time from `clock`.
+    #[must_use]
     pub fn with_clock(quota: Quota, clock: C) -> Self {
         Self {
             governor: governor::RateLimiter::direct_with_clock(quota.to_governor(), clock),
@@ -198,6 +210,7 @@ impl<C: Clock> GlobalLimiter<C> {
     }
 
     /// The quota.
+    #[must_use]
     pub fn quota(&self) -> Quota {
         self.quota
     }

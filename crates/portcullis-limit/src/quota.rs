@@ -18,11 +18,13 @@ pub enum Per {
 
 impl Per {
     /// The length of this unit.
+    #[must_use]
     pub const fn duration(self) -> Duration {
         Duration::from_secs(self.seconds())
     }
 
     /// The length of this unit in seconds.
+    #[must_use]
     pub const fn seconds(self) -> u64 {
         match self {
             Per::Second => 1,
@@ -72,6 +74,7 @@ pub struct Quota {
 
 impl Quota {
     /// `rate` requests per `per`, with a burst equal to the rate.
+    #[must_use]
     pub const fn new(rate: NonZeroU32, per: Per) -> Self {
         Self {
             rate,
@@ -81,16 +84,19 @@ impl Quota {
     }
 
     /// `rate` requests per second, burst equal to the rate.
+    #[must_use]
     pub const fn per_second(rate: NonZeroU32) -> Self {
         Self::new(rate, Per::Second)
     }
 
     /// `rate` requests per minute, burst equal to the rate.
+    #[must_use]
     pub const fn per_minute(rate: NonZeroU32) -> Self {
         Self::new(rate, Per::Minute)
     }
 
     /// `rate` requests per hour, burst equal to the rate.
+    #[must_use]
     pub const fn per_hour(rate: NonZeroU32) -> Self {
         Self::new(rate, Per::Hour)
     }
@@ -107,21 +113,25 @@ impl Quota {
     }
 
     /// The number of requests per [`Quota::per`].
+    #[must_use]
     pub const fn rate(&self) -> NonZeroU32 {
         self.rate
     }
 
     /// The unit of time of [`Quota::rate`].
+    #[must_use]
     pub const fn per(&self) -> Per {
         self.per
     }
 
     /// How many requests may arrive at once.
+    #[must_use]
     pub const fn max_burst(&self) -> NonZeroU32 {
         self.burst
     }
 
     /// The interval at which one more request is allowed: `per / rate`.
+    #[must_use]
     pub fn interval(&self) -> Duration {
         // Nanosecond precision: 3/s gives 333_333_333 ns. Rates above 10^9/s would round to
         // zero; the interval is at least 1 ns.
@@ -174,6 +184,7 @@ impl QuotaError {
     }
 
     /// What was wrong, without the input.
+    #[must_use]
     pub fn reason(&self) -> &'static str {
         self.reason
     }
