@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 use common::Running;
-use portcullis::limit::RateLimit;
+use portcullis::limit::RateLimitLayer;
 
 fn status(response: &str) -> &str {
     response.get(9..12).unwrap_or("")
@@ -17,7 +17,7 @@ fn status(response: &str) -> &str {
 
 #[tokio::test]
 async fn one_layer_on_two_routes_is_one_limit() {
-    let limit = RateLimit::per_client("2/m".parse().expect("quota")).layer();
+    let limit = RateLimitLayer::per_client("2/m".parse().expect("quota")).layer();
     let app = Router::new()
         .route("/a", get(|| async { "a\n" }).layer(limit.clone()))
         .route("/b", get(|| async { "b\n" }).layer(limit.clone()))
@@ -37,7 +37,7 @@ async fn one_layer_on_two_routes_is_one_limit() {
 
 #[tokio::test]
 async fn with_plain_axum_serve_the_peer_comes_from_connect_info() {
-    let limit = RateLimit::per_client("1/m".parse().expect("quota")).layer();
+    let limit = RateLimitLayer::per_client("1/m".parse().expect("quota")).layer();
     let app = Router::new()
         .route("/", get(|| async { "hello\n" }))
         .layer(limit);

@@ -74,7 +74,7 @@ pub use portcullis_tls as tls;
 /// The types most servers need, for a glob import.
 pub mod prelude {
     #[cfg(feature = "limit")]
-    pub use portcullis_limit::{ConnLimiter, LoadShedLayer, Quota, RateLimit};
+    pub use portcullis_limit::{ConnLimiter, ConnLimits, LoadShedLayer, Quota, RateLimitLayer};
     #[cfg(feature = "listen")]
     pub use portcullis_listen::proxy::ProxyProtocol;
     #[cfg(feature = "listen")]
