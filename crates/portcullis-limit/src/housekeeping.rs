@@ -29,7 +29,7 @@
 //! |---|---|---|
 //! | [`PENDING`] | no task yet | a check inside a runtime CASes to [`AUTO`] and spawns |
 //! | [`AUTO`] | the automatic task runs | back to [`PENDING`] when its runtime drops it; [`OFF`] on [`managed`] |
-//! | [`OFF`] | the application runs [`managed`] itself, or the limit is global (no keys) | final |
+//! | [`OFF`] | the application runs [`managed`] itself, the limit is global (no keys), or the runtime has no time driver (logged) | final |
 
 use std::fmt;
 use std::future::Future;
@@ -113,15 +113,28 @@ where
     {
         return;
     }
+    // Made here rather than in the task: a runtime without its time driver panics on it, and
+    // a task that panicked would be restarted by the next check, and panic again, forever.
+    // Caught once here (the panic hook has printed tokio's message), housekeeping stays off.
+    let ticks = std::panic::catch_unwind(|| ticks(DEFAULT_HOUSEKEEPING_INTERVAL));
+    let Ok(ticks) = ticks else {
+        switch.mode.store(OFF, Ordering::Relaxed);
+        tracing::error!(
+            limiter = shared.config.name,
+            "this tokio runtime has no time driver (enable_time): idle rate-limit keys will \
+             not be evicted; spawn RateLimitLayer::housekeeping on a runtime that has one"
+        );
+        return;
+    };
     let weak = Arc::downgrade(shared);
     let reset = BackToPending(weak.clone());
-    runtime.spawn(run(
-        weak,
-        DEFAULT_HOUSEKEEPING_INTERVAL,
-        switch.dropped.clone(),
-        None,
-        Some(reset),
-    ));
+    runtime.spawn(run(weak, ticks, switch.dropped.clone(), None, Some(reset)));
+}
+
+fn ticks(every: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 /// The future of [`RateLimitLayer::housekeeping`](crate::RateLimitLayer::housekeeping): turns
@@ -136,13 +149,11 @@ where
 {
     // An automatic task already running sees OFF at its next tick and ends.
     shared.housekeeping.mode.store(OFF, Ordering::Relaxed);
-    run(
-        Arc::downgrade(shared),
-        every,
-        shared.housekeeping.dropped.clone(),
-        Some(stop),
-        None,
-    )
+    let dropped = shared.housekeeping.dropped.clone();
+    let shared = Arc::downgrade(shared);
+    // The interval is made at the first poll, on the runtime that polls: the future may be
+    // made before any runtime exists.
+    async move { run(shared, ticks(every), dropped, Some(stop), None).await }
 }
 
 /// Puts the switch back to [`PENDING`] when the automatic task's future is dropped while the
@@ -169,7 +180,7 @@ impl<C: Clock> Drop for BackToPending<C> {
 /// for the automatic task (`reset` is set), the application takes housekeeping over.
 async fn run<C>(
     shared: Weak<Shared<C>>,
-    every: Duration,
+    mut ticks: tokio::time::Interval,
     dropped: CancellationToken,
     stop: Option<CancellationToken>,
     reset: Option<BackToPending<C>>,
@@ -179,8 +190,6 @@ async fn run<C>(
     let _reset = reset;
     let automatic = _reset.is_some();
     let stop = stop.unwrap_or_default();
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         tokio::select! {

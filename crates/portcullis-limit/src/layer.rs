@@ -236,7 +236,9 @@ impl<C: Clock> fmt::Debug for RateLimitBuilder<C> {
 /// [`DEFAULT_HOUSEKEEPING_INTERVAL`]. The task holds no strong reference to the limiter: it
 /// ends when the last clone of the layer and of its services is dropped, and with its
 /// runtime (the next request checked in another runtime starts it again there). The runtime
-/// needs its time driver (`enable_time`; `#[tokio::main]` has it).
+/// needs its time driver (`enable_time`; `#[tokio::main]` has it): without one tokio panics
+/// when the task's timer is made, which turns housekeeping off with an error logged (under
+/// `panic = "abort"` that panic ends the process).
 ///
 /// To run housekeeping elsewhere (on a schedule of your own, on another runtime), spawn
 /// [`RateLimitLayer::housekeeping`] instead; from that call on the automatic task never starts

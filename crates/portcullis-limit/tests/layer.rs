@@ -457,6 +457,36 @@ fn housekeeping_moves_to_another_runtime_when_its_runtime_shuts_down() {
     });
 }
 
+/// A runtime without its time driver cannot run the task: housekeeping turns off once (with
+/// an error logged) instead of a task that panics being spawned again on every request.
+#[test]
+fn without_a_time_driver_housekeeping_turns_off_once_and_requests_are_still_served() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let layer = housekeeping_layer(&FakeRelativeClock::default());
+    runtime.block_on(async {
+        for _ in 0..3 {
+            twenty_clients_again(&layer).await;
+            settle_to(0).await;
+        }
+        assert_eq!(alive_tasks(), 0);
+    });
+    let debug = format!("{layer:?}");
+    assert!(debug.contains("housekeeping: off"), "{debug}");
+}
+
+/// [`twenty_clients`] without the key count (a later round finds the keys already there).
+async fn twenty_clients_again<C>(layer: &RateLimitLayer<C>)
+where
+    C: Clock + Send + Sync + 'static,
+{
+    for last in 1..=20u8 {
+        let ip = IpAddr::from([127, 0, 1, last]);
+        let _ = call(layer, request(&ip.to_string(), "/")).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn explicit_housekeeping_turns_the_automatic_one_off_and_stops_with_its_token() {
     let clock = FakeRelativeClock::default();
