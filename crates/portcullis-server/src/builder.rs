@@ -155,6 +155,37 @@ impl Builder {
         Ok(self)
     }
 
+    /// Serves the sockets systemd passed to this process (socket activation: `LISTEN_FDS`,
+    /// `LISTEN_PID`), with `config`'s per-connection options, if there are any. Returns the
+    /// builder and whether any were taken, so an executable binds its own addresses only when
+    /// it was not given sockets:
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), portcullis_server::Error> {
+    /// let config = portcullis_listen::ListenerConfig::default();
+    /// let (mut builder, inherited) = portcullis_server::Server::builder().listen_inherited(&config)?;
+    /// if !inherited {
+    ///     builder = builder.listen_with("127.0.0.1:8080", &config)?;
+    /// }
+    /// # let _ = builder; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Activation`] when the variables are malformed; [`Error::Bind`] when an
+    /// inherited socket cannot be adopted.
+    pub fn listen_inherited(mut self, config: &ListenerConfig) -> Result<(Self, bool), Error> {
+        let Some(mut inherited) =
+            portcullis_listen::SocketActivation::from_env().map_err(Error::Activation)?
+        else {
+            return Ok((self, false));
+        };
+        let listeners = inherited.take_all(config).map_err(Error::Bind)?;
+        let any = !listeners.is_empty();
+        self.listeners.extend(listeners);
+        Ok((self, any))
+    }
+
     /// Adds a listener. Each listener gets its own accept loop.
     pub fn listener(mut self, listener: Listener) -> Self {
         self.listeners.push(listener);
@@ -226,6 +257,37 @@ impl Builder {
             }
         }
         addrs
+    }
+
+    /// Writes the lines that tell a person (or a test harness) where the server listens:
+    /// `listening on http://IP:PORT` (`https://` on a TLS listener) once per address of
+    /// [`listen_addrs`](Self::listen_addrs), then `admin on http://IP:PORT`, and flushes.
+    /// IPv6 addresses are bracketed (`http://[::1]:8080`). Call it once every listener is
+    /// bound: the addresses accept from that moment (connections wait in the backlog until
+    /// serving starts).
+    ///
+    /// # Errors
+    ///
+    /// When `out` fails.
+    pub fn announce(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
+        let mut lines = String::new();
+        let mut seen: Vec<&Addr> = Vec::new();
+        for listener in &self.listeners {
+            let addr = listener.local_addr();
+            if seen.contains(&addr) {
+                continue;
+            }
+            seen.push(addr);
+            let tls =
+                self.tls.is_some() || self.listener_tls.iter().any(|(id, _)| *id == listener.id());
+            let scheme = if tls { "https" } else { "http" };
+            lines.push_str(&format!("listening on {scheme}://{addr}\n"));
+        }
+        if let Some(addr) = self.admin_addr() {
+            lines.push_str(&format!("admin on http://{addr}\n"));
+        }
+        out.write_all(lines.as_bytes())?;
+        out.flush()
     }
 
     /// The local address of every listener added so far (one per acceptor).

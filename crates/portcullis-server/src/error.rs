@@ -40,6 +40,8 @@ pub enum Error {
     },
     /// A listener could not be bound (the error names the address).
     Bind(portcullis_listen::BindError),
+    /// The socket-activation variables (`LISTEN_FDS`, ...) are malformed.
+    Activation(portcullis_listen::ActivationError),
     /// The Prometheus exporter of [`admin`](crate::Builder::admin) could not be installed:
     /// the process already has a metrics recorder (give it with
     /// [`admin_listener`](crate::Builder::admin_listener) instead).
@@ -70,6 +72,7 @@ impl fmt::Display for Error {
                 write!(f, "`{input}` is not a listen address: {reason}")
             }
             Error::Bind(error) => error.fmt(f),
+            Error::Activation(error) => error.fmt(f),
             #[cfg(feature = "prometheus")]
             Error::Exporter(error) => {
                 write!(
@@ -92,6 +95,7 @@ impl std::error::Error for Error {
         match self {
             Error::Runtime(e) | Error::Listener { source: e, .. } | Error::Signal(e) => Some(e),
             Error::Bind(error) => Some(error),
+            Error::Activation(error) => Some(error),
             #[cfg(feature = "prometheus")]
             Error::Exporter(error) => Some(error),
             Error::NoListeners

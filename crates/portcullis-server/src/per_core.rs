@@ -56,6 +56,41 @@ fn detach(listener: portcullis_listen::Listener) -> Result<DetachedListener, Err
 }
 
 impl Builder {
+    /// Serves, blocking the calling thread: on `runtime` with [`serve`](Self::serve), or with
+    /// [`serve_per_core`](Self::serve_per_core) when `per_core` says how many cores (the
+    /// listeners move off `runtime`, which stays alive until the cores have drained). The
+    /// usual end of an executable's `main`, whichever mode it was asked for.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve) or [`serve_per_core`](Self::serve_per_core).
+    pub fn run<F, S, B>(
+        self,
+        runtime: tokio::runtime::Runtime,
+        per_core: Option<NonZeroUsize>,
+        make_service: F,
+    ) -> Result<ServeReport, Error>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match per_core {
+            Some(cores) => self.serve_per_core(cores, make_service),
+            None => {
+                // The service may spawn tasks as it is made: make it inside the runtime.
+                let service = {
+                    let _entered = runtime.enter();
+                    make_service()
+                };
+                runtime.block_on(self.serve(service))
+            }
+        }
+    }
+
     /// Serves with one single-threaded runtime per core instead of one shared runtime.
     ///
     /// `threads` OS threads each run a current-thread tokio runtime with its own share of the

@@ -362,12 +362,15 @@ impl Lifecycle {
     /// serves, so the pings stop if it does.
     pub fn serving(&self) {
         self.inner.health.set_ready(true);
+        #[cfg(unix)]
+        if let Some(notifier) = &self.inner.report.systemd
+            && let Err(error) = notifier.ready()
+        {
+            tracing::warn!(%error, "cannot notify systemd");
+        }
         self.report(ShutdownPhase::Running);
         #[cfg(unix)]
         if let Some(notifier) = &self.inner.report.systemd {
-            if let Err(error) = notifier.ready() {
-                tracing::warn!(%error, "cannot notify systemd");
-            }
             if let Some(interval) = crate::systemd::watchdog_interval() {
                 let notifier = Arc::clone(notifier);
                 let weak = self.downgrade();

@@ -105,8 +105,14 @@ pub fn describe() {
     );
 }
 
-/// The handles one acceptor counts with.
+/// The handles one acceptor counts with, resolved on first use: an acceptor built before the
+/// metrics recorder is installed still reports to it.
+#[derive(Default)]
 pub(crate) struct Metrics {
+    handles: std::sync::OnceLock<Handles>,
+}
+
+struct Handles {
     reload_success: Counter,
     reload_failure: Counter,
     failures: [Counter; 5],
@@ -116,7 +122,11 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        Self {
+        Self::default()
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| Handles {
             reload_success: metrics::counter!(RELOADS_TOTAL, LABEL_OUTCOME => "success"),
             reload_failure: metrics::counter!(RELOADS_TOTAL, LABEL_OUTCOME => "failure"),
             failures: HandshakeFailure::ALL.map(
@@ -124,28 +134,30 @@ impl Metrics {
             ),
             full: metrics::counter!(HANDSHAKES_TOTAL, LABEL_KIND => "full"),
             resumed: metrics::counter!(HANDSHAKES_TOTAL, LABEL_KIND => "resumed"),
-        }
+        })
     }
 
     pub(crate) fn reloaded(&self, success: bool) {
+        let handles = self.handles();
         if success {
-            self.reload_success.increment(1);
+            handles.reload_success.increment(1);
         } else {
-            self.reload_failure.increment(1);
+            handles.reload_failure.increment(1);
         }
     }
 
     pub(crate) fn handshake_failed(&self, reason: HandshakeFailure) {
-        if let Some(counter) = self.failures.get(reason.index()) {
+        if let Some(counter) = self.handles().failures.get(reason.index()) {
             counter.increment(1);
         }
     }
 
     pub(crate) fn handshake_completed(&self, resumed: bool) {
+        let handles = self.handles();
         if resumed {
-            self.resumed.increment(1);
+            handles.resumed.increment(1);
         } else {
-            self.full.increment(1);
+            handles.full.increment(1);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The command line and `--config` file: the stable contract documented in
-//! docs/architecture.md. Flags override the file; the file overrides the defaults.
+//! docs/architecture.md. Flags override the file; the file overrides the defaults. Failures
+//! are one `error: ` line and exit status 2 (bad usage, start-up) or 1 (while serving).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -283,4 +284,28 @@ fn read_file(path: &Path) -> Result<File, String> {
             e.message().trim().replace('\n', " ")
         )
     })
+}
+
+/// Why `run` failed: the one line to print, and the exit status (2: start-up, 1: serving).
+pub(crate) struct Failed(pub(crate) String, pub(crate) u8);
+
+impl Failed {
+    /// Prints the `error: ` line and gives the exit status.
+    pub(crate) fn exit(self) -> std::process::ExitCode {
+        eprintln!("error: {}", self.0);
+        std::process::ExitCode::from(self.1)
+    }
+}
+
+/// A start-up failure.
+pub(crate) fn start_up(error: impl std::fmt::Display) -> Failed {
+    Failed(error.to_string(), 2)
+}
+
+impl From<portcullis::server::Error> for Failed {
+    fn from(error: portcullis::server::Error) -> Self {
+        // A core that died while serving is a serving failure; anything else is start-up.
+        let serving = matches!(error, portcullis::server::Error::CorePanicked { .. });
+        Failed(error.to_string(), if serving { 1 } else { 2 })
+    }
 }

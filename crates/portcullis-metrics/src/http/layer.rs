@@ -12,9 +12,10 @@ pub const DEFAULT_MAX_ROUTES: usize = 512;
 /// A tower layer recording the HTTP server metrics of [`crate::http`] for every request: the
 /// duration histogram (whose `_count` is the request count) and the in-flight gauge.
 ///
-/// Every clone records into the same series, and the handles are resolved when the layer is
-/// built (the gauges) or at the first request of a series (the histograms), never per
-/// request: build the layer after the executable installed its recorder.
+/// Every clone records into the same series, and the handles are resolved at the first
+/// request (the gauges) or the first request of a series (the histograms), never per request
+/// and never when the layer is built: building it before or after the executable installs
+/// its recorder makes no difference.
 ///
 /// Place it where the route is known: inside an axum `Router` (`Router::layer`) it sees
 /// `MatchedPath` (feature `axum`); outside a router it reads the [`Route`](super::Route) the

@@ -79,7 +79,9 @@ impl Equivalent<Key> for KeyRef<'_> {
 pub(crate) type RouteFn = fn(&http::Method, &http::Uri) -> Option<&'static str>;
 
 pub(crate) struct Series {
-    active: [Gauge; METHODS.len()],
+    /// Resolved at the first request, not when the layer is built: a layer built before the
+    /// recorder is installed still reports to it.
+    active: std::sync::OnceLock<[Gauge; METHODS.len()]>,
     pub(crate) route_fn: Option<RouteFn>,
     durations: ArcSwap<Map>,
     by_addr: ArcSwap<ByAddr>,
@@ -101,7 +103,7 @@ impl std::fmt::Debug for Series {
 impl Series {
     pub(crate) fn new(max_routes: usize, route_fn: Option<RouteFn>) -> Self {
         Self {
-            active: METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method)),
+            active: std::sync::OnceLock::new(),
             route_fn,
             durations: ArcSwap::from_pointee(Map::default()),
             by_addr: ArcSwap::from_pointee(ByAddr::default()),
@@ -111,7 +113,10 @@ impl Series {
     }
 
     pub(crate) fn active(&self, method: u8) -> &Gauge {
-        &self.active[usize::from(method)]
+        let active = self.active.get_or_init(|| {
+            METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method))
+        });
+        &active[usize::from(method)]
     }
 
     /// Records one request's duration in its series.

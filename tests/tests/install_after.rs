@@ -1,0 +1,10 @@
+//! Blocks built after the process's exporter is installed report to it. Its own test binary:
+//! it installs the global recorder.
+
+mod common;
+mod install_order;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_built_after_the_exporter_report_to_it() {
+    install_order::blocks_report_to_the_exporter(false).await;
+}
