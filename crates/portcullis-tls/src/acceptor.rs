@@ -70,6 +70,14 @@ pub(crate) struct Slot {
 }
 
 impl TlsAcceptor {
+    /// Resolves the acceptor's metric handles now, against the recorder in effect here (a
+    /// local recorder in a test, say). Without this call they are resolved at the first
+    /// handshake or reload, so an acceptor built before the process's recorder is installed
+    /// still reports to it.
+    pub fn resolve_metrics(&self) {
+        self.inner.metrics.resolve();
+    }
+
     /// Whether `other` is a clone of this acceptor (the same certificates, reloads and
     /// configuration), for a server that runs each acceptor's reload triggers once.
     #[must_use]

@@ -125,6 +125,11 @@ impl Metrics {
         Self::default()
     }
 
+    /// Resolves the handles now, against the recorder in effect.
+    pub(crate) fn resolve(&self) {
+        let _ = self.handles();
+    }
+
     fn handles(&self) -> &Handles {
         self.handles.get_or_init(|| Handles {
             reload_success: metrics::counter!(RELOADS_TOTAL, LABEL_OUTCOME => "success"),

@@ -20,7 +20,7 @@ async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>
 /// Builds a rate limit, the HTTP metrics layer and connection caps before (`before`) or
 /// after installing the exporter, serves two requests (the second a 429) and checks the
 /// scrape for the series of all three.
-pub async fn blocks_report_to_the_exporter(before: bool) {
+pub(crate) async fn blocks_report_to_the_exporter(before: bool) {
     let build = || {
         let quota = "1/m".parse().expect("quota");
         (

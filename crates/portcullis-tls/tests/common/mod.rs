@@ -395,7 +395,12 @@ impl MetricsProbe {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let config = with_test_provider(config);
-        let acceptor = metrics::with_local_recorder(&recorder, || config.build())?;
+        // Handles resolve at first use; resolve them here, inside the probe's recorder.
+        let acceptor = metrics::with_local_recorder(&recorder, || {
+            let acceptor = config.build()?;
+            acceptor.resolve_metrics();
+            Ok::<_, TlsError>(acceptor)
+        })?;
         Ok((
             acceptor,
             MetricsProbe {
