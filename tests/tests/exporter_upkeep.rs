@@ -1,0 +1,121 @@
+//! A server with an admin listener runs its exporter's upkeep itself: over 100 000 requests
+//! and no scrape, the live heap stays flat, with no task spawned by the test. Without the
+//! upkeep every request's histogram sample would wait in the exporter's buffer (about 8 bytes
+//! each). Measured with a counting global allocator (this test binary only), on one thread
+//! so that the exporter can be this test's local recorder.
+
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use portcullis::listen::Listener;
+use portcullis::metrics::{Admin, HttpMetricsLayer, PrometheusExporter, UPKEEP_INTERVAL};
+use portcullis::server::HttpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::ServiceBuilder;
+
+/// Bytes allocated and not yet freed, by anyone in this process.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is only
+// arithmetic on the sizes the caller passes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout, as `GlobalAlloc::alloc` requires.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const ROUNDS: usize = 5;
+const REQUESTS_PER_ROUND: usize = 20_000;
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
+}
+
+/// Sends `count` requests on `stream`, one after the other, reading each whole response.
+async fn requests(stream: &mut TcpStream, count: usize) {
+    let mut buf = [0u8; 1024];
+    for _ in 0..count {
+        stream.write_all(REQUEST).await.expect("write");
+        let mut seen = 0;
+        // The answer is small and ends with the body: read until it is all there.
+        while !buf[..seen].ends_with(b"hello\n") {
+            let n = stream.read(&mut buf[seen..]).await.expect("read");
+            assert!(n > 0, "closed mid-response");
+            seen += n;
+        }
+    }
+}
+
+// Paused time: the waits below move the clock past the server's upkeep ticks at once.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_server_runs_the_exporter_upkeep_without_any_scrape() {
+    let recorder = PrometheusExporter::builder().build_recorder();
+    let exporter = PrometheusExporter::for_recorder(&recorder);
+    // One thread: every task of the server records into this recorder.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let admin = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind admin");
+    let service = ServiceBuilder::new()
+        .layer(HttpMetricsLayer::new())
+        .service_fn(hello);
+    // Deadlines far away: paused time must not close the keep-alive connection.
+    let http = HttpConfig::default()
+        .header_timeout(Duration::from_secs(86_400))
+        .idle_timeout(Duration::from_secs(86_400));
+    let server = common::Running::start(
+        move |b| {
+            b.http(http)
+                .admin_listener(admin, Admin::new().prometheus(&exporter))
+        },
+        service,
+    );
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut live = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        requests(&mut stream, REQUESTS_PER_ROUND).await;
+        // Past the next upkeep tick of the server's own task.
+        tokio::time::sleep(UPKEEP_INTERVAL + Duration::from_millis(1)).await;
+        live.push(LIVE.load(Ordering::Relaxed));
+    }
+    // The first round grows every buffer to its working size; from then on, flat.
+    let grown = live[1..].iter().map(|l| l - live[1]).max().unwrap_or(0);
+    assert!(
+        grown < 64 * 1024,
+        "live heap grew by {grown} bytes over {} requests with nobody scraping: {live:?}",
+        (ROUNDS - 2) * REQUESTS_PER_ROUND
+    );
+    drop(stream);
+    server.stop().await;
+}
