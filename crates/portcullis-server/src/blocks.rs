@@ -50,6 +50,8 @@ impl BlockTasks {
             let lifecycle = lifecycle.clone();
             tasks.push(AbortOnDropHandle::new(tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
+                    metrics::counter!(portcullis_shutdown::metrics::SIGNALS_RECEIVED, "signal" => "hup")
+                        .increment(1);
                     tracing::info!("SIGHUP received");
                     lifecycle.reload().await;
                 }

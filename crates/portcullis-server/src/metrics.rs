@@ -52,6 +52,7 @@ impl CloseReason {
     ];
 
     /// The label value.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Complete => "complete",
@@ -74,7 +75,7 @@ pub fn describe() {
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error."
+        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused."
     );
     metrics::describe_histogram!(
         CONNECTION_DURATION,
@@ -94,8 +95,9 @@ pub fn describe() {
 }
 
 /// Registers unit and help text of every metric portcullis emits: this crate's, and those of
-/// portcullis-listen, portcullis-shutdown and portcullis-metrics. Call it once from the executable, after
-/// installing the recorder.
+/// portcullis-listen, portcullis-limit, portcullis-tls, portcullis-shutdown and
+/// portcullis-metrics. Call it once from the executable, after installing the recorder
+/// ([`Builder::admin`](crate::Builder::admin) does both).
 pub fn describe_all() {
     describe();
     portcullis_listen::metrics::describe();

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::acceptor::{Inner, ReloadStatus, Slot, TlsAcceptor};
 use crate::error::{TlsError, TlsErrorKind};
-use crate::metrics::{self, DEFAULT_CERTIFICATE, Metrics};
+use crate::metrics::{DEFAULT_CERTIFICATE, Metrics};
 use crate::pair::{self, CertKeyPair};
 use crate::provider;
 use crate::resolver::{Loaded, Names, Resolver, Snapshot};
@@ -72,6 +72,7 @@ impl ClientAuth {
     /// Every client must present a certificate that verifies against the CA bundle in
     /// `ca_file` (PEM, one or more certificates); others fail the handshake, counted as
     /// `bad_client_certificate`.
+    #[must_use]
     pub fn required(ca_file: impl Into<PathBuf>) -> Self {
         Self {
             ca: CaSource::File(ca_file.into()),
@@ -82,6 +83,7 @@ impl ClientAuth {
     /// Clients may present a certificate; if they do, it must verify against the CA bundle in
     /// `ca_file`. Clients without one are let through, and the application decides from
     /// [`ClientCertificates`](crate::ClientCertificates) being absent.
+    #[must_use]
     pub fn optional(ca_file: impl Into<PathBuf>) -> Self {
         Self {
             ca: CaSource::File(ca_file.into()),
@@ -90,6 +92,7 @@ impl ClientAuth {
     }
 
     /// As [`ClientAuth::required`], with the CA bundle as PEM in memory.
+    #[must_use]
     pub fn required_pem(ca_pem: impl Into<Vec<u8>>) -> Self {
         Self {
             ca: CaSource::Pem(ca_pem.into().into()),
@@ -98,6 +101,7 @@ impl ClientAuth {
     }
 
     /// As [`ClientAuth::optional`], with the CA bundle as PEM in memory.
+    #[must_use]
     pub fn optional_pem(ca_pem: impl Into<Vec<u8>>) -> Self {
         Self {
             ca: CaSource::Pem(ca_pem.into().into()),
@@ -106,6 +110,7 @@ impl ClientAuth {
     }
 
     /// Whether clients must present a certificate.
+    #[must_use]
     pub fn is_required(&self) -> bool {
         self.required
     }
@@ -187,6 +192,7 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     /// Settings serving `default` to every client, with the secure defaults.
+    #[must_use]
     pub fn new(default: CertKeyPair) -> Self {
         Self {
             default,
@@ -364,7 +370,6 @@ impl TlsConfig {
                 parsed: Arc::clone(&pair.parsed),
             }));
             slots.push(Slot {
-                expiry: metrics::expiry_gauge(&label),
                 label: label.into(),
                 source: pair.source,
             });

@@ -1,8 +1,10 @@
-//! Metric names emitted by this crate, and [`describe`] to register their units and help.
+//! Metric names emitted by this crate, [`describe`] to register their units and help, and
+//! [`register`] to create every series of the closed label sets at 0.
 //!
 //! Emitted only through the [`metrics`](https://docs.rs/metrics) facade; this crate never
-//! installs a recorder. The handles are registered when the acceptor is built, with the
-//! recorder installed at that moment. Label values come from closed sets: [`LABEL_CERTIFICATE`]
+//! installs a recorder. The counters are resolved at an acceptor's first handshake or reload
+//! and the expiry gauge at each update, never when the acceptor is built, so an acceptor built
+//! before the recorder is installed still reports to it. Label values come from closed sets: [`LABEL_CERTIFICATE`]
 //! is a server name from the configuration (or `default`), never the name a client sent.
 
 use metrics::{Counter, Unit};

@@ -394,6 +394,13 @@ async fn reloads_by_sighup_symlink_swap_and_never_to_a_bad_pair() {
     assert_eq!(served(&fresh), third.der);
     assert!(get(&mut open).await.ends_with("hello\n"));
     drop((open, fresh));
+    // The acceptor was built before `--admin` installed the exporter: its expiry gauge still
+    // reaches the scrape (it is looked up at each update, not when the acceptor is built).
+    let scrape = common::get(server.admin(), "/metrics").await;
+    assert!(
+        scrape.contains("portcullis_tls_certificate_expiry_seconds{certificate=\"default\"} "),
+        "no expiry gauge:\n{scrape}"
+    );
     server.signal("TERM");
     assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
 }
