@@ -66,7 +66,6 @@ pub(crate) struct Slot {
     /// `default` or the configured server name.
     pub(crate) label: Arc<str>,
     pub(crate) source: Source,
-    pub(crate) expiry: ::metrics::Gauge,
 }
 
 impl TlsAcceptor {
@@ -177,16 +176,19 @@ impl TlsAcceptor {
     /// The rustls configuration, for callers that run the handshake themselves (through
     /// `tokio_rustls::TlsAcceptor`, say). Such handshakes get no deadline and are not counted;
     /// reloads still apply to them.
+    #[must_use]
     pub fn server_config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.inner.config)
     }
 
     /// The crypto provider in use, narrowed to the allowed cipher suites.
+    #[must_use]
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.inner.provider
     }
 
     /// The handshake deadline.
+    #[must_use]
     pub fn handshake_timeout(&self) -> Duration {
         self.inner.handshake_timeout
     }
@@ -324,24 +326,28 @@ impl TlsAcceptor {
         })
     }
 
-    /// Sets the expiry gauge of every served certificate to the seconds left from now.
+    /// Sets the expiry gauge of every served certificate to the seconds left from now. The
+    /// gauge is looked up each time (at build, at each watcher poll and reload: rarely), so it
+    /// reaches whatever recorder is installed by then.
     pub(crate) fn update_expiry(&self) {
         let snapshot = self.inner.resolver.snapshot.load();
         let now = pair::unix_now();
         for (slot, loaded) in self.inner.slots.iter().zip(snapshot.slots.iter()) {
-            slot.expiry
+            crate::metrics::expiry_gauge(&slot.label)
                 .set(loaded.parsed.not_after.saturating_sub(now) as f64);
         }
     }
 
     /// Follows the reload counts; the receiver sees a change after every reload attempt,
     /// whatever triggered it.
+    #[must_use]
     pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
         self.inner.status.subscribe()
     }
 
     /// The end-entity certificate served for `server_name` now (`None`: a client without SNI),
     /// or `None` if that name would be refused.
+    #[must_use]
     pub fn certificate_for(
         &self,
         server_name: Option<&str>,
