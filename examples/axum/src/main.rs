@@ -23,6 +23,9 @@ use axum::extract::{Path, State};
 use axum::{Json, Router, routing::get};
 use portcullis::prelude::*;
 
+/// Connections one client address may hold open at once.
+const PER_CLIENT: NonZeroU32 = NonZeroU32::new(100).expect("not zero");
+
 #[derive(serde::Serialize)]
 struct User {
     id: u64,
@@ -58,7 +61,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .graceful(Shutdown::from_signals()?.drain_timeout(std::time::Duration::from_secs(10)))
         .systemd() // READY/STOPPING/STATUS/WATCHDOG when under systemd
         .listen(args.listen.as_str())?
-        .connection_limits(ConnLimits::new(10_000).per_client(NonZeroU32::new(100).ok_or("0")?));
+        .connection_limits(ConnLimits::new(10_000).per_client(PER_CLIENT));
     if let Some(admin) = &args.admin {
         server = server.admin(admin.as_str())?; // /metrics /livez /readyz, exporter installed
     }
