@@ -45,16 +45,19 @@ impl Default for State {
 
 impl Health {
     /// Not ready, live.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Whether the server should receive traffic.
+    #[must_use]
     pub fn is_ready(&self) -> bool {
         self.0.ready.load(Ordering::Acquire)
     }
 
     /// Whether the process is healthy enough to keep running.
+    #[must_use]
     pub fn is_live(&self) -> bool {
         self.0.live.load(Ordering::Acquire)
     }

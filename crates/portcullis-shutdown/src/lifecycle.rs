@@ -370,23 +370,23 @@ impl Lifecycle {
         }
         self.report(ShutdownPhase::Running);
         #[cfg(unix)]
-        if let Some(notifier) = &self.inner.report.systemd {
-            if let Some(interval) = crate::systemd::watchdog_interval() {
-                let notifier = Arc::clone(notifier);
-                let weak = self.downgrade();
-                self.keep(tokio::spawn(async move {
-                    let mut ticks = tokio::time::interval(interval);
-                    loop {
-                        ticks.tick().await;
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                        if let Err(error) = notifier.watchdog() {
-                            tracing::warn!(%error, "cannot send the systemd watchdog ping");
-                        }
+        if let Some(notifier) = &self.inner.report.systemd
+            && let Some(interval) = crate::systemd::watchdog_interval()
+        {
+            let notifier = Arc::clone(notifier);
+            let weak = self.downgrade();
+            self.keep(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                loop {
+                    ticks.tick().await;
+                    if weak.strong_count() == 0 {
+                        return;
                     }
-                }));
-            }
+                    if let Err(error) = notifier.watchdog() {
+                        tracing::warn!(%error, "cannot send the systemd watchdog ping");
+                    }
+                }
+            }));
         }
         if self.inner.report.on_progress.is_some() || self.has_systemd() {
             self.start_progress();

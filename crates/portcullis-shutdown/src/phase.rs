@@ -33,8 +33,10 @@
 //! next phase would wake nobody (the loom model `loom_concurrent_advances_only_move_forward`
 //! finds that schedule).
 //!
-//! A per-core server gives each core a *follower* ([`PhaseCell::follower`]): its own atomic and
-//! its own `Notify`s, advanced synchronously by the leader's [`advance`](PhaseCell::advance),
+//! A per-core server gives each core a *follower*
+//! ([`Lifecycle::follower`](crate::Lifecycle::follower)): its own atomic and its own
+//! `Notify`s, advanced synchronously by the leader's move
+//! ([`Lifecycle::advance`](crate::Lifecycle::advance)),
 //! so that no connection registers with a `Notify` another core's connections share. A
 //! follower is the same state machine, not another one: only the leader is ever advanced.
 

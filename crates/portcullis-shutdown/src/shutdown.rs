@@ -86,6 +86,7 @@ impl Default for Shutdown {
 
 impl Shutdown {
     /// A shutdown triggered only through its [`handle`](Self::handle).
+    #[must_use]
     pub fn new() -> Self {
         Self {
             signals: None,
@@ -123,6 +124,7 @@ impl Shutdown {
     }
 
     /// Uses `signals` (for example with SIGQUIT added) as triggers.
+    #[must_use]
     pub fn signals(mut self, signals: Signals) -> Self {
         self.signals = Some(signals);
         self
@@ -130,6 +132,7 @@ impl Shutdown {
 
     /// Sets the drain delay: how long the server keeps serving, readiness already off, before
     /// its listeners close. Default [`DEFAULT_DRAIN_DELAY`].
+    #[must_use]
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.drain_delay = delay;
         self
@@ -137,6 +140,7 @@ impl Shutdown {
 
     /// Sets the drain deadline, after which remaining connections are closed by force.
     /// Default [`DEFAULT_DRAIN_TIMEOUT`].
+    #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
@@ -219,22 +223,26 @@ impl Shutdown {
     }
 
     /// Triggers the shutdown (or forces it) from code.
+    #[must_use]
     pub fn handle(&self) -> ShutdownHandle {
         self.handle.clone()
     }
 
     /// Readiness and liveness, as the server will report them.
+    #[must_use]
     pub fn health(&self) -> Health {
         self.health.clone()
     }
 
     /// Cancelled at the first moment of the shutdown: long-lived responses
     /// ([`end_on_shutdown`](crate::end_on_shutdown)) and background work watch it.
+    #[must_use]
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
     }
 
     /// Background tasks spawned here are waited for by the drain, under its deadline.
+    #[must_use]
     pub fn tasks(&self) -> TaskTracker {
         self.tasks.clone()
     }
@@ -316,6 +324,7 @@ impl Shutdown {
     }
 
     /// Takes it apart for the server that runs it.
+    #[must_use]
     pub fn into_parts(self) -> ShutdownParts {
         let (trigger, force): (Trigger, Trigger) = {
             let handle = self.handle;

@@ -29,6 +29,7 @@ pub enum Signal {
 
 impl Signal {
     /// The label value in [`crate::metrics::SIGNALS_RECEIVED`].
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Term => "term",

@@ -64,6 +64,7 @@ pub struct NotifyError {
 
 impl NotifyError {
     /// The address as given (the value of `NOTIFY_SOCKET`).
+    #[must_use]
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -217,6 +218,7 @@ impl Notifier {
 /// How often to send `WATCHDOG=1`: half the timeout systemd announced in `WATCHDOG_USEC`, or
 /// `None` when there is no watchdog for this process (`WATCHDOG_PID` names another process,
 /// or the variables are absent or malformed).
+#[must_use]
 pub fn watchdog_interval() -> Option<Duration> {
     let usec = std::env::var(WATCHDOG_USEC).ok();
     let pid = std::env::var(WATCHDOG_PID).ok();
