@@ -21,7 +21,8 @@ type Render = Arc<dyn Fn() -> String + Send + Sync>;
 type Upkeep = Arc<dyn Fn() + Send + Sync>;
 
 /// How often a server runs the admin service's [upkeep](Admin::upkeep) (and
-/// `PrometheusExporter::run_upkeep` drains histogram samples into their buckets): the
+/// `PrometheusExporter::run_upkeep`, for applications without one, drains histogram samples
+/// into their buckets): the
 /// Prometheus exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer
 /// that grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -222,6 +223,7 @@ pub struct AdminBody(Option<Bytes>);
 
 impl AdminBody {
     /// The bytes of the body.
+    #[must_use]
     pub fn into_bytes(self) -> Bytes {
         self.0.unwrap_or_default()
     }

@@ -19,7 +19,12 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
 ];
 
 /// The installed Prometheus recorder: renders the text exposition format, and needs its
-/// upkeep run ([`run_upkeep`](Self::run_upkeep)).
+/// [upkeep](Self::upkeep) run regularly.
+///
+/// Handed to portcullis-server in an [`Admin`](crate::Admin) ([`Admin::prometheus`](crate::Admin::prometheus)),
+/// the server runs the upkeep every [`UPKEEP_INTERVAL`] while it serves (and
+/// `portcullis_server::Builder::admin` installs the exporter too). Otherwise spawn
+/// [`run_upkeep`](Self::run_upkeep).
 ///
 /// Only an executable installs it, once, early in `main`: a library that installed a
 /// process-global recorder would take that choice away from its users. Installing a second
@@ -34,6 +39,7 @@ impl PrometheusExporter {
     /// the HTTP request duration and [`DEFAULT_BUCKETS`] for every other histogram, so that
     /// histograms render as Prometheus histograms (aggregatable across instances), not as
     /// per-process summaries. Adjust it and pass it to [`install_from`](Self::install_from).
+    #[must_use]
     pub fn builder() -> PrometheusBuilder {
         PrometheusBuilder::new()
             .set_buckets(DEFAULT_BUCKETS)
@@ -69,6 +75,7 @@ impl PrometheusExporter {
 
     /// An exporter for a recorder the caller installs (or uses locally, with
     /// `metrics::with_local_recorder`, as tests do).
+    #[must_use]
     pub fn for_recorder(recorder: &PrometheusRecorder) -> Self {
         Self {
             handle: recorder.handle(),
@@ -76,6 +83,7 @@ impl PrometheusExporter {
     }
 
     /// The metrics in the Prometheus text exposition format.
+    #[must_use]
     pub fn render(&self) -> String {
         self.handle.render()
     }
@@ -85,7 +93,9 @@ impl PrometheusExporter {
         self.handle.run_upkeep();
     }
 
-    /// Runs the upkeep every [`UPKEEP_INTERVAL`] until `stop` is cancelled. Spawn it.
+    /// Runs the upkeep every [`UPKEEP_INTERVAL`] until `stop` is cancelled. Spawn it when no
+    /// portcullis server serves this exporter's [`Admin`](crate::Admin) (one that does runs
+    /// the upkeep itself).
     ///
     /// # Cancellation safety
     ///

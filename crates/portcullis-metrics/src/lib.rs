@@ -8,15 +8,21 @@
 //!   extension (or axum's `MatchedPath`), `unmatched` otherwise. A scanner requesting a million
 //!   distinct paths adds no series.
 //! - [`PrometheusExporter`] (feature `prometheus`): installs the Prometheus recorder, with
-//!   histogram buckets for portcullis's metrics, and runs its upkeep on a task that a shutdown
-//!   token stops. Only an executable installs it; a second install is an error.
-//! - [`Admin`]: a tower service for the admin listener (`portcullis-server` serves it on its own
-//!   listener, outside every limit).
+//!   histogram buckets for portcullis's metrics. Only an executable installs it; a second
+//!   install is an error, never a panic.
+//! - [`Admin`]: a tower service for the admin listener, with the regular
+//!   [upkeep](Admin::upkeep) its metrics need (the exporter folding histogram samples into
+//!   buckets). `portcullis-server` serves it on its own listener, outside every limit, and
+//!   runs that upkeep every [`UPKEEP_INTERVAL`] for as long as it serves.
 //!
-//! Every other portcullis crate owns its metric names and a `describe()`; `docs/metrics.md` gathers
-//! the whole catalogue.
+//! Every other portcullis crate owns its metric names and a `describe()`; `docs/metrics.md`
+//! gathers the whole catalogue. This crate does not serve the admin listener (portcullis-server
+//! does) and never installs a recorder by itself.
 //!
 //! # Example
+//!
+//! With portcullis-server, `Builder::admin("127.0.0.1:9090")?` does the installing,
+//! describing and serving below in one call. By hand:
 //!
 //! ```no_run
 //! use portcullis_metrics::{Admin, HttpMetricsLayer, PrometheusExporter, Route};
@@ -28,8 +34,6 @@
 //! // In main, once: the executable owns the process-global recorder.
 //! let exporter = PrometheusExporter::install()?;
 //! portcullis_metrics::describe();
-//! let shutdown = tokio_util::sync::CancellationToken::new();
-//! tokio::spawn(exporter.clone().run_upkeep(shutdown.clone()));
 //!
 //! let app = ServiceBuilder::new()
 //!     .layer(HttpMetricsLayer::new())
@@ -39,13 +43,56 @@
 //!         response.extensions_mut().insert(Route::new("/users/{id}"));
 //!         Ok::<_, Infallible>(response)
 //!     });
-//! let admin = Admin::new().prometheus(&exporter); // serve on its own listener
+//!
+//! // portcullis-server's `Builder::admin_listener(listener, admin)` serves it on its own
+//! // listener and runs its upkeep; nothing else to do.
+//! let admin = Admin::new().prometheus(&exporter);
+//!
+//! // Serving `admin` some other way, run the exporter's upkeep yourself:
+//! let stop = portcullis_metrics::CancellationToken::new();
+//! tokio::spawn(exporter.clone().run_upkeep(stop.clone()));
 //! # let _ = (app, admin); Ok(()) }
 //! ```
 //!
+//! # Design
+//!
+//! The HTTP layer has tower's shape: [`HttpMetricsLayer`] (cheap, `Clone + Debug`, an `Arc`
+//! over the layer's series) builds [`HttpMetrics<S>`](HttpMetrics), whose future
+//! ([`http::ResponseFuture`]) wraps the response body in a [`MetricsBody`] that stops the
+//! clock when the body ends or is dropped. Each series' handle is resolved once, then found
+//! through copy-on-write maps that requests read without a lock; static templates
+//! ([`Route::new`], [`HttpMetricsLayer::route_fn`]) are found by address, without hashing
+//! their text. The number of route templates per layer is capped
+//! ([`HttpMetricsLayer::max_routes`]).
+//!
+//! The admin service is configuration and closures only (the checks, the renderer, the
+//! upkeep): whoever serves it owns the timer, so a block never needs a task of its own that
+//! a user must remember to spawn.
+//!
+//! # Metrics and the recorder
+//!
+//! Emitted through the [`metrics`](https://docs.rs/metrics) facade only. Handles are resolved
+//! lazily: the active-requests gauges at a layer's first request, each duration histogram at
+//! the first request of its series. Building the layer before or after the executable
+//! installs its recorder makes no difference; install the recorder before serving.
+//!
+//! # Dependencies in the public API
+//!
+//! - **http** 1.x: requests and responses, and the `Method` and `Uri` given to
+//!   [`HttpMetricsLayer::route_fn`]; the same `http` every tower HTTP crate uses.
+//! - **bytes**: [`Bytes`] (re-exported), the data of [`AdminBody`] and [`MetricsBody`].
+//! - **tokio-util**: [`CancellationToken`] (re-exported), which stops
+//!   [`PrometheusExporter::run_upkeep`].
+//! - **metrics-exporter-prometheus** (feature `prometheus`): [`PrometheusBuilder`] and
+//!   [`PrometheusRecorder`] (re-exported), taken and returned by [`PrometheusExporter`]'s
+//!   constructors; the whole crate is re-exported as [`metrics_exporter_prometheus`] for the
+//!   rest of its API (`Matcher` to set buckets, `PrometheusHandle`).
+//! - the traits this crate implements: tower's `Layer` and `Service`, and `http_body::Body`.
+//!
 //! # Crate features
 //!
-//! - `prometheus` (default): [`PrometheusExporter`] and `/metrics` on the admin service.
+//! - `prometheus` (default): [`PrometheusExporter`], [`Admin::prometheus`], and the
+//!   re-exported metrics-exporter-prometheus types.
 //! - `axum`: the route label also comes from axum's `MatchedPath` extension.
 
 #![forbid(unsafe_code)]
@@ -59,3 +106,16 @@ pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
 pub use exporter::{DEFAULT_BUCKETS, InstallError, PrometheusExporter};
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};
+
+/// The bytes of the bodies this crate produces, from the `bytes` crate.
+pub use bytes::Bytes;
+/// Stops `PrometheusExporter::run_upkeep`, from tokio-util.
+pub use tokio_util::sync::CancellationToken;
+
+/// The metrics-exporter-prometheus this crate is built with, so applications name the same
+/// types.
+#[cfg(feature = "prometheus")]
+pub use metrics_exporter_prometheus;
+/// Prometheus exporter types in [`PrometheusExporter`]'s API, from metrics-exporter-prometheus.
+#[cfg(feature = "prometheus")]
+pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};

@@ -113,6 +113,7 @@ pin_project! {
 
 impl<B> MetricsBody<B> {
     /// The wrapped body, unwrapped (the request is measured as ending now).
+    #[must_use]
     pub fn into_inner(self) -> B {
         self.inner
     }

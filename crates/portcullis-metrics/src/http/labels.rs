@@ -72,11 +72,13 @@ enum Name {
 
 impl Route {
     /// A route template written in the code.
+    #[must_use]
     pub const fn new(template: &'static str) -> Self {
         Route(Name::Static(template))
     }
 
     /// A route template built at start-up (from configuration, say).
+    #[must_use]
     pub fn shared(template: Arc<str>) -> Self {
         Route(Name::Shared(template))
     }
@@ -90,6 +92,7 @@ impl Route {
     }
 
     /// The template.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Name::Static(template) => template,

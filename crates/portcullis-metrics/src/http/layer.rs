@@ -30,7 +30,9 @@ pub struct HttpMetricsLayer {
 }
 
 impl HttpMetricsLayer {
-    /// A layer recording through the recorder installed now.
+    /// A layer recording through the recorder in effect at its first request (see the
+    /// type's docs: building it before the recorder is installed is fine).
+    #[must_use]
     pub fn new() -> Self {
         Self {
             series: Arc::new(Series::new(DEFAULT_MAX_ROUTES, None)),
@@ -43,6 +45,7 @@ impl HttpMetricsLayer {
     /// A layer that records nothing, for a server whose metrics are switched off (no recorder
     /// installed): requests pass through without being timed or counted, at the cost of one
     /// branch, and the service keeps the same type as with metrics on.
+    #[must_use]
     pub fn disabled() -> Self {
         Self {
             enabled: false,
@@ -54,6 +57,7 @@ impl HttpMetricsLayer {
     /// [`DEFAULT_MAX_ROUTES`]); templates past the cap are counted as
     /// [`OTHER_ROUTE`](super::OTHER_ROUTE). Starts a fresh set of handles: call it before
     /// cloning the layer.
+    #[must_use]
     pub fn max_routes(self, max_routes: usize) -> Self {
         Self {
             series: Arc::new(Series::new(max_routes, self.route_fn)),
@@ -76,6 +80,7 @@ impl HttpMetricsLayer {
     /// });
     /// # let _ = layer;
     /// ```
+    #[must_use]
     pub fn route_fn(self, route_fn: fn(&http::Method, &http::Uri) -> Option<&'static str>) -> Self {
         Self {
             series: Arc::new(Series::new(self.max_routes, Some(route_fn))),

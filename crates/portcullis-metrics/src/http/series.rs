@@ -2,8 +2,9 @@
 //!
 //! Resolving a handle through the `metrics` facade hashes the name and labels and takes a
 //! lock in the recorder's registry. The active-requests gauges (one per method) are resolved
-//! when the layer is built; the duration histograms (one per method, status and route) on the
-//! first request of each combination, then kept in copy-on-write maps that requests read
+//! at the layer's first request (not when it is built, so a layer built before the recorder
+//! is installed still reports to it); the duration histograms (one per method, status and
+//! route) on the first request of each combination, then kept in copy-on-write maps that requests read
 //! without a lock. The maps only grow with new series, which the closed label sets bound.
 //!
 //! Most templates are `&'static str` (`Route::new`, `route_fn`, `unmatched`): those series are

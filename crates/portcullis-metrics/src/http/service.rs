@@ -27,11 +27,13 @@ impl<S> HttpMetrics<S> {
     }
 
     /// The wrapped service.
+    #[must_use]
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The wrapped service, unwrapped.
+    #[must_use]
     pub fn into_inner(self) -> S {
         self.inner
     }
