@@ -17,6 +17,7 @@ pub struct ClientCertificates(pub Arc<[CertificateDer<'static>]>);
 impl ClientCertificates {
     /// The verified client chain of an accepted connection, or `None` if the client presented
     /// no certificate.
+    #[must_use]
     pub fn from_stream<IO>(stream: &TlsStream<IO>) -> Option<Self> {
         let certificates = stream.get_ref().1.peer_certificates()?;
         if certificates.is_empty() {
@@ -31,11 +32,13 @@ impl ClientCertificates {
     }
 
     /// The client's own certificate, the first of the chain.
+    #[must_use]
     pub fn end_entity(&self) -> Option<&CertificateDer<'static>> {
         self.0.first()
     }
 
     /// The whole chain, end-entity first.
+    #[must_use]
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.0
     }
@@ -43,6 +46,7 @@ impl ClientCertificates {
 
 /// The ALPN protocol agreed in the handshake (`b"h2"`, `b"http/1.1"`), if any. portcullis-server
 /// uses it to pick HTTP/2 or HTTP/1.1 without sniffing the first bytes.
+#[must_use]
 pub fn negotiated_alpn<IO>(stream: &TlsStream<IO>) -> Option<&[u8]> {
     stream.get_ref().1.alpn_protocol()
 }

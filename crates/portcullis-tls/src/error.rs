@@ -78,11 +78,13 @@ impl TlsError {
     }
 
     /// What kind of failure this is.
+    #[must_use]
     pub fn kind(&self) -> TlsErrorKind {
         self.kind
     }
 
     /// The file that caused the error, when it came from a file.
+    #[must_use]
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -137,6 +139,7 @@ impl HandshakeFailure {
 
     /// The metric label value: `timeout`, `protocol`, `no_shared_cipher_or_version`,
     /// `unknown_server_name` or `bad_client_certificate`.
+    #[must_use]
     pub fn as_str(&self) -> &'static str {
         match self {
             HandshakeFailure::Timeout => "timeout",
@@ -219,12 +222,14 @@ impl HandshakeError {
     }
 
     /// Why the handshake failed.
+    #[must_use]
     pub fn reason(&self) -> HandshakeFailure {
         self.reason
     }
 
     /// The rustls error behind the failure, if there is one (none for a timeout or a transport
     /// error such as a reset).
+    #[must_use]
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         match &self.detail {
             Detail::Io(error) => error

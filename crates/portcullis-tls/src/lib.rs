@@ -14,6 +14,9 @@
 //!   ([`TlsAcceptor::reload_on_sighup`]), or on request ([`TlsAcceptor::reload`]). A new pair
 //!   is validated before it is served; a bad one leaves the last good pair in service. The
 //!   rustls `ServerConfig` is never rebuilt, so sessions keep resuming across reloads.
+//!   portcullis-server runs the watcher and the SIGHUP reloads of every acceptor it is given,
+//!   for as long as it serves; spawn them yourself only when you accept connections without
+//!   it, as below.
 //! - [`ClientCertificates`] carries a verified client chain to request handlers.
 //!
 //! It does not accept TCP connections (portcullis-listen does), cap concurrent handshakes (the caller
@@ -24,8 +27,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use portcullis_tls::{ClientAuth, CertKeyPair, TlsConfig};
-//! use tokio_util::sync::CancellationToken;
+//! use portcullis_tls::{CancellationToken, ClientAuth, CertKeyPair, TlsConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let acceptor = TlsConfig::from_pem_files("/etc/tls/tls.crt", "/etc/tls/tls.key")?
@@ -34,6 +36,7 @@
 //!     .handshake_timeout(Duration::from_secs(5))
 //!     .build()?;
 //!
+//! // Without portcullis-server (which runs both itself), keep the certificates fresh:
 //! let stop = CancellationToken::new();
 //! tokio::spawn(acceptor.watch(stop.clone()));
 //! tokio::spawn(acceptor.reload_on_sighup(stop.clone())?);
@@ -68,6 +71,29 @@
 //! their contents with what is served. Polling sees every way certificates get replaced,
 //! including the Kubernetes `..data` symlink flip that defeats watches on the file itself,
 //! needs no platform-specific notification API, and costs two small reads per pair per poll.
+//!
+//! # Metrics
+//!
+//! Emitted through the [`metrics`](https://docs.rs/metrics) facade only; [`metrics`] lists
+//! every name, [`metrics::describe`] registers units and help, and [`metrics::register`]
+//! exports the series of the closed label sets (as 0) from the start. An acceptor's counters
+//! are resolved at its first handshake or reload, not when it is built, so building it before
+//! or after the executable installs its recorder makes no difference
+//! ([`TlsAcceptor::resolve_metrics`] resolves them at once, for tests with a local recorder).
+//!
+//! # Dependencies in the public API
+//!
+//! - **rustls** (re-exported as [`rustls`]): `ServerConfig`, `CryptoProvider`,
+//!   `rustls::Error`, and `CertificateDer` (from `rustls::pki_types`).
+//! - **tokio-rustls** (re-exported as [`tokio_rustls`]): [`TlsAcceptor::accept`] returns its
+//!   `server::TlsStream`.
+//! - **tokio**: `AsyncRead`/`AsyncWrite` streams to accept on; [`TlsAcceptor::reload_status`]
+//!   returns a `tokio::sync::watch::Receiver`. The watcher and the SIGHUP reloads need a
+//!   tokio runtime.
+//! - **tokio-util**: [`CancellationToken`] (re-exported), which stops the watcher and the
+//!   SIGHUP reloads.
+//!
+//! x509-parser and arc-swap are used inside and never appear in the API.
 //!
 //! # Crate features
 //!
@@ -106,3 +132,5 @@ pub use rustls;
 /// The tokio-rustls this crate is built with; [`TlsAcceptor::accept`] returns its
 /// `server::TlsStream`.
 pub use tokio_rustls;
+/// Stops [`TlsAcceptor::watch`] and [`TlsAcceptor::reload_on_sighup`], from tokio-util.
+pub use tokio_util::sync::CancellationToken;

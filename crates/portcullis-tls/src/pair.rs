@@ -142,16 +142,19 @@ impl CertKeyPair {
     }
 
     /// The certificate chain, end-entity certificate first.
+    #[must_use]
     pub fn certificates(&self) -> &[CertificateDer<'static>] {
         &self.parsed.chain
     }
 
     /// When the end-entity certificate expires.
+    #[must_use]
     pub fn not_after(&self) -> SystemTime {
         system_time(self.parsed.not_after)
     }
 
     /// The certificate and key files, for a pair read from files.
+    #[must_use]
     pub fn files(&self) -> Option<(&Path, &Path)> {
         match &self.source {
             Source::Files { cert, key } => Some((cert, key)),

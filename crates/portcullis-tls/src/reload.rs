@@ -35,7 +35,8 @@ impl TlsAcceptor {
     /// stays in service, and the same contents are not tried again; the next change is. Each
     /// poll also updates the expiry gauges. File reads run on tokio's blocking thread pool.
     ///
-    /// Returns when `stop` is cancelled. Spawn it: `tokio::spawn(acceptor.watch(stop))`.
+    /// Returns when `stop` is cancelled. portcullis-server runs it for every acceptor it
+    /// serves; without the server, spawn it: `tokio::spawn(acceptor.watch(stop))`.
     ///
     /// # Cancellation safety
     ///
@@ -147,7 +148,9 @@ impl TlsAcceptor {
     /// The signal handler is installed by this call, so a SIGHUP that arrives after it returns
     /// is never missed (nor does it kill the process, SIGHUP's default action). Each reload
     /// runs [`reload`](Self::reload) on the blocking thread pool, with its validation, logging
-    /// and counting. The future returns when `stop` is cancelled.
+    /// and counting. The future returns when `stop` is cancelled. portcullis-server
+    /// needs none of this: it reloads every acceptor it serves on SIGHUP itself (through its
+    /// shutdown lifecycle's SIGHUP handling). Call it only without the server.
     ///
     /// # Errors
     ///
