@@ -73,6 +73,24 @@
 //! deadlines), `service` and `body` (the application's side), `blocks` (their background
 //! work), `admin`.
 //!
+//! # Dependencies in the public API
+//!
+//! The other portcullis crates' types appear throughout (`Listener`, `ListenerConfig`,
+//! `ConnLimiter`, `TlsAcceptor`, `Admin`, `Shutdown`...). Besides those and std's:
+//!
+//! - **hyper**: the application service takes `http::Request<`[`Incoming`]`>` (re-exported
+//!   from `hyper::body`).
+//! - **http**, **http-body** and **bytes**: responses are `http::Response<B>` with
+//!   `B: http_body::Body<Data = `[`Bytes`]`>` (`Bytes` re-exported); [`ResponseBody`]
+//!   implements `Body`.
+//! - **tower**: the application is a `tower::Service`.
+//! - **tokio-util**: [`CancellationToken`] ([`Builder::shutdown_token`]) and [`TaskTracker`]
+//!   ([`Builder::track_tasks`]), re-exported (they are portcullis-shutdown's re-exports).
+//! - **tokio**: the server runs on tokio; [`Builder::serve_per_core`] starts its own
+//!   runtimes.
+//!
+//! hyper-util is used inside and never appears in the API.
+//!
 //! # Crate features
 //!
 //! - `aws-lc-rs` (default) or `ring`: the crypto provider of portcullis-tls.
@@ -110,6 +128,13 @@ pub use error::Error;
 pub use info::ConnInfo;
 pub use portcullis_shutdown::{DrainProgress, ShutdownPhase};
 pub use report::ServeReport;
+
+/// The data of response bodies, from the `bytes` crate.
+pub use bytes::Bytes;
+/// The body of the requests the application service receives, from `hyper::body`.
+pub use hyper::body::Incoming;
+/// The shutdown token and the tracked tasks' types, from tokio-util.
+pub use portcullis_shutdown::{CancellationToken, TaskTracker};
 
 /// The boxed error type of bodies and services, as in tower and hyper.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -29,12 +29,14 @@ pub struct ServeReport {
 impl ServeReport {
     /// Whether every connection, and every tracked application task, finished by itself
     /// before the drain deadline.
+    #[must_use]
     pub fn is_clean(&self) -> bool {
         self.forced == 0 && self.tasks_left == 0
     }
 
     /// The process exit status this run deserves: success after a clean drain, 1 when
     /// connections had to be forced closed.
+    #[must_use]
     pub fn exit_code(&self) -> ExitCode {
         if self.is_clean() {
             ExitCode::SUCCESS
