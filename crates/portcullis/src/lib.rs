@@ -7,43 +7,73 @@
 //! |---|---|---|---|
 //! | `listen` | `listen` | `portcullis-listen` | socket tuning, reuseport acceptors, socket activation, an accept loop that survives descriptor exhaustion |
 //! | `limit` | `limit` | `portcullis-limit` | rate limits with unspoofable client identity and bounded memory, connection caps, load shedding |
-//! | `server` | `server` | `portcullis-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain |
-//! | `shutdown` | `shutdown` | `portcullis-shutdown` | the graceful-shutdown configuration and handles, signals, readiness, systemd notify and watchdog |
+//! | `server` | `server` | `portcullis-server` | HTTP/1.1 + HTTP/2 over hyper for any tower service, every connection phase under a deadline, graceful drain, the blocks' background work |
+//! | `shutdown` | `shutdown` | `portcullis-shutdown` | the shutdown lifecycle (running, delay, drain, forced, done), signals, readiness, systemd notify and watchdog |
 //! | `tls` | `tls` | `portcullis-tls` | rustls with secure defaults, PEM loading with clear errors, SNI, mTLS, certificate hot reload, a handshake acceptor with a deadline |
 //! | `metrics` | `metrics` | `portcullis-metrics` | the HTTP metrics layer with bounded labels, the admin service (`/metrics`, `/livez`, `/readyz`), the Prometheus exporter |
 //!
+//! The server owns the lifecycle of everything it is handed: certificate watching and SIGHUP
+//! reloads, the exporter's upkeep, the limiters' housekeeping, systemd notifications. Nothing
+//! has to be spawned by hand to keep a block working. Each leaf crate also stands alone, for
+//! an application with its own hyper loop.
 //!
 //! # Example
 //!
 //! ```no_run
+//! use std::time::Duration;
+//!
 //! use portcullis::prelude::*;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(
-//!         http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
-//!     ))
-//! });
-//! let report = Server::builder()
-//!     .listeners(ListenerConfig::default().bind("127.0.0.1:8080".parse()?)?)
-//!     .http(HttpConfig::default().header_timeout(std::time::Duration::from_secs(5)))
-//!     .shutdown(async { tokio::signal::ctrl_c().await.ok(); })
-//!     .serve(service)
+//! # async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+//! let app = tower::ServiceBuilder::new()
+//!     .layer(HttpMetricsLayer::new()) // bounded labels: method, status, route template
+//!     .layer(
+//!         RateLimitLayer::per_client("100/s burst 20".parse::<Quota>()?)
+//!             .trusted_proxies(["10.0.0.0/8".parse()?])
+//!             .layer(), // 429 + Retry-After + RateLimit fields
+//!     )
+//!     .service_fn(|_request: http::Request<portcullis::server::Incoming>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(
+//!             http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
+//!         ))
+//!     });
+//!
+//! let report: ServeReport = Server::builder()
+//!     .listen("0.0.0.0:8443")? // default socket options
+//!     .tls(TlsConfig::from_pem_files("cert.pem", "key.pem")?.build()?) // watched + SIGHUP, by the server
+//!     .connection_limits(ConnLimits::new(10_000).per_client(100.try_into()?))
+//!     .http(HttpConfig::default().header_timeout(Duration::from_secs(5)))
+//!     .admin("127.0.0.1:9090")? // /metrics /livez /readyz, Prometheus exporter installed
+//!     .graceful(Shutdown::from_signals()?.drain_delay(Duration::from_secs(5)))
+//!     .systemd() // READY/STOPPING/STATUS/WATCHDOG when under systemd
+//!     .serve(app) // runs every background task until the drain ends
 //!     .await?;
-//! assert!(report.is_clean());
-//! # Ok(())
+//! Ok(report.exit_code()) // 0 clean, 1 forced
 //! # }
 //! ```
 //!
+//! # Metrics
+//!
+//! [`Builder::admin`](server::Builder::admin) installs the Prometheus exporter, describes
+//! every portcullis metric and registers the series of their closed label sets (as 0), so
+//! alerts see counters that exist from the start. An executable that installs its own
+//! recorder calls [`server::metrics::describe_all`] and [`server::metrics::register_all`]
+//! itself, and hands its [`Admin`](metrics::Admin) to
+//! [`Builder::admin_listener`](server::Builder::admin_listener). Every handle is resolved
+//! lazily, so blocks built before the recorder was installed still report to it.
+//!
 //! # Crate features
 //!
-//! - `server` (default): `server`, and `listen`, `limit`, `tls` and `shutdown` with it.
+//! - `server` (default): `server`, and `listen`, `limit`, `tls`, `shutdown` and `metrics`
+//!   with it.
 //! - `limit`: `limit` alone.
 //! - `tls`: `tls` alone, with the aws-lc-rs crypto provider (for ring, depend on `portcullis-tls`
 //!   with its `ring` feature instead).
 //! - `listen`: `listen` alone.
 //! - `shutdown`: `shutdown`.
 //! - `metrics`: `metrics`, with the Prometheus exporter.
+//! - `axum`: route templates from axum's `MatchedPath` in the HTTP metrics, and axum's
+//!   `ConnectInfo` for the rate limit's client address.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
