@@ -221,8 +221,8 @@ impl Builder {
     pub fn admin(self, addr: impl ToSocketAddrs + fmt::Display) -> Result<Self, Error> {
         let addr = resolve(addr)?[0];
         let listener = Listener::bind(addr).map_err(Error::Bind)?;
-        let exporter =
-            portcullis_metrics::PrometheusExporter::install().map_err(Error::Exporter)?;
+        let exporter = portcullis_metrics::PrometheusExporter::install()
+            .map_err(|error| Error::Exporter(Box::new(error)))?;
         crate::metrics::describe_all();
         crate::metrics::register_all();
         Ok(self.admin_listener(listener, Admin::new().prometheus(&exporter)))

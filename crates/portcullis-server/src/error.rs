@@ -45,8 +45,7 @@ pub enum Error {
     /// The Prometheus exporter of [`admin`](crate::Builder::admin) could not be installed:
     /// the process already has a metrics recorder (give it with
     /// [`admin_listener`](crate::Builder::admin_listener) instead).
-    #[cfg(feature = "prometheus")]
-    Exporter(portcullis_metrics::InstallError),
+    Exporter(crate::BoxError),
     /// The SIGHUP handler that reloads the TLS certificates could not be installed.
     Signal(io::Error),
 }
@@ -73,7 +72,6 @@ impl fmt::Display for Error {
             }
             Error::Bind(error) => error.fmt(f),
             Error::Activation(error) => error.fmt(f),
-            #[cfg(feature = "prometheus")]
             Error::Exporter(error) => {
                 write!(
                     f,
@@ -96,8 +94,7 @@ impl std::error::Error for Error {
             Error::Runtime(e) | Error::Listener { source: e, .. } | Error::Signal(e) => Some(e),
             Error::Bind(error) => Some(error),
             Error::Activation(error) => Some(error),
-            #[cfg(feature = "prometheus")]
-            Error::Exporter(error) => Some(error),
+            Error::Exporter(error) => Some(error.as_ref()),
             Error::NoListeners
             | Error::InsideRuntime
             | Error::CorePanicked { .. }
