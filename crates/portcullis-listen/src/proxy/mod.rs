@@ -113,16 +113,3 @@ pub use v2::MAX_HEADER_LEN;
 // `Prefixed::into_parts`), so callers need not depend on the same versions themselves.
 pub use bytes::Bytes;
 pub use ipnet::IpNet;
-
-// The metric names moved to `crate::metrics`; these old paths stay until the crates that use
-// them have switched.
-#[doc(hidden)]
-pub use crate::metrics::{LABEL_REASON, PROXY_ERROR_REASONS, PROXY_HEADER_ERRORS_TOTAL};
-
-/// Registers the unit and help text of
-/// [`PROXY_HEADER_ERRORS_TOTAL`](crate::metrics::PROXY_HEADER_ERRORS_TOTAL); superseded by
-/// [`metrics::describe`](crate::metrics::describe), which covers every metric of this crate.
-#[doc(hidden)]
-pub fn describe() {
-    crate::metrics::describe_proxy();
-}
