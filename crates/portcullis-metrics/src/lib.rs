@@ -93,7 +93,8 @@
 //!
 //! - `prometheus` (default): [`PrometheusExporter`], [`Admin::prometheus`], and the
 //!   re-exported metrics-exporter-prometheus types.
-//! - `axum`: the route label also comes from axum's `MatchedPath` extension.
+//! - `axum`: the route label also comes from axum's `MatchedPath` extension, and
+//!   `MatchedRouteLayer` carries it to an [`HttpMetricsLayer`] placed outside the router.
 
 #![forbid(unsafe_code)]
 
@@ -105,6 +106,8 @@ pub mod http;
 pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
 pub use exporter::{DEFAULT_BUCKETS, InstallError, PrometheusExporter};
+#[cfg(feature = "axum")]
+pub use http::MatchedRouteLayer;
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};
 
 /// The bytes of the bodies this crate produces, from the `bytes` crate.

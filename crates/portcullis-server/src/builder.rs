@@ -469,6 +469,12 @@ impl Builder {
     /// [`PeerAddr::scope`](portcullis_limit::PeerAddr::scope), which the layer reads at no
     /// per-request cost. Turning it off saves an extension insert (an allocation) on every
     /// request.
+    ///
+    /// With the `axum` feature, every such request also carries axum's
+    /// `ConnectInfo<SocketAddr>` with the same address, so handlers with a
+    /// `ConnectInfo<SocketAddr>` extractor work as under
+    /// `axum::serve(.., router.into_make_service_with_connect_info::<SocketAddr>())`; turning
+    /// this off removes both. Requests on Unix sockets carry neither.
     pub fn peer_addr(mut self, enabled: bool) -> Self {
         self.peer_addr = enabled;
         self

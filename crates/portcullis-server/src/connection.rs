@@ -239,6 +239,10 @@ where
         peer_addr,
         client_certificates,
     );
+    // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
+    // `SocketAddr`, so its requests carry no `ConnectInfo`.
+    #[cfg(feature = "axum")]
+    let service = service.connect_info(peer_addr.map(|PeerAddr(addr)| addr));
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     let driver = Driver::new(
         conn,

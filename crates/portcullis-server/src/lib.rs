@@ -95,6 +95,10 @@
 //!
 //! - `aws-lc-rs` (default) or `ring`: the crypto provider of portcullis-tls.
 //! - `prometheus` (default): [`Builder::admin`] installs a Prometheus exporter.
+//! - `axum`: every request from an internet socket also carries axum's
+//!   `ConnectInfo<SocketAddr>` (the client's address, after a trusted PROXY header), so
+//!   handlers with a `ConnectInfo<SocketAddr>` extractor work unchanged
+//!   ([`Builder::peer_addr`]).
 //!
 //! HTTP/1.1 and HTTP/2 are always on.
 

@@ -35,6 +35,10 @@ pub(crate) struct ConnService<S> {
     info: Option<ConnInfo>,
     peer: Option<PeerAddr>,
     client_certificates: Option<ClientCertificates>,
+    /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
+    /// one a trusted PROXY header names, or the TCP peer), built once per connection.
+    #[cfg(feature = "axum")]
+    connect_info: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
 }
 
 impl<S> ConnService<S> {
@@ -53,7 +57,17 @@ impl<S> ConnService<S> {
             info,
             peer,
             client_certificates,
+            #[cfg(feature = "axum")]
+            connect_info: None,
         }
+    }
+
+    /// Inserts axum's `ConnectInfo(client)` into every request, for handlers written for
+    /// `axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn connect_info(mut self, client: Option<std::net::SocketAddr>) -> Self {
+        self.connect_info = client.map(axum::extract::ConnectInfo);
+        self
     }
 }
 
@@ -77,6 +91,10 @@ where
         }
         if let Some(certificates) = &self.client_certificates {
             request.extensions_mut().insert(certificates.clone());
+        }
+        #[cfg(feature = "axum")]
+        if let Some(connect_info) = self.connect_info {
+            request.extensions_mut().insert(connect_info);
         }
         let in_flight = self.state.request_started();
         let mut service = self.inner.clone();

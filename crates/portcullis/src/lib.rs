@@ -72,8 +72,10 @@
 //! - `listen`: `listen` alone.
 //! - `shutdown`: `shutdown`.
 //! - `metrics`: `metrics`, with the Prometheus exporter.
-//! - `axum`: route templates from axum's `MatchedPath` in the HTTP metrics, and axum's
-//!   `ConnectInfo` for the rate limit's client address.
+//! - `axum`: route templates from axum's `MatchedPath` in the HTTP metrics (with
+//!   `metrics::MatchedRouteLayer` for a metrics layer outside the router), axum's
+//!   `ConnectInfo` for the rate limit's client address, and `ConnectInfo<SocketAddr>` in every
+//!   request the server serves, for handlers that extract it.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 

@@ -17,10 +17,20 @@ pub const DEFAULT_MAX_ROUTES: usize = 512;
 /// and never when the layer is built: building it before or after the executable installs
 /// its recorder makes no difference.
 ///
-/// Place it where the route is known: inside an axum `Router` (`Router::layer`) it sees
-/// `MatchedPath` (feature `axum`); outside a router it reads the [`Route`](super::Route) the
-/// router put in the response extensions. Requests nobody named a route for count as
-/// `unmatched`.
+/// Where the route template comes from depends on where it is placed (feature `axum` for
+/// axum's `MatchedPath`):
+///
+/// - inside an axum `Router` (`Router::layer`, after the routes): from the `MatchedPath`
+///   axum put in the request;
+/// - outside the router (around it with `tower::ServiceBuilder`, or `.layer(..)` on the
+///   finished router's service): the request has no `MatchedPath` yet (axum inserts it while
+///   routing, after this layer ran), so the router must hand the template back in the
+///   response: `Router::route_layer(MatchedRouteLayer::new())` after the routes does that
+///   for axum; another router inserts a [`Route`](super::Route) into its responses;
+/// - anywhere: [`route_fn`](Self::route_fn) names templates from method and URI.
+///
+/// Requests nobody named a route for (axum's fallback, a 404 for a path no route matches)
+/// count as `unmatched`.
 #[derive(Clone, Debug)]
 pub struct HttpMetricsLayer {
     series: Arc<Series>,

@@ -20,8 +20,10 @@
 //! - [`STATUS`]: the response's status code (at most 900 values, from 100 to 999); a service
 //!   error is counted as `500`, the answer portcullis-server gives for it.
 //! - [`ROUTE`]: the route template the router matched, named by a [`Route`] extension on the
-//!   request or the response, axum's `MatchedPath` (feature `axum`), or the layer's
-//!   [`route_fn`](HttpMetricsLayer::route_fn); [`UNMATCHED`] when there is none. Never the raw path. The number of distinct templates per layer is capped
+//!   request or the response, axum's `MatchedPath` (feature `axum`; on the response when the
+//!   layer is outside the router, carried there by `MatchedRouteLayer`), or the layer's
+//!   [`route_fn`](HttpMetricsLayer::route_fn); [`UNMATCHED`] when there is none. Never the
+//!   raw path. The number of distinct templates per layer is capped
 //!   ([`HttpMetricsLayer::max_routes`], default [`DEFAULT_MAX_ROUTES`]); past the cap a new
 //!   template is counted as [`OTHER_ROUTE`], so even a router that names raw paths by mistake
 //!   cannot grow the series without bound.
@@ -29,6 +31,8 @@
 mod future;
 mod labels;
 mod layer;
+#[cfg(feature = "axum")]
+mod matched;
 mod series;
 mod service;
 
@@ -37,6 +41,8 @@ use metrics::Unit;
 pub use future::{MetricsBody, ResponseFuture};
 pub use labels::Route;
 pub use layer::{DEFAULT_MAX_ROUTES, HttpMetricsLayer};
+#[cfg(feature = "axum")]
+pub use matched::{MatchedRoute, MatchedRouteFuture, MatchedRouteLayer};
 pub use service::HttpMetrics;
 
 /// Histogram: duration of HTTP server requests, in seconds, from the service call until the
