@@ -98,3 +98,23 @@ fn the_dashboard_queries_only_catalogue_metrics() {
         "the dashboard queries unknown metrics"
     );
 }
+
+#[test]
+fn the_guides_name_only_catalogue_metrics() {
+    for (name, at_least) in [
+        ("production-checklist.md", 20),
+        ("tuning.md", 4),
+        ("coming-from-axum.md", 3),
+    ] {
+        let used = mentioned(&doc(name));
+        assert!(
+            used.len() >= at_least,
+            "docs/{name} points at the metrics: {used:?}"
+        );
+        assert_eq!(
+            unknown(used),
+            Vec::<String>::new(),
+            "docs/{name} names metrics portcullis does not emit"
+        );
+    }
+}
