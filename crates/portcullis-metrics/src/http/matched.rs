@@ -5,9 +5,9 @@
 //! wrapped around the `Router` has already seen the request, and it never puts it in the
 //! response. An outer [`HttpMetricsLayer`] therefore cannot learn the template by itself; a
 //! layer the router runs for each matched route has to carry it out, in the response
-//! extensions, where the outer layer looks once the response is back. The copy is the
-//! `MatchedPath` itself (a reference-count increment, no allocation) and one extension insert
-//! per matched request.
+//! extensions, where the outer layer looks once the response is back. What it carries is the
+//! `MatchedPath` itself (reference-counted: shared, not copied), at the cost of one extension
+//! insert per matched request.
 //!
 //! [`HttpMetricsLayer`]: super::HttpMetricsLayer
 
