@@ -8,6 +8,7 @@
 //! # with --tls-cert cert.pem --tls-key key.pem: HTTPS; a replaced file is served within a
 //! # second or two, and `kill -HUP <pid>` reloads at once (certbot's deploy hook)
 //! kill -TERM <pid>                                 # drain; exit 0 when clean, 1 when forced
+//! RUST_LOG=debug cargo run -p axum-example         # more logs (default: warnings)
 //! ```
 //!
 //! Nothing below is there to keep a block working: the server watches the certificate files,
@@ -44,9 +45,12 @@ async fn user(State(visits): State<Arc<AtomicU64>>, Path(id): Path<u64>) -> Json
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Warnings visible by default (a rejected certificate reload), RUST_LOG honoured.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(filter)
         .init();
     let args = Args::from_env()?;
     let app = Router::new()
