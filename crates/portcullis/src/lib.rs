@@ -11,6 +11,7 @@
 //! | `shutdown` | `shutdown` | `portcullis-shutdown` | the shutdown lifecycle (running, delay, drain, forced, done), signals, readiness, systemd notify and watchdog |
 //! | `tls` | `tls` | `portcullis-tls` | rustls with secure defaults, PEM loading with clear errors, SNI, mTLS, certificate hot reload, a handshake acceptor with a deadline |
 //! | `metrics` | `metrics` | `portcullis-metrics` | the HTTP metrics layer with bounded labels, the admin service (`/metrics`, `/livez`, `/readyz`), the Prometheus exporter |
+//! | `config` | `config` | (this crate) | every setting of the composed server from one TOML file, checked for errors and dangerous combinations, applied to a builder |
 //!
 //! The server owns the lifecycle of everything it is handed: certificate watching and SIGHUP
 //! reloads, the exporter's upkeep, the limiters' housekeeping, systemd notifications. Nothing
@@ -76,6 +77,8 @@
 //!   `metrics::MatchedRouteLayer` for a metrics layer outside the router), axum's
 //!   `ConnectInfo` for the rate limit's client address, and `ConnectInfo<SocketAddr>` in every
 //!   request the server serves, for handlers that extract it.
+//! - `config`: `config`, one TOML file for every setting of the composed server
+//!   (`config::ServerConfig`: read, check, apply to a builder); implies `server`.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
@@ -102,6 +105,9 @@ pub use portcullis_metrics as metrics;
 #[cfg(feature = "tls")]
 #[doc(inline)]
 pub use portcullis_tls as tls;
+
+#[cfg(feature = "config")]
+pub mod config;
 
 /// The types most servers need, for a glob import.
 pub mod prelude {

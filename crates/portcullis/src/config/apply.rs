@@ -1,0 +1,171 @@
+//! [`ServerConfig::apply`]: the settings handed to a [`Builder`], and the pieces that are not
+//! the builder's (the rate limit layer, the listener options).
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use portcullis_limit::client::TrustedProxies;
+use portcullis_limit::{ConnLimits, RateLimitBuilder, RateLimitLayer};
+use portcullis_listen::ListenerConfig;
+use portcullis_listen::proxy::ProxyProtocol;
+use portcullis_server::{Builder, HttpConfig};
+use portcullis_tls::{TlsAcceptor, TlsConfig, TlsError};
+
+use super::{Issue, ServerConfig};
+
+/// The stand-in for "no handshake deadline" (`handshake-timeout = "0s"`): about 30 years,
+/// which still fits an `Instant`.
+const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// Why [`ServerConfig::apply`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// Settings that do not go together (`tls-cert` without `tls-key`, `burst` without
+    /// `rate`, ...): the first of [`ServerConfig::check`]'s errors.
+    Invalid(Issue),
+    /// A listener could not be bound, an address not resolved, the admin exporter not
+    /// installed (the error names the address).
+    Server(portcullis_server::Error),
+    /// The TLS certificate or key could not be loaded (the error names the file).
+    Tls(TlsError),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(issue) => issue.fmt(f),
+            Self::Server(error) => error.fmt(f),
+            Self::Tls(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid(_) => None,
+            Self::Server(error) => Some(error),
+            Self::Tls(error) => Some(error),
+        }
+    }
+}
+
+impl From<portcullis_server::Error> for ApplyError {
+    fn from(error: portcullis_server::Error) -> Self {
+        Self::Server(error)
+    }
+}
+
+impl From<TlsError> for ApplyError {
+    fn from(error: TlsError) -> Self {
+        Self::Tls(error)
+    }
+}
+
+/// A zero timeout is "off": the server's "never".
+fn or_never(timeout: Duration, never: Duration) -> Duration {
+    if timeout.is_zero() { never } else { timeout }
+}
+
+impl ServerConfig {
+    /// Hands every setting to `builder`: the HTTP deadlines, the drain delay and deadline,
+    /// the connection caps (trusted proxies exempt from the per-client one), TLS on every
+    /// listener (with `tls-cert`), PROXY protocol (with `proxy-protocol`), the listeners and
+    /// the admin listener. Under systemd socket activation (`LISTEN_FDS`) the inherited
+    /// sockets are served instead of binding `listen`.
+    ///
+    /// Call it after [`Builder::graceful`], which replaces the drain settings. It binds
+    /// sockets and loads the TLS files; [`check`](Self::check) first to report every
+    /// problem at once. The rate limit is the application's layer:
+    /// [`rate_limit`](Self::rate_limit).
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::Invalid`] for the first error of [`check`](Self::check) about the
+    /// settings themselves (`tls-cert` without `tls-key`, say), [`ApplyError::Tls`] when the certificate or key cannot be loaded,
+    /// [`ApplyError::Server`] when an address cannot be bound.
+    pub fn apply(&self, builder: Builder) -> Result<Builder, ApplyError> {
+        if let Some(issue) = self.settings_errors().into_iter().next() {
+            return Err(ApplyError::Invalid(issue));
+        }
+        let mut builder = builder
+            .http(self.http_config())
+            .drain_delay(self.drain_delay)
+            .drain_timeout(self.drain_timeout)
+            .connection_limits(self.conn_limits());
+        if let Some(tls) = self.tls_acceptor()? {
+            builder = builder.tls(tls);
+        }
+        if self.proxy_protocol {
+            builder =
+                builder.proxy_protocol(ProxyProtocol::new(self.trusted_proxy.iter().copied()));
+        }
+        let options = self.listener_config();
+        let (mut builder, inherited) = builder.listen_inherited(&options)?;
+        if !inherited {
+            for addr in &self.listen {
+                builder = builder.listen_with(*addr, &options)?;
+            }
+        }
+        if let Some(addr) = self.admin {
+            builder = builder.admin(addr)?;
+        }
+        Ok(builder)
+    }
+
+    /// The HTTP settings: `header-timeout` and `idle-timeout` (zero: never), the rest
+    /// [`HttpConfig`]'s defaults.
+    pub fn http_config(&self) -> HttpConfig {
+        HttpConfig::default()
+            .header_timeout(or_never(self.header_timeout, Duration::MAX))
+            .idle_timeout(or_never(self.idle_timeout, Duration::MAX))
+    }
+
+    /// The connection caps: `max-conns`, and `max-conns-per-ip` with the trusted proxies
+    /// exempt (a proxy carries many clients).
+    #[must_use]
+    pub fn conn_limits(&self) -> ConnLimits {
+        let limits = ConnLimits::new(self.max_conns.get());
+        match self.max_conns_per_ip {
+            Some(max) => limits
+                .per_client(max)
+                .exempt_from_per_client(TrustedProxies::new(self.trusted_proxy.iter().copied())),
+            None => limits,
+        }
+    }
+
+    /// The listener options: `acceptors` sockets per address (one per core by default and
+    /// with `per-core`).
+    #[must_use]
+    pub fn listener_config(&self) -> ListenerConfig {
+        let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        let acceptors = match self.per_core {
+            true => cores,
+            false => self.acceptors.unwrap_or(cores),
+        };
+        ListenerConfig::default().acceptors(acceptors)
+    }
+
+    /// The TLS acceptor of `tls-cert` and `tls-key` with `handshake-timeout` (zero: never),
+    /// or `None` without them. Only called once `settings_errors` found both or neither.
+    fn tls_acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        TlsConfig::from_pem_files(cert, key)?
+            .handshake_timeout(or_never(self.handshake_timeout, NEVER))
+            .build()
+            .map(Some)
+    }
+
+    /// The per-client rate limit of `rate` and `burst`, believing the forwarding headers of
+    /// `trusted-proxy` peers, or `None` without a rate. Finish it with
+    /// [`RateLimitBuilder::layer`] and put the layer in the application's stack.
+    #[must_use]
+    pub fn rate_limit(&self) -> Option<RateLimitBuilder> {
+        let quota = self.quota()?;
+        Some(RateLimitLayer::per_client(quota).trusted_proxies(self.trusted_proxy.iter().copied()))
+    }
+}
