@@ -1,21 +1,28 @@
 //! The command line and `--config` file: the stable contract documented in
-//! docs/architecture.md. Flags override the file; the file overrides the defaults. Failures
-//! are one `error: ` line and exit status 2 (bad usage, start-up) or 1 (while serving).
+//! docs/architecture.md and docs/configuration.md. Flags override the file; the file
+//! overrides the defaults (`portcullis::config::ServerConfig`, which reads, checks and applies
+//! the file). Failures are one `error: ` line naming the flag or key, and exit status 2 (bad
+//! usage, start-up) or 1 (while serving).
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use portcullis::config::ServerConfig;
+use portcullis::limit::Quota;
 use portcullis::limit::client::IpNet;
-use portcullis::limit::{DEFAULT_MAX_CONNECTIONS, Quota};
 use portcullis::listen::parse_duration;
-use serde::Deserialize;
 
 /// portcullis's reference server: the full hardened stack behind a stable command line.
+///
+/// Durations are written 250ms, 5s, 1m30s; 0s turns a timeout off. Every flag can also come
+/// from --config FILE (docs/configuration.md); a flag given overrides the file.
 #[derive(Debug, Parser)]
-#[command(name = "hardened", version, about)]
+#[command(name = "hardened", version, about, long_about)]
 struct Flags {
     /// Listen address; repeatable. Port 0 picks a free port. [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
@@ -23,10 +30,10 @@ struct Flags {
     /// Admin listener serving /metrics (Prometheus), /livez and /readyz; off unless given.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
-    /// Deadline for a whole request head, and for the start of a new connection. [default: 10s]
+    /// Deadline for a whole request head, and for the start of a new connection; 0s: off. [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     header_timeout: Option<Duration>,
-    /// Close connections with no request in progress after this long. [default: 60s]
+    /// Close connections with no request in progress after this long; 0s: off. [default: 60s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     idle_timeout: Option<Duration>,
     /// After a shutdown signal, keep accepting and serving this long (readiness already off) before closing the listeners. [default: 0s]
@@ -36,254 +43,180 @@ struct Flags {
     #[arg(long, value_name = "DUR", value_parser = duration)]
     drain_timeout: Option<Duration>,
     /// SO_REUSEPORT sockets (each with its own accept loop) per listen address; --per-core uses one per core. [default: cores]
-    #[arg(long, value_name = "N")]
-    acceptors: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
+    acceptors: Option<NonZeroUsize>,
     /// One single-threaded runtime per core, each with its own listeners and service.
     #[arg(long)]
     per_core: bool,
-    /// PEM certificate chain: serve TLS on every --listen (SIGHUP or a file change reloads it).
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    /// PEM certificate chain: serve TLS on every --listen (SIGHUP or a file change reloads it); needs --tls-key.
+    #[arg(long, value_name = "PATH")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; keep it readable by this user only.
+    #[arg(long, value_name = "PATH")]
     tls_key: Option<PathBuf>,
-    /// Deadline for the TLS handshake of a new connection. [default: 10s]
+    /// Deadline for the TLS handshake of a new connection; 0s: off. [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     handshake_timeout: Option<Duration>,
-    /// Per-client request rate limit: N/s, N/m or N/h (answered 429 past it); off unless given.
-    #[arg(long, value_name = "N/s")]
-    rate: Option<String>,
-    /// Requests a client may send at once after a quiet period. [default: the rate's N]
-    #[arg(long, value_name = "N")]
-    burst: Option<u32>,
+    /// Per-client request rate limit, answered 429 past it: N/s, N/m or N/h (also N/sec, N/second, N/min, N/minute, N/hour), optionally followed by "burst B"; off unless given.
+    #[arg(long, value_name = "N/s", value_parser = quota)]
+    rate: Option<Quota>,
+    /// Requests a client may send at once after a quiet period; needs --rate. [default: the rate's N]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroU32>)]
+    burst: Option<NonZeroU32>,
     /// Connections open at once; more are closed as soon as they are accepted. [default: 10000]
-    #[arg(long, value_name = "N")]
-    max_conns: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
+    max_conns: Option<NonZeroUsize>,
     /// Connections open at once from one client address (IPv6: one /64); off unless given.
-    #[arg(long, value_name = "N")]
-    max_conns_per_ip: Option<u32>,
-    /// Peers whose Forwarded / X-Forwarded-For / PROXY header is believed; repeatable.
-    #[arg(long, value_name = "CIDR")]
-    trusted_proxy: Vec<String>,
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroU32>)]
+    max_conns_per_ip: Option<NonZeroU32>,
+    /// Peers whose Forwarded / X-Forwarded-For / PROXY header is believed (a CIDR range or an address); repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    trusted_proxy: Vec<IpNet>,
     /// Expect a PROXY protocol header (v1 or v2) on connections from --trusted-proxy peers.
     #[arg(long)]
     proxy_protocol: bool,
     /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Validate the flags and the config file without serving: errors and warnings on stderr, exit 0 (no errors) or 2.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn duration(value: &str) -> Result<Duration, String> {
     parse_duration(value).map_err(|e| e.to_string())
 }
 
-/// The `--config` file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-struct File {
-    listen: Option<Vec<SocketAddr>>,
-    admin: Option<SocketAddr>,
-    header_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    drain_delay: Option<String>,
-    drain_timeout: Option<String>,
-    acceptors: Option<usize>,
-    per_core: Option<bool>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    handshake_timeout: Option<String>,
-    rate: Option<String>,
-    burst: Option<u32>,
-    max_conns: Option<usize>,
-    max_conns_per_ip: Option<u32>,
-    trusted_proxy: Option<Vec<String>>,
-    proxy_protocol: Option<bool>,
+fn quota(value: &str) -> Result<Quota, String> {
+    value
+        .parse()
+        .map_err(|e: portcullis::limit::QuotaError| e.to_string())
 }
 
-/// Everything the server needs, resolved from defaults, the file and the flags.
-#[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) listen: Vec<SocketAddr>,
-    pub(crate) admin: Option<SocketAddr>,
-    pub(crate) header_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) drain_delay: Duration,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) acceptors: usize,
-    pub(crate) per_core: bool,
-    /// Certificate chain and key files, when serving TLS.
-    pub(crate) tls: Option<(PathBuf, PathBuf)>,
-    pub(crate) handshake_timeout: Duration,
-    /// The per-client request quota, burst included.
-    pub(crate) rate: Option<Quota>,
-    pub(crate) max_conns: usize,
-    pub(crate) max_conns_per_ip: Option<NonZeroU32>,
-    pub(crate) trusted_proxies: Vec<IpNet>,
-    pub(crate) proxy_protocol: bool,
+fn at_least_one<T: FromStr>(value: &str) -> Result<T, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| match value.trim().parse::<u64>() {
+            Ok(0) => "must be at least 1".to_owned(),
+            Ok(_) => "too large".to_owned(),
+            Err(_) => "expected a whole number, at least 1".to_owned(),
+        })
+}
+
+/// A CIDR range, or a single address (a /32 or /128).
+fn cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| "expected a CIDR range like 10.0.0.0/8 or an address".to_owned())
+}
+
+impl Flags {
+    /// Every flag given replaces the file's (or the default) value.
+    fn override_file(self, config: &mut ServerConfig) {
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        if !self.trusted_proxy.is_empty() {
+            config.trusted_proxy = self.trusted_proxy;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(value) = self.$field { config.$field = value; })* };
+        }
+        set!(
+            header_timeout,
+            idle_timeout,
+            drain_delay,
+            drain_timeout,
+            handshake_timeout,
+            max_conns
+        );
+        macro_rules! set_some {
+            ($($field:ident),*) => { $(if self.$field.is_some() { config.$field = self.$field; })* };
+        }
+        set_some!(
+            admin,
+            acceptors,
+            tls_cert,
+            tls_key,
+            rate,
+            burst,
+            max_conns_per_ip
+        );
+        config.per_core |= self.per_core;
+        config.proxy_protocol |= self.proxy_protocol;
+    }
 }
 
 /// What `parse` decided.
 pub(crate) enum Parsed {
-    /// Run with these settings.
-    Run(Box<Settings>),
+    /// Run with these settings; log the warnings once serving.
+    Run(Box<ServerConfig>, Vec<String>),
     /// `--help` or `--version`: print this on stdout and exit successfully.
     Print(String),
+    /// `--check-config` is done and printed its findings: exit with this status.
+    Exit(ExitCode),
 }
 
-/// Parses the process arguments and the config file they name.
+/// Parses the process arguments and the config file they name, and checks the result.
 ///
 /// # Errors
 ///
-/// One line describing the first problem: a bad flag, an unreadable or invalid config file.
+/// One line naming the flag or the key: a bad flag, an unreadable or invalid config file,
+/// settings that do not go together, TLS files that cannot be loaded.
 pub(crate) fn parse() -> Result<Parsed, String> {
     let flags = match Flags::try_parse() {
         Ok(flags) => flags,
-        Err(error) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                error.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) {
-                return Ok(Parsed::Print(error.render().to_string()));
-            }
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            return Err(first.trim_start_matches("error: ").to_owned());
+        Err(error) => return usage(&error),
+    };
+    let check_only = flags.check_config;
+    let mut config = match &flags.config {
+        Some(path) => ServerConfig::from_file(path).map_err(|e| e.to_string())?,
+        None => ServerConfig::default(),
+    };
+    flags.override_file(&mut config);
+    let report = config.check();
+    let warnings = report.warnings.iter().map(|w| w.to_flag_string());
+    if check_only {
+        for error in &report.errors {
+            eprintln!("error: {}", error.to_flag_string());
         }
-    };
-    let file = match &flags.config {
-        Some(path) => read_file(path)?,
-        None => File::default(),
-    };
-    let from_file = |value: &Option<String>, key: &str| -> Result<Option<Duration>, String> {
-        value
-            .as_deref()
-            .map(|v| parse_duration(v).map_err(|e| format!("invalid `{key}` in config file: {e}")))
-            .transpose()
-    };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let listen = if !flags.listen.is_empty() {
-        flags.listen
-    } else if let Some(listen) = file.listen.filter(|l| !l.is_empty()) {
-        listen
-    } else {
-        vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
-    };
-    let acceptors = flags.acceptors.or(file.acceptors).unwrap_or(cores);
-    if acceptors == 0 {
-        return Err("invalid value '0' for '--acceptors': must be at least 1".to_owned());
+        warnings.for_each(|warning| eprintln!("warning: {warning}"));
+        return Ok(Parsed::Exit(ExitCode::from(if report.is_ok() {
+            0
+        } else {
+            2
+        })));
     }
-    let rate = match flags.rate.as_deref().or(file.rate.as_deref()) {
-        Some(text) => Some(
-            text.parse::<Quota>()
-                .map_err(|e| format!("invalid value for '--rate': {e}"))?,
-        ),
-        None => None,
-    };
-    let burst = flags.burst.or(file.burst);
-    let rate = match (rate, burst) {
-        (Some(quota), Some(burst)) => Some(quota.burst(
-            NonZeroU32::new(burst).ok_or("invalid value '0' for '--burst': must be at least 1")?,
-        )),
-        (Some(quota), None) => Some(quota),
-        (None, Some(_)) => return Err("'--burst' needs '--rate'".to_owned()),
-        (None, None) => None,
-    };
-    let max_conns = flags
-        .max_conns
-        .or(file.max_conns)
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    if max_conns == 0 {
-        return Err("invalid value '0' for '--max-conns': must be at least 1".to_owned());
+    match report.errors.first() {
+        Some(error) => Err(error.to_flag_string()),
+        None => Ok(Parsed::Run(Box::new(config), warnings.collect())),
     }
-    let max_conns_per_ip = match flags.max_conns_per_ip.or(file.max_conns_per_ip) {
-        Some(n) => Some(NonZeroU32::new(n).ok_or(
-            "invalid value '0' for '--max-conns-per-ip': must be at least 1 (leave it out for no cap)",
-        )?),
-        None => None,
-    };
-    let trusted = if flags.trusted_proxy.is_empty() {
-        file.trusted_proxy.unwrap_or_default()
-    } else {
-        flags.trusted_proxy
-    };
-    let trusted_proxies = trusted
-        .iter()
-        .map(|cidr| parse_cidr(cidr))
-        .collect::<Result<Vec<_>, _>>()?;
-    let tls = match (
-        flags.tls_cert.or(file.tls_cert),
-        flags.tls_key.or(file.tls_key),
+}
+
+/// clap's error as one line: its message, with the arguments it lists on the following lines
+/// (the missing ones, say) and its tips, without the usage and the pointer to `--help`.
+fn usage(error: &clap::Error) -> Result<Parsed, String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
     ) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        _ => return Err("'--tls-cert' and '--tls-key' go together".to_owned()),
-    };
-    let handshake_timeout = flags
-        .handshake_timeout
-        .or(from_file(&file.handshake_timeout, "handshake-timeout")?)
-        .unwrap_or(portcullis::tls::DEFAULT_HANDSHAKE_TIMEOUT);
-    let proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
-    if proxy_protocol && trusted_proxies.is_empty() {
-        return Err("'--proxy-protocol' needs at least one '--trusted-proxy'".to_owned());
+        return Ok(Parsed::Print(error.render().to_string()));
     }
-    Ok(Parsed::Run(Box::new(Settings {
-        listen,
-        admin: flags.admin.or(file.admin),
-        header_timeout: flags
-            .header_timeout
-            .or(from_file(&file.header_timeout, "header-timeout")?)
-            .unwrap_or(portcullis::server::DEFAULT_HEADER_TIMEOUT),
-        idle_timeout: flags
-            .idle_timeout
-            .or(from_file(&file.idle_timeout, "idle-timeout")?)
-            .unwrap_or(portcullis::server::DEFAULT_IDLE_TIMEOUT),
-        drain_delay: flags
-            .drain_delay
-            .or(from_file(&file.drain_delay, "drain-delay")?)
-            .unwrap_or(Duration::ZERO),
-        drain_timeout: flags
-            .drain_timeout
-            .or(from_file(&file.drain_timeout, "drain-timeout")?)
-            .unwrap_or(portcullis::server::DEFAULT_DRAIN_TIMEOUT),
-        acceptors,
-        per_core: flags.per_core || file.per_core.unwrap_or(false),
-        tls,
-        handshake_timeout,
-        rate,
-        max_conns,
-        max_conns_per_ip,
-        trusted_proxies,
-        proxy_protocol,
-    })))
-}
-
-/// A CIDR range, or a single address (a /32 or /128).
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            format!("invalid value '{text}' for '--trusted-proxy': expected a CIDR range like 10.0.0.0/8 or an address")
+    let rendered = error.render().to_string();
+    let line = rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| match line.strip_prefix("tip: ") {
+            Some(tip) => format!("({tip})"),
+            None => line.to_owned(),
         })
-}
-
-fn read_file(path: &Path) -> Result<File, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        format!(
-            "invalid config file {}: {}{at}",
-            path.display(),
-            e.message().trim().replace('\n', " ")
-        )
-    })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(line.trim_start_matches("error: ").to_owned())
 }
 
 /// Why `run` failed: the one line to print, and the exit status (2: start-up, 1: serving).
@@ -300,6 +233,12 @@ impl Failed {
 /// A start-up failure.
 pub(crate) fn start_up(error: impl std::fmt::Display) -> Failed {
     Failed(error.to_string(), 2)
+}
+
+impl From<portcullis::config::ApplyError> for Failed {
+    fn from(error: portcullis::config::ApplyError) -> Self {
+        Failed(error.to_string(), 2)
+    }
 }
 
 impl From<portcullis::server::Error> for Failed {

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The whole command line is in `cli.rs` and `--help`; the contract (listener lines, exit
-//! status 0 clean / 1 forced / 2 bad usage, one `error: ` line) in docs/architecture.md.
+//! status 0 clean / 1 forced / 2 bad usage, one `error: ` line) in docs/architecture.md; the
+//! `--config` file and `--check-config` in docs/configuration.md.
 //! Everything that keeps a block working (certificate reloads on file change and SIGHUP,
 //! exporter upkeep, limiter housekeeping, systemd READY/STOPPING/STATUS/WATCHDOG) is run by
 //! the server. Copy this crate out of the repository to start your own; only the `path` of
@@ -25,18 +26,18 @@ use cli::{Failed, start_up};
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
-use portcullis::limit::client::TrustedProxies;
-use portcullis::limit::{ConnLimits, RateLimitLayer};
+use portcullis::config::ServerConfig;
 use portcullis::prelude::*;
 use tower::ServiceBuilder;
 
 fn main() -> ExitCode {
-    let settings = match cli::parse() {
-        Ok(cli::Parsed::Run(settings)) => settings,
+    let (config, warnings) = match cli::parse() {
+        Ok(cli::Parsed::Run(config, warnings)) => (config, warnings),
         Ok(cli::Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(cli::Parsed::Exit(code)) => return code,
         Err(message) => return Failed(message, 2).exit(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,84 +46,49 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .init();
-    match run(*settings) {
+    match run(*config, &warnings) {
         Ok(report) => report.exit_code(),
         Err(failed) => failed.exit(),
     }
 }
 
-fn run(settings: cli::Settings) -> Result<ServeReport, Failed> {
+fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| start_up(format_args!("cannot start the runtime: {e}")))?;
     let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-    let acceptors = match settings.per_core {
-        true => cores,
-        false => NonZeroUsize::new(settings.acceptors).unwrap_or(NonZeroUsize::MIN),
-    };
-    let mut limits = ConnLimits::new(settings.max_conns);
-    if let Some(max) = settings.max_conns_per_ip {
-        // A trusted proxy carries many clients: only they are capped, not the proxy.
-        limits = limits
-            .per_client(max)
-            .exempt_from_per_client(TrustedProxies::new(
-                settings.trusted_proxies.iter().copied(),
-            ));
-    }
     let builder = runtime.block_on(async {
         // Signals first, before anything is reachable: SIGTERM drains, SIGHUP reloads.
         let shutdown = Shutdown::from_signals()
-            .map_err(|e| start_up(format_args!("cannot install signal handlers: {e}")))?
-            .drain_delay(settings.drain_delay)
-            .drain_timeout(settings.drain_timeout);
-        let http = HttpConfig::default()
-            .header_timeout(settings.header_timeout)
-            .idle_timeout(settings.idle_timeout);
-        let mut builder = Server::builder()
+            .map_err(|e| start_up(format_args!("cannot install signal handlers: {e}")))?;
+        let builder = Server::builder()
             .graceful(shutdown)
             .systemd()
-            .http(http)
             // No route reads ConnInfo or PeerAddr: skip those per-request extensions.
             .conn_info(false)
-            .peer_addr(false)
-            .connection_limits(limits);
-        if let Some((cert, key)) = &settings.tls {
-            let tls = TlsConfig::from_pem_files(cert, key)
-                .and_then(|tls| tls.handshake_timeout(settings.handshake_timeout).build())
-                .map_err(start_up)?;
-            builder = builder.tls(tls);
-        }
-        if settings.proxy_protocol {
-            let proxies = settings.trusted_proxies.iter().copied();
-            builder = builder.proxy_protocol(ProxyProtocol::new(proxies));
-        }
-        let config = ListenerConfig::default().acceptors(acceptors);
-        // Started by systemd with sockets (LISTEN_FDS)? Serve those instead of binding.
-        let (mut builder, inherited) = builder.listen_inherited(&config)?;
-        for addr in settings.listen.iter().filter(|_| !inherited) {
-            builder = builder.listen_with(*addr, &config)?;
-        }
-        if let Some(addr) = settings.admin {
-            builder = builder.admin(addr)?;
-        }
+            .peer_addr(false);
+        // Every setting of the file and the flags: listeners (or systemd's sockets), admin,
+        // deadlines, drain, caps, TLS, PROXY protocol.
+        let builder = config.apply(builder)?;
         // The contract's lines, once every listener accepts.
         builder
             .announce(std::io::stdout().lock())
             .map_err(|e| start_up(format_args!("cannot write to stdout: {e}")))?;
         Ok::<_, Failed>(builder)
     })?;
+    // What `--check-config` warns about, now that the server is up.
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     // Only the layers asked for: a layer that does nothing still costs its wrapping.
-    let metrics = settings
+    let metrics = config
         .admin
         .map(|_| HttpMetricsLayer::new().route_fn(routes::template));
-    let limit = settings.rate.map(|quota| {
-        RateLimitLayer::per_client(quota)
-            .name("per-client")
-            .trusted_proxies(settings.trusted_proxies.iter().copied())
-            .layer()
-    });
-    let per_core = settings.per_core.then_some(cores);
+    let limit = config
+        .rate_limit()
+        .map(|limit| limit.name("per-client").layer());
+    let per_core = config.per_core.then_some(cores);
     // One service per runtime (per core), each layer shared by every clone.
     macro_rules! serve {
         ($($layer:ident),*) => {
