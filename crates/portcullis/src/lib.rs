@@ -18,6 +18,9 @@
 //! has to be spawned by hand to keep a block working. Each leaf crate also stands alone, for
 //! an application with its own hyper loop.
 //!
+//! New here? The `tour` module (documented with the `full` and `axum` features) walks from an
+//! axum router to a production server one block at a time.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -108,6 +111,9 @@ pub use portcullis_tls as tls;
 
 #[cfg(feature = "config")]
 pub mod config;
+
+#[cfg(all(feature = "full", feature = "axum"))]
+pub mod tour;
 
 /// The types most servers need, for a glob import.
 pub mod prelude {
