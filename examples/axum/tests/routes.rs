@@ -13,14 +13,19 @@ use tokio::process::Command;
 async fn get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("write");
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
-        .await
-        .expect("an answer within 10 s")
-        .expect("read");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .expect("read");
     response
 }
 
@@ -49,7 +54,10 @@ async fn routes_json_rate_limit_and_route_templates_in_the_metrics() {
     for id in [7, 8, 9] {
         let answer = get(app, &format!("/users/{id}")).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains(&format!("\"id\":{id},\"name\":\"user {id}\"")), "{answer}");
+        assert!(
+            answer.contains(&format!("\"id\":{id},\"name\":\"user {id}\"")),
+            "{answer}"
+        );
     }
     // The burst is 20: the 21st request in a row from this client is refused.
     let mut refused = None;
@@ -61,7 +69,10 @@ async fn routes_json_rate_limit_and_route_templates_in_the_metrics() {
         }
     }
     let refused = refused.expect("a 429 within 40 requests past a burst of 20");
-    assert!(refused.to_ascii_lowercase().contains("retry-after:"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after:"),
+        "{refused}"
+    );
 
     let scrape = get(admin, "/metrics").await;
     let series: Vec<&str> = scrape
@@ -69,7 +80,9 @@ async fn routes_json_rate_limit_and_route_templates_in_the_metrics() {
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
         .collect();
     assert!(
-        series.iter().any(|l| l.contains("http_route=\"/users/{id}\"") && l.ends_with(" 3")),
+        series
+            .iter()
+            .any(|l| l.contains("http_route=\"/users/{id}\"") && l.ends_with(" 3")),
         "three requests under the template /users/{{id}}: {series:#?}"
     );
     assert!(
@@ -77,7 +90,9 @@ async fn routes_json_rate_limit_and_route_templates_in_the_metrics() {
         "a raw path became a label:\n{scrape}"
     );
     assert!(
-        series.iter().any(|l| l.contains("http_response_status_code=\"429\"")),
+        series
+            .iter()
+            .any(|l| l.contains("http_response_status_code=\"429\"")),
         "the 429 counted: {series:#?}"
     );
 

@@ -18,10 +18,13 @@ async fn answers_hello_and_drains_on_sigterm() {
         .expect("spawn hello");
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
-    tokio::time::timeout(Duration::from_secs(30), BufReader::new(stdout).read_line(&mut line))
-        .await
-        .expect("a listener line within 30 s")
-        .expect("read");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("a listener line within 30 s")
+    .expect("read");
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
@@ -33,10 +36,13 @@ async fn answers_hello_and_drains_on_sigterm() {
         .await
         .expect("write");
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
-        .await
-        .expect("an answer within 10 s")
-        .expect("read");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .expect("read");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("hello\n"), "{response}");
 
