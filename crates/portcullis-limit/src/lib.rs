@@ -14,6 +14,10 @@
 //! - [`ConnLimiter`] caps connections globally and per client, checked right after accept;
 //!   [`HandshakeLimiter`] caps concurrent TLS handshakes.
 //! - [`LoadShedLayer`] caps requests in flight and answers `503` past it instead of queueing.
+//! - [`IpFilter`] is the connection filter: CIDR allow and deny lists ([`FilterRules`]),
+//!   checked at accept in one binary search, reloaded atomically.
+//! - [`Bans`] are temporary, escalating bans of clients refused too often ([`BanPolicy`]),
+//!   with bounded memory and an admin API ([`Bans::answer`]).
 //!
 //! It does not accept connections, read PROXY protocol headers (portcullis-listen does) or
 //! terminate TLS (portcullis-tls does); portcullis-server wires them together. It never
@@ -124,10 +128,12 @@
 //! - `axum`: the layer reads the peer address from axum's `ConnectInfo<SocketAddr>` when no
 //!   [`PeerAddr`] extension is present.
 
+mod ban;
 mod body;
 pub mod client;
 pub mod clock;
 mod conn;
+pub mod filter;
 pub mod future;
 mod housekeeping;
 mod key;
@@ -148,12 +154,17 @@ pub mod internal {
     pub use crate::client::elements::{RevElements, parse_forwarded_element, parse_xff_element};
 }
 
+pub use ban::{
+    BAN_HISTORY, BANS_PATH, BanEntry, BanPolicy, BanReason, Bans, DEFAULT_BAN_FOR, DEFAULT_BAN_MAX,
+    DEFAULT_BAN_WINDOW, DEFAULT_MAX_BANS, DEFAULT_MAX_OFFENDERS, Strike,
+};
 pub use body::LimitBody;
 pub use bytes::Bytes;
 pub use conn::{
     ConnLimiter, ConnLimits, ConnPermit, ConnRejected, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HANDSHAKES, HandshakeLimiter, HandshakePermit,
 };
+pub use filter::{FilterRules, IpFilter};
 pub use http;
 pub use key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
 pub use layer::{DEFAULT_HOUSEKEEPING_INTERVAL, RateLimitBuilder, RateLimitLayer, Rejection};

@@ -3,12 +3,12 @@
 
 #[cfg(all(test, portcullis_loom))]
 pub(crate) use loom::sync::{
-    Arc, Mutex,
+    Arc, Mutex, MutexGuard,
     atomic::{AtomicUsize, Ordering},
 };
 
 #[cfg(not(all(test, portcullis_loom)))]
 pub(crate) use std::sync::{
-    Arc, Mutex,
+    Arc, Mutex, MutexGuard,
     atomic::{AtomicUsize, Ordering},
 };

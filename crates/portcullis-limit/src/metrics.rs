@@ -34,6 +34,57 @@ pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_limit_connections_rejec
 /// Counter: requests answered 503 by the load shedder because the in-flight limit was reached.
 pub const REQUESTS_SHED_TOTAL: &str = "portcullis_limit_requests_shed_total";
 
+/// Counter: connections refused by the connection filter ([`IpFilter`](crate::IpFilter)),
+/// by [`LABEL_RULE`].
+pub const FILTER_REJECTED_TOTAL: &str = "portcullis_limit_filter_rejected_total";
+
+/// Label on [`FILTER_REJECTED_TOTAL`]: the deny rule's name (by default its range, such as
+/// `10.0.0.0/8`), or [`NOT_ALLOWED`]. Bounded by the number of rules; never a client address.
+pub const LABEL_RULE: &str = "rule";
+
+/// The [`LABEL_RULE`] value of clients outside every allowed range.
+pub const NOT_ALLOWED: &str = "not_allowed";
+
+/// Counter: refusals counted towards a ban ([`Bans::strike`](crate::Bans::strike)), by
+/// [`LABEL_REASON`] (one of the [`BAN_REASONS`], or an application's own).
+pub const STRIKES_TOTAL: &str = "portcullis_limit_ban_strikes_total";
+
+/// Counter: bans raised, by [`LABEL_REASON`] (the refusal that raised it; `manual` for
+/// [`Bans::ban`](crate::Bans::ban) and the admin API).
+pub const BANS_TOTAL: &str = "portcullis_limit_bans_total";
+
+/// Counter: bans a dry run would have raised, by [`LABEL_REASON`].
+pub const BANS_DRY_RUN_TOTAL: &str = "portcullis_limit_bans_dry_run_total";
+
+/// Gauge: bans in force.
+pub const BANS_ACTIVE: &str = "portcullis_limit_bans_active";
+
+/// Gauge: clients remembered for their refusals or earlier bans.
+pub const BAN_OFFENDERS: &str = "portcullis_limit_ban_offenders";
+
+/// Counter: entries dropped from a full ban table before they expired, by [`LABEL_TABLE`].
+/// Anything above zero means the cap is too small for the attack under way.
+pub const BAN_EVICTIONS_TOTAL: &str = "portcullis_limit_ban_evictions_total";
+
+/// Label on [`BAN_EVICTIONS_TOTAL`]: `offenders` or `bans`.
+pub const LABEL_TABLE: &str = "table";
+
+/// Counter: connections and requests of banned clients turned away, by [`LABEL_AT`].
+pub const BAN_REJECTIONS_TOTAL: &str = "portcullis_limit_ban_rejections_total";
+
+/// Label on [`BAN_REJECTIONS_TOTAL`]: `accept` (the connection was closed at accept) or
+/// `request` (a client behind a trusted proxy got 429).
+pub const LABEL_AT: &str = "at";
+
+/// The server's own values of [`LABEL_REASON`] on the ban metrics.
+pub const BAN_REASONS: &[&str] = &[
+    "rate_limited",
+    "conn_cap",
+    "malformed",
+    "tls_handshake",
+    "manual",
+];
+
 /// Label naming the limiter.
 pub const LABEL_LIMITER: &str = "limiter";
 
@@ -79,6 +130,38 @@ pub fn describe() {
         "Connections closed at once because a portcullis connection cap was reached, by reason."
     );
     metrics::describe_counter!(
+        FILTER_REJECTED_TOTAL,
+        Unit::Count,
+        "Connections refused by the portcullis connection filter, by rule."
+    );
+    metrics::describe_counter!(
+        STRIKES_TOTAL,
+        Unit::Count,
+        "Refusals counted towards temporary bans, by reason."
+    );
+    metrics::describe_counter!(BANS_TOTAL, Unit::Count, "Temporary bans raised, by reason.");
+    metrics::describe_counter!(
+        BANS_DRY_RUN_TOTAL,
+        Unit::Count,
+        "Temporary bans a dry run would have raised, by reason."
+    );
+    metrics::describe_gauge!(BANS_ACTIVE, Unit::Count, "Temporary bans in force.");
+    metrics::describe_gauge!(
+        BAN_OFFENDERS,
+        Unit::Count,
+        "Clients remembered for their refusals or earlier bans."
+    );
+    metrics::describe_counter!(
+        BAN_EVICTIONS_TOTAL,
+        Unit::Count,
+        "Entries dropped from a full ban table before they expired, by table."
+    );
+    metrics::describe_counter!(
+        BAN_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Connections (at accept) and requests (behind a trusted proxy) of banned clients turned away."
+    );
+    metrics::describe_counter!(
         REQUESTS_SHED_TOTAL,
         Unit::Count,
         "Requests answered 503 because portcullis's in-flight request limit was reached."
@@ -100,6 +183,23 @@ pub fn register() {
         metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => *reason).increment(0);
     }
     metrics::counter!(REQUESTS_SHED_TOTAL).increment(0);
+}
+
+/// Registers the series of the connection filter and the bans at 0, for servers that use
+/// them: [`FILTER_REJECTED_TOTAL`] for [`NOT_ALLOWED`], [`BANS_TOTAL`] and [`STRIKES_TOTAL`]
+/// for each of the [`BAN_REASONS`], [`BAN_REJECTIONS_TOTAL`] at both places, and the gauges.
+/// portcullis-server calls it when it is given a filter or bans.
+pub fn register_edge() {
+    metrics::counter!(FILTER_REJECTED_TOTAL, LABEL_RULE => NOT_ALLOWED).increment(0);
+    for reason in BAN_REASONS {
+        metrics::counter!(BANS_TOTAL, LABEL_REASON => *reason).increment(0);
+        metrics::counter!(STRIKES_TOTAL, LABEL_REASON => *reason).increment(0);
+    }
+    for at in ["accept", "request"] {
+        metrics::counter!(BAN_REJECTIONS_TOTAL, LABEL_AT => at).increment(0);
+    }
+    metrics::gauge!(BANS_ACTIVE).set(0.0);
+    metrics::gauge!(BAN_OFFENDERS).set(0.0);
 }
 
 #[cfg(test)]
