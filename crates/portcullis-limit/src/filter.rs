@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::metrics::{FILTER_REJECTED_TOTAL, LABEL_RULE, NOT_ALLOWED};
+use crate::metrics::{FILTER_REJECTED_TOTAL, FILTER_RELOADS_TOTAL, LABEL_RULE, NOT_ALLOWED};
 
 /// One allow or deny rule: an address range and the name its refusals are counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +156,8 @@ impl std::error::Error for Refused {}
 /// [`replace`](Self::replace) to reload the lists atomically.
 ///
 /// A reload affects connections accepted after it; connections already open stay open.
-/// Refusals are counted in [`FILTER_REJECTED_TOTAL`] by rule; the handle of each rule's
-/// counter is resolved on its first refusal.
+/// Refusals are counted in [`FILTER_REJECTED_TOTAL`] by rule (the handle of each rule's
+/// counter is resolved on its first refusal), replacements in [`FILTER_RELOADS_TOTAL`].
 #[derive(Clone)]
 pub struct IpFilter {
     table: Arc<ArcSwap<Table>>,
@@ -204,6 +204,7 @@ impl IpFilter {
     /// a mix.
     pub fn replace(&self, rules: FilterRules) {
         self.table.store(Arc::new(Table::compile(rules)));
+        metrics::counter!(FILTER_RELOADS_TOTAL).increment(1);
     }
 
     /// The lists in force.

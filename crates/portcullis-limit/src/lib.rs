@@ -128,7 +128,7 @@
 //! - `axum`: the layer reads the peer address from axum's `ConnectInfo<SocketAddr>` when no
 //!   [`PeerAddr`] extension is present.
 
-mod ban;
+pub mod ban;
 mod body;
 pub mod client;
 pub mod clock;

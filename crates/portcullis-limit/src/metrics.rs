@@ -38,6 +38,10 @@ pub const REQUESTS_SHED_TOTAL: &str = "portcullis_limit_requests_shed_total";
 /// by [`LABEL_RULE`].
 pub const FILTER_REJECTED_TOTAL: &str = "portcullis_limit_filter_rejected_total";
 
+/// Counter: times the connection filter's lists were replaced
+/// ([`IpFilter::replace`](crate::IpFilter::replace), a SIGHUP reload of the config file).
+pub const FILTER_RELOADS_TOTAL: &str = "portcullis_limit_filter_reloads_total";
+
 /// Label on [`FILTER_REJECTED_TOTAL`]: the deny rule's name (by default its range, such as
 /// `10.0.0.0/8`), or [`NOT_ALLOWED`]. Bounded by the number of rules; never a client address.
 pub const LABEL_RULE: &str = "rule";
@@ -135,6 +139,11 @@ pub fn describe() {
         "Connections refused by the portcullis connection filter, by rule."
     );
     metrics::describe_counter!(
+        FILTER_RELOADS_TOTAL,
+        Unit::Count,
+        "Times the portcullis connection filter's lists were replaced."
+    );
+    metrics::describe_counter!(
         STRIKES_TOTAL,
         Unit::Count,
         "Refusals counted towards temporary bans, by reason."
@@ -186,11 +195,12 @@ pub fn register() {
 }
 
 /// Registers the series of the connection filter and the bans at 0, for servers that use
-/// them: [`FILTER_REJECTED_TOTAL`] for [`NOT_ALLOWED`], [`BANS_TOTAL`] and [`STRIKES_TOTAL`]
+/// them: [`FILTER_REJECTED_TOTAL`] for [`NOT_ALLOWED`], [`FILTER_RELOADS_TOTAL`], [`BANS_TOTAL`] and [`STRIKES_TOTAL`]
 /// for each of the [`BAN_REASONS`], [`BAN_REJECTIONS_TOTAL`] at both places, and the gauges.
 /// portcullis-server calls it when it is given a filter or bans.
 pub fn register_edge() {
     metrics::counter!(FILTER_REJECTED_TOTAL, LABEL_RULE => NOT_ALLOWED).increment(0);
+    metrics::counter!(FILTER_RELOADS_TOTAL).increment(0);
     for reason in BAN_REASONS {
         metrics::counter!(BANS_TOTAL, LABEL_REASON => *reason).increment(0);
         metrics::counter!(STRIKES_TOTAL, LABEL_REASON => *reason).increment(0);

@@ -114,3 +114,53 @@ fn memory_per_key_is_under_100_bytes() {
     assert!(per_key < 100.0, "{per_key:.1} bytes per key");
     drop(limiter);
 }
+
+/// Live heap bytes while `f` runs its course, before dropping what it returns.
+fn grown_by<T>(f: impl FnOnce() -> T) -> (T, isize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let kept = f();
+    (kept, LIVE.load(Ordering::Relaxed) - before)
+}
+
+#[test]
+fn a_million_offenders_are_measured_and_the_ban_tables_stay_under_their_caps() {
+    use portcullis_limit::{BanPolicy, BanReason};
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const CLIENTS: u32 = 1_000_000;
+    // Room for all of them: what one remembered offender costs.
+    let (bans, grown) = grown_by(|| {
+        let bans = BanPolicy::new(1_000)
+            .max_offenders(CLIENTS as usize)
+            .build();
+        for i in 0..CLIENTS {
+            bans.strike(client(i), BanReason::RATE_LIMITED);
+        }
+        bans
+    });
+    assert_eq!(bans.offenders(), CLIENTS as usize);
+    let per_offender = grown / CLIENTS as isize;
+    println!("{per_offender} bytes per remembered offender ({grown} for {CLIENTS})");
+    assert!(per_offender <= 80, "{per_offender} bytes per offender");
+    drop(bans);
+
+    // Capped at 10 000: a million distinct offenders (and a million bans) keep both tables
+    // at their caps, and the memory with them.
+    const CAP: usize = 10_000;
+    let (bans, grown) = grown_by(|| {
+        let bans = BanPolicy::new(1).max_offenders(CAP).max_bans(CAP).build();
+        for i in 0..CLIENTS {
+            bans.strike(client(i), BanReason::RATE_LIMITED);
+        }
+        bans
+    });
+    assert!(bans.offenders() <= CAP, "{}", bans.offenders());
+    assert!(bans.list().len() <= CAP, "{}", bans.list().len());
+    // Both tables at the cap, at the worst load factor a hash table grows to.
+    let bound = 2 * CAP as isize * 2 * per_offender.max(40);
+    assert!(
+        grown <= bound,
+        "{grown} bytes for two tables capped at {CAP} (bound {bound})"
+    );
+}

@@ -229,6 +229,13 @@ impl AdminBody {
     }
 }
 
+impl From<Bytes> for AdminBody {
+    /// A body of `bytes` (an answer written by another service on the admin listener).
+    fn from(bytes: Bytes) -> Self {
+        AdminBody(Some(bytes).filter(|bytes| !bytes.is_empty()))
+    }
+}
+
 impl Body for AdminBody {
     type Data = Bytes;
     type Error = Infallible;

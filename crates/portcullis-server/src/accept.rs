@@ -220,8 +220,8 @@ where
             () = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
-        // The caps first, before anything is read; over a cap the connection is dropped
-        // (closed) here, which is cheap, and counted by the limiter.
+        // The filter, the bans and the caps first, before anything is read; a connection
+        // turned away is dropped (closed) here, which is cheap, and counted by what refused it.
         let Ok(permit) = shared.conn.admit(&accepted.peer) else {
             continue;
         };

@@ -1,9 +1,15 @@
-//! The admin listener: portcullis-metrics' admin service on a listener of its own.
+//! The admin listener: portcullis-metrics' admin service on a listener of its own, with the
+//! bans' API at `/bans` when the server has bans.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use portcullis_limit::Bans;
 use portcullis_listen::Listener;
-use portcullis_metrics::Admin;
+use portcullis_metrics::{Admin, AdminBody};
 use portcullis_shutdown::{Health, Lifecycle};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -17,9 +23,43 @@ use crate::serve::ForceOnDrop;
 /// has ended: a scrape in progress completes, an idle scraper is closed at once.
 pub const ADMIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What the admin listener serves: the admin service, and the bans' API.
+#[derive(Clone, Debug)]
+pub(crate) struct AdminService {
+    admin: Admin,
+    bans: Option<Bans>,
+}
+
+impl AdminService {
+    pub(crate) fn new(admin: Admin, bans: Option<Bans>) -> Self {
+        Self { admin, bans }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for AdminService {
+    type Response = Response<AdminBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<AdminBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(answer) = self
+            .bans
+            .as_ref()
+            .and_then(|bans| bans.answer(request.method(), request.uri()))
+        {
+            return ready(Ok(answer.map(AdminBody::from)));
+        }
+        self.admin.call(request)
+    }
+}
+
 /// A running admin listener. Dropping it closes everything at once.
 pub(crate) struct AdminServer {
-    core: Core<Admin>,
+    core: Core<AdminService>,
     lifecycle: Lifecycle,
     accept_loops: Vec<AbortOnDropHandle<()>>,
     _force_on_drop: ForceOnDrop,
@@ -28,7 +68,8 @@ pub(crate) struct AdminServer {
 impl AdminServer {
     /// Starts serving `admin` on `listener`; its probes report `health` unless `admin` has
     /// checks of its own. Call within the runtime that serves it.
-    pub(crate) fn start(listener: Listener, mut admin: Admin, health: &Health) -> Self {
+    pub(crate) fn start(listener: Listener, service: AdminService, health: &Health) -> Self {
+        let AdminService { mut admin, bans } = service;
         if !admin.has_readiness() {
             let health = health.clone();
             admin = admin.readiness(move || health.is_ready());
@@ -42,7 +83,7 @@ impl AdminServer {
         let force_on_drop = ForceOnDrop(lifecycle.clone());
         // Scrapes and probes are not the application's traffic: no connection metrics.
         let core = Core::new(
-            admin,
+            AdminService { admin, bans },
             &HttpConfig::default(),
             ConnPolicy::admin(),
             (lifecycle.clone(), lifecycle.clone()),

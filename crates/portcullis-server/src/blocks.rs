@@ -44,7 +44,7 @@ impl BlockTasks {
             });
         }
         #[cfg(unix)]
-        if !acceptors.is_empty() && !lifecycle.catches_hangups() {
+        if (!acceptors.is_empty() || lifecycle.has_reloaders()) && !lifecycle.catches_hangups() {
             use tokio::signal::unix::{SignalKind, signal};
             let mut hangups = signal(SignalKind::hangup()).map_err(Error::Signal)?;
             let lifecycle = lifecycle.clone();

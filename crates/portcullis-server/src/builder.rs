@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_limit::{
-    ConnLimiter, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, HandshakeLimiter,
+    Bans, ConnLimiter, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, HandshakeLimiter, IpFilter,
 };
 use portcullis_listen::proxy::ProxyProtocol;
 use portcullis_listen::{Addr, Listener, ListenerConfig, ListenerId};
@@ -45,6 +45,9 @@ impl Server {
             handshakes: None,
             admin: None,
             run_block_tasks: true,
+            filter: None,
+            bans: None,
+            reloaders: Vec::new(),
         }
     }
 }
@@ -73,7 +76,13 @@ pub struct Builder {
     handshakes: Option<HandshakeLimiter>,
     pub(crate) admin: Option<(Listener, Admin)>,
     pub(crate) run_block_tasks: bool,
+    filter: Option<IpFilter>,
+    pub(crate) bans: Option<Bans>,
+    pub(crate) reloaders: Vec<Reloader>,
 }
+
+/// Something the application reloads on SIGHUP.
+pub(crate) type Reloader = Arc<dyn Fn() + Send + Sync>;
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +106,9 @@ impl fmt::Debug for Builder {
             .field("handshakes", &self.handshakes)
             .field("admin", &self.admin)
             .field("run_block_tasks", &self.run_block_tasks)
+            .field("filter", &self.filter)
+            .field("bans", &self.bans)
+            .field("reloaders", &self.reloaders.len())
             .finish()
     }
 }
@@ -559,6 +571,48 @@ impl Builder {
         self
     }
 
+    /// Refuses connections by the client's address, with CIDR allow and deny lists
+    /// ([`FilterRules`](portcullis_limit::FilterRules)): checked in the accept loop before
+    /// anything is read or written (before TLS), or, for a connection from a trusted PROXY
+    /// protocol peer, as soon as the header names its client. A refused connection is closed
+    /// and counted in `portcullis_limit_filter_rejected_total` by rule. Deny wins; with any
+    /// allow rule, only the allowed ranges are served.
+    ///
+    /// Keep a clone of the [`IpFilter`] to reload the lists
+    /// ([`IpFilter::replace`](portcullis_limit::IpFilter::replace)), from an
+    /// [`on_reload`](Self::on_reload) hook for SIGHUP, say: connections already open stay
+    /// open. The admin listener is never filtered. Default: no filter.
+    pub fn filter(mut self, filter: impl Into<IpFilter>) -> Self {
+        self.filter = Some(filter.into());
+        self
+    }
+
+    /// Bans clients the server keeps refusing ([`Bans`], built from a
+    /// [`BanPolicy`](portcullis_limit::BanPolicy)).
+    ///
+    /// The server strikes a client on each of its refusals: a per-client connection cap
+    /// refusal, a failed TLS handshake, a malformed request (hyper's 400, 414 or 431), and
+    /// every answer whose status the policy counts (429 by default, whatever layer wrote it)
+    /// or that carries a [`Strike`](portcullis_limit::Strike) extension. A banned client's
+    /// connections are closed at accept, before the connection caps, and counted in
+    /// `portcullis_limit_ban_rejections_total{at="accept"}`; a banned client behind a trusted
+    /// proxy (the policy's [`client_ip`](portcullis_limit::BanPolicy::client_ip)) gets 429
+    /// with `Retry-After` on the proxy's connection, which stays open. The admin listener
+    /// serves the bans' API at `/bans` and is itself never banned. Default: no bans.
+    pub fn bans(mut self, bans: Bans) -> Self {
+        self.bans = Some(bans);
+        self
+    }
+
+    /// Runs `reload` on every SIGHUP while the server serves (on the blocking pool), beside
+    /// the reloads of the server's own blocks (TLS certificates): to re-read a file of the
+    /// application's, such as the lists of an [`IpFilter`]. A server whose shutdown is not
+    /// signal-driven installs its own SIGHUP handler for it.
+    pub fn on_reload(mut self, reload: impl Fn() + Send + Sync + 'static) -> Self {
+        self.reloaders.push(Arc::new(reload));
+        self
+    }
+
     /// Sets the HTTP settings; see [`HttpConfig`] for each default.
     pub fn http(mut self, http: HttpConfig) -> Self {
         self.http = http;
@@ -582,6 +636,8 @@ impl Builder {
                 .handshakes
                 .take()
                 .unwrap_or_else(|| HandshakeLimiter::new(DEFAULT_MAX_HANDSHAKES)),
+            filter: self.filter.take(),
+            bans: self.bans.clone(),
         }
     }
 }

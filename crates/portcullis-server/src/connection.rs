@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use portcullis_limit::{ConnPermit, PeerAddr};
+use portcullis_limit::{BanReason, ConnPermit, PeerAddr};
 use portcullis_listen::proxy::Prefixed;
 use portcullis_listen::{Accepted, Addr, ListenerId};
 use portcullis_shutdown::ShutdownPhase;
@@ -31,7 +31,7 @@ use crate::driver::Driver;
 use crate::info::ConnInfo;
 use crate::io::{Agreed, ConnIo, TrackedIo};
 use crate::metrics::CloseReason;
-use crate::service::ConnService;
+use crate::service::{ConnBans, ConnService};
 use crate::state::ConnState;
 
 /// The stream a connection starts with, bytes read past a PROXY header included.
@@ -110,7 +110,8 @@ where
         ..
     } = accepted;
     let (stream, peer, proxied_by) = proxy_header(shared, stream, peer, &mut permit).await?;
-    let (stream, agreed, client_certificates) = tls_handshake(shared, listener, stream).await?;
+    let (stream, agreed, client_certificates) =
+        tls_handshake(shared, listener, stream, &peer).await?;
     let info = shared.conn.info.then(|| ConnInfo {
         peer: peer.clone(),
         local,
@@ -154,8 +155,8 @@ async fn proxy_header<S>(
     let Some(source) = header.source else {
         return Ok((rest, peer, None)); // a LOCAL header: the proxy speaking for itself
     };
-    if let Err(rejected) = permit.add_client(source.ip()) {
-        tracing::debug!(%source, %rejected, "connection refused");
+    if let Err(turned) = shared.conn.admit_client(permit, source.ip()) {
+        tracing::debug!(%source, ?turned, "connection refused");
         return Err(CloseReason::Refused);
     }
     Ok((rest, Addr::Inet(source), Some(peer)))
@@ -167,18 +168,27 @@ async fn tls_handshake<S>(
     shared: &Shared<S>,
     listener: ListenerId,
     stream: Stream,
+    peer: &Addr,
 ) -> Result<(ConnIo, Option<Agreed>, Option<ClientCertificates>), CloseReason> {
     let Some(tls) = shared.conn.tls_for(listener) else {
         return Ok((ConnIo::Left(stream), None, None));
     };
     let deadline = Instant::now() + tls.handshake_timeout();
     let handshake = async {
+        // No place under the handshake cap in time: the server's overload, not the client's
+        // fault (no strike).
         let _place = shared
             .conn
             .handshakes
             .acquire_within(deadline.saturating_duration_since(Instant::now()))
             .await?;
-        tls.accept_until(stream, deadline).await.ok()
+        let accepted = tls.accept_until(stream, deadline).await.ok();
+        if accepted.is_none()
+            && let Some(client) = peer.ip()
+        {
+            shared.conn.strike(client, BanReason::TLS_HANDSHAKE);
+        }
+        accepted
     };
     // A forced drain does not wait for it.
     let accepted = tokio::select! {
@@ -231,6 +241,16 @@ where
             .agreed(agreed)
             .holding(permit),
     );
+    let bans = shared
+        .conn
+        .bans
+        .as_ref()
+        .zip(peer.ip())
+        .map(|(bans, peer)| ConnBans {
+            bans: bans.clone(),
+            peer,
+            forwarded: bans.forwards(peer),
+        });
     let service = ConnService::new(
         shared.service.clone(),
         Arc::clone(&state),
@@ -238,7 +258,8 @@ where
         info,
         peer_addr,
         client_certificates,
-    );
+    )
+    .bans(bans);
     // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
     // `SocketAddr`, so its requests carry no `ConnectInfo`.
     #[cfg(feature = "axum")]
@@ -252,8 +273,14 @@ where
         shared.lifecycle.watch(),
     );
     // The peer scope serves the rate limit layer without a per-request extension.
-    match scope {
+    let reason = match scope {
         Some(peer) => PeerAddr::scope(peer, driver).await,
         None => driver.await,
+    };
+    if reason == CloseReason::Malformed
+        && let Some(client) = peer.ip()
+    {
+        shared.conn.strike(client, BanReason::MALFORMED);
     }
+    reason
 }

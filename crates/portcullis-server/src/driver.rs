@@ -42,6 +42,26 @@ where
     }
 }
 
+/// What the driver needs to know of the error a connection ended with.
+pub(crate) trait ConnError: std::fmt::Display {
+    /// Whether the peer sent what is not HTTP: hyper answered 400 (or 431 for a head too
+    /// large, 414 for a target too long) and closed.
+    fn is_malformed(&self) -> bool;
+}
+
+impl ConnError for Box<dyn std::error::Error + Send + Sync> {
+    fn is_malformed(&self) -> bool {
+        self.downcast_ref::<hyper::Error>()
+            .is_some_and(|error| error.is_parse() || error.is_parse_too_large())
+    }
+}
+
+impl ConnError for std::io::Error {
+    fn is_malformed(&self) -> bool {
+        false
+    }
+}
+
 pin_project! {
     /// Completes with the reason the connection closed.
     #[project = DriverProj]
@@ -98,7 +118,7 @@ impl<C> Driver<C> {
 impl<C, T, E> Future for Driver<C>
 where
     C: GracefulConnection<Output = Result<T, E>>,
-    E: std::fmt::Display,
+    E: ConnError,
 {
     type Output = CloseReason;
 
@@ -144,7 +164,7 @@ fn poll_sleep(
 fn poll_connection<C, T, E>(this: &mut DriverProj<'_, C>, cx: &mut Context<'_>) -> Poll<CloseReason>
 where
     C: GracefulConnection<Output = Result<T, E>>,
-    E: std::fmt::Display,
+    E: ConnError,
 {
     loop {
         // Once draining, ask hyper to finish as soon as the connection knows its protocol.
@@ -163,7 +183,11 @@ where
                     return Poll::Ready(reason);
                 }
                 tracing::debug!(%error, "connection ended with an error");
-                return Poll::Ready(CloseReason::Error);
+                return Poll::Ready(if error.is_malformed() {
+                    CloseReason::Malformed
+                } else {
+                    CloseReason::Error
+                });
             }
             Poll::Pending => {}
         }

@@ -38,17 +38,20 @@ pub enum CloseReason {
     /// place freed up in time, or the client named by a PROXY header was at its connection
     /// cap. (Each of these is also counted by its own metric, with the reason.)
     Refused = 5,
+    /// The client sent what is not HTTP (hyper answered 400, 414 or 431 and closed).
+    Malformed = 6,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Complete,
         CloseReason::HeaderTimeout,
         CloseReason::IdleTimeout,
         CloseReason::DrainForced,
         CloseReason::Error,
         CloseReason::Refused,
+        CloseReason::Malformed,
     ];
 
     /// The label value.
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::DrainForced => "drain_forced",
             CloseReason::Error => "error",
             CloseReason::Refused => "refused",
+            CloseReason::Malformed => "malformed",
         }
     }
 }

@@ -17,14 +17,13 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use portcullis_listen::Listener;
-use portcullis_metrics::Admin;
 use portcullis_shutdown::Lifecycle;
 use tokio::time::Instant;
 use tower::Service;
 
 use crate::BoxError;
 use crate::accept::Core;
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, AdminService};
 use crate::blocks::BlockTasks;
 use crate::builder::Builder;
 use crate::config::HttpConfig;
@@ -48,7 +47,7 @@ pub(crate) struct Prepared {
     pub(crate) http: HttpConfig,
     pub(crate) conn: ConnPolicy,
     pub(crate) lifecycle: Lifecycle,
-    pub(crate) admin: Option<(Listener, Admin)>,
+    pub(crate) admin: Option<(Listener, AdminService)>,
     pub(crate) blocks: BlockTasks,
 }
 
@@ -59,19 +58,28 @@ impl Builder {
             return Err(Error::NoListeners);
         }
         let conn = self.take_policy();
+        if conn.filter.is_some() || conn.bans.is_some() {
+            portcullis_limit::metrics::register_edge();
+        }
         let lifecycle = self.shutdown.start();
+        for reload in std::mem::take(&mut self.reloaders) {
+            lifecycle.on_reload(move || reload());
+        }
         let blocks = if self.run_block_tasks {
             let upkeep = self.admin.as_ref().and_then(|(_, admin)| admin.upkeep_fn());
             BlockTasks::start(&lifecycle, conn.acceptors(), upkeep)?
         } else {
             BlockTasks::none()
         };
+        let bans = self.bans.take();
         Ok(Prepared {
             listeners: self.listeners,
             http: self.http,
             conn,
             lifecycle,
-            admin: self.admin,
+            admin: self
+                .admin
+                .map(|(listener, admin)| (listener, AdminService::new(admin, bans))),
             blocks,
         })
     }

@@ -15,7 +15,10 @@ use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::Oneshot;
 
-use portcullis_limit::PeerAddr;
+use std::net::IpAddr;
+
+use portcullis_limit::metrics::{BAN_REJECTIONS_TOTAL, LABEL_AT};
+use portcullis_limit::{Bans, PeerAddr, Strike};
 use portcullis_tls::ClientCertificates;
 
 use crate::BoxError;
@@ -25,6 +28,18 @@ use crate::metrics::ServerMetrics;
 use crate::state::{ConnState, InFlight};
 
 const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
+const BANNED_BODY: &[u8] = b"too many requests: this client is banned for a while\n";
+
+/// The bans as one connection applies them to its requests.
+#[derive(Debug)]
+pub(crate) struct ConnBans {
+    pub(crate) bans: Bans,
+    /// The connection's client (after a PROXY header), or the trusted proxy it came through.
+    pub(crate) peer: IpAddr,
+    /// Whether `peer` is a trusted proxy: each request names its client in a forwarding
+    /// header, and a banned client gets 429 here (the proxy's connection stays open).
+    pub(crate) forwarded: bool,
+}
 
 /// The hyper service of one connection.
 #[derive(Debug)]
@@ -35,6 +50,7 @@ pub(crate) struct ConnService<S> {
     info: Option<ConnInfo>,
     peer: Option<PeerAddr>,
     client_certificates: Option<ClientCertificates>,
+    bans: Option<Arc<ConnBans>>,
     /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
     /// one a trusted PROXY header names, or the TCP peer), built once per connection.
     #[cfg(feature = "axum")]
@@ -57,9 +73,17 @@ impl<S> ConnService<S> {
             info,
             peer,
             client_certificates,
+            bans: None,
             #[cfg(feature = "axum")]
             connect_info: None,
         }
+    }
+
+    /// Applies `bans` to every request: answers with their status (or a [`Strike`]
+    /// extension) count as refusals of the request's client.
+    pub(crate) fn bans(mut self, bans: Option<ConnBans>) -> Self {
+        self.bans = bans.map(Arc::new);
+        self
     }
 
     /// Inserts axum's `ConnectInfo(client)` into every request, for handlers written for
@@ -83,6 +107,32 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let strike = match &self.bans {
+            None => None,
+            Some(conn) => {
+                let client = if conn.forwarded {
+                    conn.bans.client_of(conn.peer, request.headers())
+                } else {
+                    conn.peer
+                };
+                // A banned client behind a trusted proxy: its own connection is the proxy's,
+                // so it is answered here, and the application never sees the request.
+                if client != conn.peer
+                    && let Some(left) = conn.bans.check(client)
+                {
+                    metrics::counter!(BAN_REJECTIONS_TOTAL, LABEL_AT => "request").increment(1);
+                    return ResponseFuture {
+                        call: Call::Banned {
+                            retry_after: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                        },
+                        in_flight: Some(self.state.request_started()),
+                        metrics: Arc::clone(&self.metrics),
+                        strike: None,
+                    };
+                }
+                Some((Arc::clone(conn), client))
+            }
+        };
         if let Some(info) = &self.info {
             request.extensions_mut().insert(info.clone());
         }
@@ -119,6 +169,7 @@ where
             call,
             in_flight: Some(in_flight),
             metrics: Arc::clone(&self.metrics),
+            strike,
         }
     }
 }
@@ -159,6 +210,8 @@ pin_project! {
         // Rare (the service was not ready at once), so boxed: the common future stays small.
         NotReady { oneshot: Pin<Box<Oneshot<S, Request<Incoming>>>> },
         Failed,
+        // The request's client is banned: 429 with this many seconds in `Retry-After`.
+        Banned { retry_after: u64 },
     }
 }
 
@@ -178,6 +231,8 @@ pin_project! {
         call: Call<S>,
         in_flight: Option<InFlight>,
         metrics: Arc<ServerMetrics>,
+        // With bans: where a refusal of this request's client is counted.
+        strike: Option<(Arc<ConnBans>, IpAddr)>,
     }
 }
 
@@ -203,6 +258,13 @@ where
                 catch_unwind(AssertUnwindSafe(|| oneshot.as_mut().poll(cx).map_err(Some)))
             }
             CallProj::Failed => Ok(Poll::Ready(Err(None))),
+            CallProj::Banned { retry_after } => {
+                let retry_after = *retry_after;
+                return match this.in_flight.take() {
+                    Some(in_flight) => Poll::Ready(Ok(banned(retry_after, in_flight))),
+                    None => Poll::Pending,
+                };
+            }
         };
         let outcome = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -225,7 +287,19 @@ where
             return Poll::Pending;
         };
         Poll::Ready(Ok(match outcome {
-            Ok(response) => response.map(|body| ResponseBody::new(body, in_flight)),
+            Ok(response) => {
+                if let Some((conn, client)) = this.strike.take() {
+                    let reason = response
+                        .extensions()
+                        .get::<Strike>()
+                        .map(|strike| strike.0)
+                        .or_else(|| conn.bans.status_reason(response.status().as_u16()));
+                    if let Some(reason) = reason {
+                        conn.bans.strike(client, reason);
+                    }
+                }
+                response.map(|body| ResponseBody::new(body, in_flight))
+            }
             Err(()) => internal_error(in_flight),
         }))
     }
@@ -237,6 +311,21 @@ fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn banned<B>(retry_after: u64, in_flight: InFlight) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::fixed(BANNED_BODY, in_flight));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after.max(1)),
     );
     response
 }

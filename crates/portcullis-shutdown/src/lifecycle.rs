@@ -309,6 +309,17 @@ impl Lifecycle {
             .push(Arc::new(reload));
     }
 
+    /// Whether anything was added with [`on_reload`](Self::on_reload).
+    #[must_use]
+    pub fn has_reloaders(&self) -> bool {
+        !self
+            .inner
+            .reloaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Runs every reloader (as a SIGHUP does); logs when there is nothing to reload.
     pub async fn reload(&self) {
         let reloaders = self

@@ -75,6 +75,27 @@ struct Flags {
     /// Expect a PROXY protocol header (v1 or v2) on connections from --trusted-proxy peers.
     #[arg(long)]
     proxy_protocol: bool,
+    /// Serve only clients inside this range (a CIDR range or an address), checked at accept; repeatable, added to the file's list.
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    allow: Vec<IpNet>,
+    /// Refuse clients inside this range at accept, before any byte is read or written; wins over --allow; repeatable, added to the file's list.
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    deny: Vec<IpNet>,
+    /// Ban a client refused this many times within --ban-window (429s, --max-conns-per-ip refusals, malformed requests, failed TLS handshakes); off unless given.
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroU32>)]
+    ban_after: Option<NonZeroU32>,
+    /// The window the --ban-after refusals must fall in. [default: 60s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    ban_window: Option<Duration>,
+    /// Length of a first ban; doubled on each repeat within a day. [default: 60s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    ban_for: Option<Duration>,
+    /// Ceiling of a doubled ban. [default: 1h]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    ban_max: Option<Duration>,
+    /// Clients never banned (a CIDR range or an address; trusted proxies never are either); repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    ban_exempt: Vec<IpNet>,
     /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -112,7 +133,8 @@ fn cidr(text: &str) -> Result<IpNet, String> {
 }
 
 impl Flags {
-    /// Every flag given replaces the file's (or the default) value.
+    /// Every flag given replaces the file's (or the default) value; `--allow` and `--deny`
+    /// add to the file's lists.
     fn override_file(self, config: &mut ServerConfig) {
         if !self.listen.is_empty() {
             config.listen = self.listen;
@@ -120,6 +142,12 @@ impl Flags {
         if !self.trusted_proxy.is_empty() {
             config.trusted_proxy = self.trusted_proxy;
         }
+        if !self.ban_exempt.is_empty() {
+            config.ban_exempt = self.ban_exempt;
+        }
+        // Added to the file's lists, which a SIGHUP re-reads (these stay).
+        config.allow.extend(self.allow);
+        config.deny.extend(self.deny);
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(value) = self.$field { config.$field = value; })* };
         }
@@ -129,7 +157,10 @@ impl Flags {
             drain_delay,
             drain_timeout,
             handshake_timeout,
-            max_conns
+            max_conns,
+            ban_window,
+            ban_for,
+            ban_max
         );
         macro_rules! set_some {
             ($($field:ident),*) => { $(if self.$field.is_some() { config.$field = self.$field; })* };
@@ -141,7 +172,8 @@ impl Flags {
             tls_key,
             rate,
             burst,
-            max_conns_per_ip
+            max_conns_per_ip,
+            ban_after
         );
         config.per_core |= self.per_core;
         config.proxy_protocol |= self.proxy_protocol;

@@ -69,7 +69,7 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
             .conn_info(false)
             .peer_addr(false);
         // Every setting of the file and the flags: listeners (or systemd's sockets), admin,
-        // deadlines, drain, caps, TLS, PROXY protocol.
+        // deadlines, drain, caps, TLS, PROXY protocol, the connection filter and the bans.
         let builder = config.apply(builder)?;
         // The contract's lines, once every listener accepts.
         builder

@@ -23,7 +23,15 @@ pub const BANS_PATH: &str = "/bans";
 
 impl Bans {
     /// Answers a request to the admin API if `uri`'s path is [`BANS_PATH`] or below it;
-    /// `None` for every other path. See the [module docs](self) for the routes.
+    /// `None` for every other path. portcullis-server serves it on the admin listener.
+    ///
+    /// | request | answer |
+    /// |---|---|
+    /// | `GET /bans` | 200, a JSON list of `{"client", "until_unix", "remaining_seconds", "reason"}`, soonest to end first |
+    /// | `DELETE /bans/{ip}` | 204 when the ban was lifted, 404 when that client is not banned |
+    /// | `POST /bans/{ip}?for=DUR` | 201 and the ban as JSON (`DUR` like `90s`, `10m`, `1h`; default the policy's first ban length), 403 for an exempt client |
+    ///
+    /// A malformed address or duration is 400; another method is 405.
     #[must_use]
     pub fn answer(&self, method: &Method, uri: &Uri) -> Option<Response<Bytes>> {
         let path = uri.path();

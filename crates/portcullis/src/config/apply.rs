@@ -6,7 +6,11 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use portcullis_limit::client::TrustedProxies;
-use portcullis_limit::{ConnLimits, RateLimitBuilder, RateLimitLayer};
+use portcullis_limit::client::{ClientIp, IpNet};
+use portcullis_limit::filter::Rule;
+use portcullis_limit::{
+    BanPolicy, Bans, ConnLimits, FilterRules, IpFilter, RateLimitBuilder, RateLimitLayer,
+};
 use portcullis_listen::ListenerConfig;
 use portcullis_listen::proxy::ProxyProtocol;
 use portcullis_server::{Builder, HttpConfig};
@@ -64,6 +68,43 @@ impl From<TlsError> for ApplyError {
     }
 }
 
+fn filter_rules(allow: &[IpNet], deny: &[IpNet]) -> FilterRules {
+    let rules = allow.iter().fold(FilterRules::new(), |rules, net| {
+        rules.allow(Rule::new(*net))
+    });
+    deny.iter()
+        .fold(rules, |rules, net| rules.deny(Rule::new(*net)))
+}
+
+/// SIGHUP: the file's `allow` and `deny` again, plus what `allow` and `deny` held at start
+/// beyond the file's lists of then.
+fn reload_filter(filter: &IpFilter, source: &super::FilterSource, allow: &[IpNet], deny: &[IpNet]) {
+    let extra = |now: &[IpNet], from_file: &[IpNet]| -> Vec<IpNet> {
+        now.iter()
+            .filter(|net| !from_file.contains(net))
+            .copied()
+            .collect()
+    };
+    match ServerConfig::from_file(&source.path) {
+        Ok(fresh) => {
+            let mut allow_now = fresh.allow;
+            allow_now.extend(extra(allow, &source.allow));
+            let mut deny_now = fresh.deny;
+            deny_now.extend(extra(deny, &source.deny));
+            tracing::info!(
+                file = %source.path.display(),
+                allow = allow_now.len(),
+                deny = deny_now.len(),
+                "connection filter reloaded"
+            );
+            filter.replace(filter_rules(&allow_now, &deny_now));
+        }
+        Err(error) => {
+            tracing::error!(%error, "connection filter not reloaded; the lists in force stay");
+        }
+    }
+}
+
 /// A zero timeout is "off": the server's "never".
 fn or_never(timeout: Duration, never: Duration) -> Duration {
     if timeout.is_zero() { never } else { timeout }
@@ -109,10 +150,51 @@ impl ServerConfig {
                 builder = builder.listen_with(*addr, &options)?;
             }
         }
+        if let Some(filter) = self.ip_filter() {
+            builder = builder.filter(filter.clone());
+            if let Some(source) = self.source.clone() {
+                let (allow, deny) = (self.allow.clone(), self.deny.clone());
+                builder = builder.on_reload(move || reload_filter(&filter, &source, &allow, &deny));
+            }
+        }
+        if let Some(bans) = self.bans() {
+            builder = builder.bans(bans);
+        }
         if let Some(addr) = self.admin {
             builder = builder.admin(addr)?;
         }
         Ok(builder)
+    }
+
+    /// The connection filter of `allow` and `deny`, or `None` when both are empty.
+    ///
+    /// [`apply`](Self::apply) gives it to the server and, for settings read with
+    /// [`from_file`](Self::from_file), re-reads both lists from the file on every SIGHUP
+    /// (keeping the entries that did not come from the file, such as flags); a file that no
+    /// longer parses keeps the lists in force, with an error logged.
+    #[must_use]
+    pub fn ip_filter(&self) -> Option<IpFilter> {
+        (!self.allow.is_empty() || !self.deny.is_empty())
+            .then(|| IpFilter::new(filter_rules(&self.allow, &self.deny)))
+    }
+
+    /// The temporary bans of `ban-after`, `ban-window`, `ban-for`, `ban-max` and
+    /// `ban-exempt`, believing the forwarding headers of `trusted-proxy` peers (never banned
+    /// themselves), or `None` without `ban-after`.
+    #[must_use]
+    pub fn bans(&self) -> Option<Bans> {
+        let after = self.ban_after?;
+        let mut policy = BanPolicy::new(after.get())
+            .window(self.ban_window)
+            .ban_for(self.ban_for)
+            .max_ban(self.ban_max)
+            .client_ip(ClientIp::new(TrustedProxies::new(
+                self.trusted_proxy.iter().copied(),
+            )));
+        for net in &self.ban_exempt {
+            policy = policy.exempt(*net);
+        }
+        Some(policy.build())
     }
 
     /// The HTTP settings: `header-timeout` and `idle-timeout` (zero: never), the rest

@@ -12,6 +12,10 @@
 //! | `drain-delay` + `drain-timeout` | above 30 s | Kubernetes' default grace period: the process is killed mid-drain |
 //! | `tls-key` | readable by group or others | the private key is exposed to other users of the host |
 //! | `admin` | not a loopback address | `/metrics` and the admin routes are reachable from the network |
+//! | `ban-after` | 1 | a single 429 or dropped TLS handshake locks a client out |
+//! | `ban-window`, `ban-for`, `ban-max`, `ban-exempt` | set without `ban-after` | they do nothing |
+//! | `ban-max` | below `ban-for` | bans never escalate |
+//! | `allow` | given, without the loopback range | the server's own health checks from the host are refused |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -219,6 +223,17 @@ impl ServerConfig {
                 key.display()
             )));
         }
+        self.ban_warnings(warnings);
+        if !self.allow.is_empty()
+            && !self
+                .allow
+                .iter()
+                .any(|net| net.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)))
+        {
+            warnings.push(Issue::about("allow").text(
+                " has no loopback range: checks from the host itself (a local load balancer,                  curl on the machine) are refused; add 127.0.0.1 if they should be served",
+            ));
+        }
         if let Some(admin) = self.admin
             && !admin.ip().to_canonical().is_loopback()
         {
@@ -227,6 +242,45 @@ impl ServerConfig {
                  reachable from the network; bind it to 127.0.0.1 or [::1] (scrape through \
                  a local agent) or firewall the port"
             )));
+        }
+    }
+}
+
+impl ServerConfig {
+    fn ban_warnings(&self, warnings: &mut Vec<Issue>) {
+        let Some(after) = self.ban_after else {
+            let defaults = Self::default();
+            let set = [
+                ("ban-window", self.ban_window != defaults.ban_window),
+                ("ban-for", self.ban_for != defaults.ban_for),
+                ("ban-max", self.ban_max != defaults.ban_max),
+                ("ban-exempt", !self.ban_exempt.is_empty()),
+            ];
+            for (setting, _) in set.into_iter().filter(|(_, set)| *set) {
+                warnings.push(
+                    Issue::about(setting)
+                        .text(" does nothing without ")
+                        .key("ban-after")
+                        .text(": set it (say 20) to turn bans on, or remove this setting"),
+                );
+            }
+            return;
+        };
+        if after.get() == 1 {
+            warnings.push(Issue::about("ban-after").text(
+                " is 1: a single refusal (one 429, one dropped TLS handshake) bans a client;                  use 10 or more so that only clients that keep failing are banned",
+            ));
+        }
+        if self.ban_max < self.ban_for {
+            warnings.push(
+                Issue::about("ban-max")
+                    .text(format!(" ({}) is below ", seconds(self.ban_max)))
+                    .key("ban-for")
+                    .text(format!(
+                        " ({}): repeat bans never grow; raise it above ban-for",
+                        seconds(self.ban_for)
+                    )),
+            );
         }
     }
 }

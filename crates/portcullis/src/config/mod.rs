@@ -157,6 +157,46 @@ pub struct ServerConfig {
     /// `per-core`: one single-threaded runtime per core, each with its own listeners (then
     /// `acceptors` is one per core). Default `false`.
     pub per_core: bool,
+    /// `allow`: the only client ranges served (checked at accept, after a trusted PROXY
+    /// header names the client); a bare address is a /32 or /128. Default none: every client
+    /// is served. Re-read from the file on SIGHUP.
+    #[serde(deserialize_with = "de::nets")]
+    pub allow: Vec<IpNet>,
+    /// `deny`: client ranges refused at accept, before any byte is read or written; deny
+    /// wins over `allow`. Default none. Re-read from the file on SIGHUP.
+    #[serde(deserialize_with = "de::nets")]
+    pub deny: Vec<IpNet>,
+    /// `ban-after`: a client refused this many times within `ban-window` (429s, per-client
+    /// connection cap refusals, malformed requests, failed TLS handshakes) is banned. Default
+    /// none: no bans.
+    #[serde(deserialize_with = "de::nonzero_u32")]
+    pub ban_after: Option<NonZeroU32>,
+    /// `ban-window`: the window the `ban-after` refusals must fall in. Default 60 s.
+    #[serde(deserialize_with = "de::duration")]
+    pub ban_window: Duration,
+    /// `ban-for`: the length of a first ban; each repeat ban within a day doubles it.
+    /// Default 60 s.
+    #[serde(deserialize_with = "de::duration")]
+    pub ban_for: Duration,
+    /// `ban-max`: the ceiling of a doubled ban. Default 1 h.
+    #[serde(deserialize_with = "de::duration")]
+    pub ban_max: Duration,
+    /// `ban-exempt`: clients never banned (trusted proxies never are either). Default none.
+    #[serde(deserialize_with = "de::nets")]
+    pub ban_exempt: Vec<IpNet>,
+    /// The file these settings were read from and its own `allow` and `deny` lists, for the
+    /// SIGHUP reload of the filter.
+    #[serde(skip)]
+    source: Option<FilterSource>,
+}
+
+/// Where the filter lists are re-read from on SIGHUP, and the lists given elsewhere (flags)
+/// that every reload keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FilterSource {
+    path: PathBuf,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -180,6 +220,14 @@ impl Default for ServerConfig {
             proxy_protocol: false,
             acceptors: None,
             per_core: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            ban_after: None,
+            ban_window: portcullis_limit::DEFAULT_BAN_WINDOW,
+            ban_for: portcullis_limit::DEFAULT_BAN_FOR,
+            ban_max: portcullis_limit::DEFAULT_BAN_MAX,
+            ban_exempt: Vec::new(),
+            source: None,
         }
     }
 }
@@ -204,6 +252,13 @@ impl ServerConfig {
         "proxy-protocol",
         "acceptors",
         "per-core",
+        "allow",
+        "deny",
+        "ban-after",
+        "ban-window",
+        "ban-for",
+        "ban-max",
+        "ban-exempt",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.
@@ -225,7 +280,20 @@ impl ServerConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
-        toml::from_str(&text).map_err(|error| ConfigError::from_toml(Some(path), &text, &error))
+        let mut config: Self = toml::from_str(&text)
+            .map_err(|error| ConfigError::from_toml(Some(path), &text, &error))?;
+        config.source = Some(FilterSource {
+            path: path.to_path_buf(),
+            allow: config.allow.clone(),
+            deny: config.deny.clone(),
+        });
+        Ok(config)
+    }
+
+    /// The file these settings were read with [`from_file`](Self::from_file) from.
+    #[must_use]
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_ref().map(|source| source.path.as_path())
     }
 
     /// The rate limit's quota: `rate`, with `burst` when given.

@@ -49,9 +49,18 @@ fn every_key_parses() {
         proxy-protocol = true
         acceptors = 2
         per-core = true
+        allow = ["10.0.0.0/8"]
+        deny = ["10.6.0.0/16"]
+        ban-after = 10
+        ban-window = "30s"
+        ban-for = "2m"
+        ban-max = "2h"
+        ban-exempt = ["10.9.0.0/16"]
         "#,
     )
     .expect("parses");
+    assert_eq!(config.ban_for, Duration::from_secs(120));
+    assert_eq!(config.ban_after.map(NonZeroU32::get), Some(10));
     assert_eq!(config.listen.len(), 2);
     assert_eq!(config.admin, Some(SocketAddr::from(([127, 0, 0, 1], 9090))));
     assert_eq!(config.header_timeout, Duration::from_secs(5));
@@ -65,7 +74,7 @@ fn every_key_parses() {
     assert_eq!(config.acceptors.map(NonZeroUsize::get), Some(2));
     assert!(config.proxy_protocol && config.per_core);
     // Every key of the list is one the struct reads: a file setting all of them parses.
-    assert_eq!(ServerConfig::KEYS.len(), 17);
+    assert_eq!(ServerConfig::KEYS.len(), 24);
 }
 
 fn error(text: &str) -> ConfigError {
@@ -205,4 +214,82 @@ fn dangerous_combinations_are_warned() {
             .iter()
             .any(|s| ["trusted-proxy", "drain-delay", "admin"].contains(s))
     );
+}
+
+#[test]
+fn the_edge_keys_parse_and_build_the_filter_and_the_bans() {
+    let config = ServerConfig::from_toml_str(
+        r#"
+        allow = ["10.0.0.0/8", "127.0.0.1"]
+        deny = ["10.6.6.0/24"]
+        ban-after = 5
+        ban-window = "30s"
+        ban-for = "2m"
+        ban-max = "2h"
+        ban-exempt = ["10.9.0.0/16"]
+        trusted-proxy = ["10.1.0.0/16"]
+        "#,
+    )
+    .expect("parses");
+    let filter = config.ip_filter().expect("a filter");
+    assert!(filter.check("10.1.2.3".parse().expect("ip")).is_ok());
+    assert!(filter.check("10.6.6.6".parse().expect("ip")).is_err());
+    assert!(filter.check("192.0.2.1".parse().expect("ip")).is_err());
+    let bans = config.bans().expect("bans");
+    assert_eq!(bans.policy().after(), 5);
+    assert!(bans.is_exempt("10.9.1.1".parse().expect("ip")));
+    assert!(
+        bans.is_exempt("10.1.1.1".parse().expect("ip")),
+        "trusted proxies"
+    );
+    assert!(!bans.is_exempt("10.2.1.1".parse().expect("ip")));
+    assert!(
+        config.check().warnings.is_empty(),
+        "{:?}",
+        config.check().warnings
+    );
+    // Without them: neither.
+    let config = ServerConfig::default();
+    assert!(config.ip_filter().is_none() && config.bans().is_none());
+}
+
+#[test]
+fn ban_settings_that_do_nothing_or_ban_too_eagerly_are_warned() {
+    let warned = |config: &ServerConfig| -> Vec<String> {
+        config
+            .check()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut config = ServerConfig {
+        ban_for: Duration::from_secs(600),
+        ban_exempt: vec!["10.0.0.0/8".parse().expect("net")],
+        ..ServerConfig::default()
+    };
+    let warnings = warned(&config);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("`ban-for` does nothing without `ban-after`"),
+        "{warnings:?}"
+    );
+    config.ban_after = NonZeroU32::new(1);
+    config.ban_max = Duration::from_secs(60);
+    let warnings = warned(&config);
+    assert!(
+        warnings.iter().any(|w| w.starts_with("`ban-after` is 1")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("`ban-max` (60s) is below `ban-for` (600s)")),
+        "{warnings:?}"
+    );
+    config.ban_after = NonZeroU32::new(20);
+    config.ban_max = Duration::from_secs(3600);
+    assert!(warned(&config).is_empty());
+    config.allow = vec!["10.0.0.0/8".parse().expect("net")];
+    assert!(warned(&config)[0].starts_with("`allow` has no loopback range"));
 }
