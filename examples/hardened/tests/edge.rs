@@ -264,6 +264,8 @@ async fn a_denied_client_gets_no_server_hello_and_failed_handshakes_ban() {
             &cert,
             "--tls-key",
             &key,
+            "--allow",
+            "127.0.3.0/24",
             "--deny",
             "127.0.3.66",
             "--ban-after",
@@ -274,6 +276,12 @@ async fn a_denied_client_gets_no_server_hello_and_failed_handshakes_ban() {
     .await;
     let addr = server.addr();
     let admin = server.admin();
+    // Outside every allowed range: no ServerHello either.
+    assert!(
+        answer_from("127.0.9.9", addr, &tls.client_hello)
+            .await
+            .is_empty()
+    );
     // A served client gets the ServerHello (a handshake record, 0x16). (It goes no further:
     // a handshake left unfinished is a failed one once its deadline passes, so the served
     // clients differ.)
@@ -522,6 +530,56 @@ async fn a_trusted_proxy_is_never_banned_while_its_clients_are() {
         metric(
             admin,
             r#"portcullis_limit_ban_rejections_total{at="request"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_client_a_trusted_proxy_protocol_header_names_is_the_one_filtered() {
+    let server = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--trusted-proxy",
+            "127.0.8.1",
+            "--proxy-protocol",
+            "--deny",
+            "203.0.113.9",
+            "--deny",
+            "127.0.8.0/24",
+        ],
+        1,
+    )
+    .await;
+    let addr = server.addr();
+    let through_proxy = |client: &str| {
+        format!(
+            "PROXY TCP4 {client} 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    // The proxy itself sits in a denied range, but for a trusted PROXY peer the client its
+    // header names is what is filtered.
+    let served = answer_from("127.0.8.1", addr, &through_proxy("203.0.113.10")).await;
+    assert!(
+        String::from_utf8_lossy(&served).starts_with("HTTP/1.1 200"),
+        "{served:?}"
+    );
+    let refused = answer_from("127.0.8.1", addr, &through_proxy("203.0.113.9")).await;
+    assert!(
+        refused.is_empty(),
+        "a denied client behind the proxy: {refused:?}"
+    );
+    // Anyone else in that range is refused at accept.
+    assert_eq!(status_from("127.0.8.2", addr).await, None);
+    assert_eq!(
+        metric(
+            server.admin(),
+            r#"portcullis_limit_filter_rejected_total{rule="203.0.113.9/32"}"#
         )
         .await,
         1.0
