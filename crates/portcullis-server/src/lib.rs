@@ -7,15 +7,18 @@
 //!
 //! ```text
 //! Listener::accept()        portcullis-listen: socket options, EMFILE-proof backoff, never exits
+//!  -> filter, bans          portcullis-limit: CIDR allow/deny, temporary bans, synchronous
 //!  -> connection caps       portcullis-limit: global and per-client, before anything is read
 //!  -> spawn connection task (the accept loop never awaits anything per connection)
-//!  -> PROXY header          portcullis-listen: from trusted proxies only
+//!  -> PROXY header          portcullis-listen: from trusted proxies only; the client it
+//!                           names is filtered, checked for a ban and capped here
 //!  -> TLS handshake         portcullis-tls: capped, under one deadline, ALPN enforced
 //!  -> hyper-util auto       HTTP/1.1 or HTTP/2 (h2c prior knowledge), timer installed
 //!  -> portcullis deadlines  greeting / request head: header timeout; between requests: idle
 //!  -> application service   panics and errors become a 500 for that request only
 //! lifecycle                 portcullis-shutdown: readiness off -> delay -> drain -> deadline
-//! admin listener            /metrics /livez /readyz, outside every limit, up through the drain
+//! admin listener            /metrics /livez /readyz (and /bans), outside every limit and ban,
+//!                           up through the drain
 //! ```
 //!
 //! The server owns the lifecycle of what it is given: for as long as it serves it runs the
