@@ -40,6 +40,7 @@ fn emitted() -> BTreeSet<&'static str> {
         server::CONNECTION_DURATION,
         server::HANDLER_PANICS,
         server::HANDLER_ERRORS,
+        server::REQUESTS_REJECTED,
         shutdown::SHUTDOWN_PHASE,
         shutdown::DRAIN_DURATION,
         shutdown::SIGNALS_RECEIVED,

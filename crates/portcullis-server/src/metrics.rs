@@ -4,6 +4,8 @@
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
+use crate::HostProblem;
+
 /// Gauge: connections currently open.
 pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
 /// Counter: connections closed, by `reason`: `complete` (the client or the protocol ended
@@ -18,6 +20,10 @@ pub const CONNECTION_DURATION: &str = "portcullis_connection_duration_seconds";
 pub const HANDLER_PANICS: &str = "portcullis_handler_panics_total";
 /// Counter: requests whose service returned an error, answered with 500.
 pub const HANDLER_ERRORS: &str = "portcullis_handler_errors_total";
+/// Counter: requests answered 400 by the server itself, before the application, by
+/// `reason`: one of [`HostProblem::as_str`](crate::HostProblem::as_str) (`host_missing`,
+/// `host_repeated`, `host_invalid`, `host_mismatch`).
+pub const REQUESTS_REJECTED: &str = "portcullis_requests_rejected_total";
 
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
@@ -79,7 +85,7 @@ pub fn describe() {
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused."
+        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused, malformed."
     );
     metrics::describe_histogram!(
         CONNECTION_DURATION,
@@ -95,6 +101,11 @@ pub fn describe() {
         HANDLER_ERRORS,
         Unit::Count,
         "Requests whose service returned an error, answered with 500."
+    );
+    metrics::describe_counter!(
+        REQUESTS_REJECTED,
+        Unit::Count,
+        "Requests answered 400 by the server before the application (RFC 9112 Host rules), by reason."
     );
 }
 
@@ -140,6 +151,7 @@ pub(crate) struct ServerMetrics {
     pub(crate) duration: Histogram,
     pub(crate) panics: Counter,
     pub(crate) errors: Counter,
+    rejected: [Counter; HostProblem::ALL.len()],
 }
 
 impl ServerMetrics {
@@ -151,6 +163,7 @@ impl ServerMetrics {
             duration: Histogram::noop(),
             panics: Counter::noop(),
             errors: Counter::noop(),
+            rejected: HostProblem::ALL.map(|_| Counter::noop()),
         }
     }
 
@@ -162,7 +175,14 @@ impl ServerMetrics {
             duration: metrics::histogram!(CONNECTION_DURATION),
             panics: metrics::counter!(HANDLER_PANICS),
             errors: metrics::counter!(HANDLER_ERRORS),
+            rejected: HostProblem::ALL
+                .map(|problem| metrics::counter!(REQUESTS_REJECTED, "reason" => problem.as_str())),
         }
+    }
+
+    pub(crate) fn rejected(&self, problem: HostProblem) -> &Counter {
+        // The discriminants are the positions in `HostProblem::ALL` (tested below).
+        &self.rejected[problem as usize]
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) -> &Counter {
@@ -174,6 +194,13 @@ impl ServerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_problems_are_positions_in_all() {
+        for (i, problem) in HostProblem::ALL.iter().enumerate() {
+            assert_eq!(*problem as usize, i);
+        }
+    }
 
     #[test]
     fn discriminants_are_positions_in_all() {

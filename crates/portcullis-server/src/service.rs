@@ -22,6 +22,7 @@ use portcullis_limit::{Bans, PeerAddr, Strike};
 use portcullis_tls::ClientCertificates;
 
 use crate::BoxError;
+use crate::HostProblem;
 use crate::body::ResponseBody;
 use crate::info::ConnInfo;
 use crate::metrics::ServerMetrics;
@@ -107,6 +108,18 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(problem) = crate::host::check(&request) {
+            self.metrics.rejected(problem).increment(1);
+            if let Some(conn) = &self.bans {
+                let client = match conn.forwarded {
+                    true => conn.bans.client_of(conn.peer, request.headers()),
+                    false => conn.peer,
+                };
+                conn.bans
+                    .strike(client, portcullis_limit::BanReason::MALFORMED);
+            }
+            return self.answer(Refusal::Host(problem));
+        }
         let strike = match &self.bans {
             None => None,
             Some(conn) => {
@@ -121,14 +134,8 @@ where
                     && let Some(left) = conn.bans.check(client)
                 {
                     metrics::counter!(BAN_REJECTIONS_TOTAL, LABEL_AT => "request").increment(1);
-                    return ResponseFuture {
-                        call: Call::Banned {
-                            retry_after: left.as_secs() + u64::from(left.subsec_nanos() > 0),
-                        },
-                        in_flight: Some(self.state.request_started()),
-                        metrics: Arc::clone(&self.metrics),
-                        strike: None,
-                    };
+                    let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                    return self.answer(Refusal::Banned { retry_after });
                 }
                 Some((Arc::clone(conn), client))
             }
@@ -175,6 +182,19 @@ where
 }
 
 impl<S> ConnService<S> {
+    /// A request the server answers itself, without calling the application.
+    fn answer<B>(&self, refusal: Refusal) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>>,
+    {
+        ResponseFuture {
+            call: Call::Refused { refusal },
+            in_flight: Some(self.state.request_started()),
+            metrics: Arc::clone(&self.metrics),
+            strike: None,
+        }
+    }
+
     fn failed_by_panic<C>(&self, payload: &(dyn std::any::Any + Send)) -> C
     where
         C: From<Failed>,
@@ -210,8 +230,8 @@ pin_project! {
         // Rare (the service was not ready at once), so boxed: the common future stays small.
         NotReady { oneshot: Pin<Box<Oneshot<S, Request<Incoming>>>> },
         Failed,
-        // The request's client is banned: 429 with this many seconds in `Retry-After`.
-        Banned { retry_after: u64 },
+        // Answered by the server itself.
+        Refused { refusal: Refusal },
     }
 }
 
@@ -258,10 +278,10 @@ where
                 catch_unwind(AssertUnwindSafe(|| oneshot.as_mut().poll(cx).map_err(Some)))
             }
             CallProj::Failed => Ok(Poll::Ready(Err(None))),
-            CallProj::Banned { retry_after } => {
-                let retry_after = *retry_after;
+            CallProj::Refused { refusal } => {
+                let refusal = *refusal;
                 return match this.in_flight.take() {
-                    Some(in_flight) => Poll::Ready(Ok(banned(retry_after, in_flight))),
+                    Some(in_flight) => Poll::Ready(Ok(refusal.response(in_flight))),
                     None => Poll::Pending,
                 };
             }
@@ -315,19 +335,41 @@ fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
     response
 }
 
-fn banned<B>(retry_after: u64, in_flight: InFlight) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::fixed(BANNED_BODY, in_flight));
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(retry_after.max(1)),
-    );
-    response
+/// A request the server answers itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refusal {
+    /// The request's client is banned: 429 with this many seconds in `Retry-After`.
+    Banned { retry_after: u64 },
+    /// Its `Host` breaks RFC 9112: 400, and the connection closes.
+    Host(HostProblem),
+}
+
+impl Refusal {
+    fn response<B>(self, in_flight: InFlight) -> Response<ResponseBody<B>> {
+        let (status, body) = match self {
+            Refusal::Banned { .. } => (StatusCode::TOO_MANY_REQUESTS, BANNED_BODY),
+            Refusal::Host(problem) => (StatusCode::BAD_REQUEST, problem.message()),
+        };
+        let mut response = Response::new(ResponseBody::fixed(body, in_flight));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            Refusal::Banned { retry_after } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(retry_after.max(1)),
+                );
+            }
+            Refusal::Host(_) => {
+                headers.insert(http::header::CONNECTION, crate::host::CLOSE);
+            }
+        }
+        response
+    }
 }
 
 /// The text of a panic's payload.
