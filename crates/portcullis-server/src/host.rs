@@ -76,7 +76,7 @@ pub(crate) fn check<B>(request: &Request<B>) -> Option<HostProblem> {
 
 /// `uri-host [ ":" port ]` split into host and port (`None`: no port, or an empty one), or
 /// `None` when the value is not one. An empty value is valid (a target without authority).
-fn split(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+pub fn split(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     let (name, rest) = if value.first() == Some(&b'[') {
         let end = value.iter().position(|&b| b == b']')?;
         let literal = &value[1..end];

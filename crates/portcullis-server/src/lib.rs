@@ -134,6 +134,13 @@ pub use builder::{Builder, DEFAULT_DRAIN_TIMEOUT, Server};
 pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
 pub use host::HostProblem;
+
+/// Internals public only for the fuzz targets (`fuzz/fuzz_targets/host.rs`): not part of the
+/// API, no stability promise.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::host::split as split_host;
+}
 pub use info::ConnInfo;
 pub use portcullis_shutdown::{DrainProgress, ShutdownPhase};
 pub use report::ServeReport;

@@ -42,6 +42,17 @@ pub(crate) struct ConnBans {
     pub(crate) forwarded: bool,
 }
 
+impl ConnBans {
+    /// The client of a request on this connection: the peer, or the client a trusted
+    /// proxy's forwarding header names.
+    fn client_of(&self, headers: &http::HeaderMap) -> IpAddr {
+        match self.forwarded {
+            true => self.bans.client_of(self.peer, headers),
+            false => self.peer,
+        }
+    }
+}
+
 /// The hyper service of one connection.
 #[derive(Debug)]
 pub(crate) struct ConnService<S> {
@@ -111,10 +122,7 @@ where
         if let Some(problem) = crate::host::check(&request) {
             self.metrics.rejected(problem).increment(1);
             if let Some(conn) = &self.bans {
-                let client = match conn.forwarded {
-                    true => conn.bans.client_of(conn.peer, request.headers()),
-                    false => conn.peer,
-                };
+                let client = conn.client_of(request.headers());
                 conn.bans
                     .strike(client, portcullis_limit::BanReason::MALFORMED);
             }
@@ -123,11 +131,7 @@ where
         let strike = match &self.bans {
             None => None,
             Some(conn) => {
-                let client = if conn.forwarded {
-                    conn.bans.client_of(conn.peer, request.headers())
-                } else {
-                    conn.peer
-                };
+                let client = conn.client_of(request.headers());
                 // A banned client behind a trusted proxy: its own connection is the proxy's,
                 // so it is answered here, and the application never sees the request.
                 if client != conn.peer
