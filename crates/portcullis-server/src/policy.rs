@@ -1,8 +1,7 @@
 //! What the accept loop and the connection task apply to every connection.
 
-use std::sync::Arc;
-
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use portcullis_limit::metrics::{BAN_REJECTIONS_TOTAL, LABEL_AT};
 use portcullis_limit::{

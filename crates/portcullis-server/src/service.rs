@@ -2,6 +2,7 @@
 //! errors turned into 500 answers.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,8 +15,6 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::Oneshot;
-
-use std::net::IpAddr;
 
 use portcullis_limit::metrics::{BAN_REJECTIONS_TOTAL, LABEL_AT};
 use portcullis_limit::{Bans, PeerAddr, Strike};
