@@ -4,6 +4,8 @@
 //! application sees it. HTTP/1.0 requests may leave `Host` out; HTTP/2 carries `:authority`
 //! instead and is not checked here.
 
+use std::cell::Cell;
+
 use http::header::HOST;
 use http::{HeaderValue, Request, Uri, Version};
 
@@ -53,31 +55,87 @@ impl HostProblem {
     }
 }
 
-/// What is wrong with `request`'s `Host`, if anything.
-pub(crate) fn check<B>(request: &Request<B>) -> Option<HostProblem> {
+/// The last `Host` value found valid on a connection (up to 47 bytes): the requests of a
+/// keep-alive connection repeat it, and a comparison is cheaper than a parse.
+#[derive(Debug, Default)]
+pub(crate) struct HostCache(Cell<Cached>);
+
+#[derive(Clone, Copy, Debug)]
+struct Cached {
+    len: u8,
+    bytes: [u8; 47],
+}
+
+impl Default for Cached {
+    fn default() -> Self {
+        // Length past the buffer: holds nothing, not even the empty value.
+        Self {
+            len: u8::MAX,
+            bytes: [0; 47],
+        }
+    }
+}
+
+impl HostCache {
+    fn holds(&self, value: &[u8]) -> bool {
+        let cached = self.0.get();
+        cached.bytes.get(..usize::from(cached.len)) == Some(value)
+    }
+
+    fn keep(&self, value: &[u8]) {
+        let mut cached = Cached::default();
+        if let Some(slot) = cached.bytes.get_mut(..value.len()) {
+            slot.copy_from_slice(value);
+            cached.len = value.len() as u8; // at most 47
+            self.0.set(cached);
+        }
+    }
+}
+
+/// What is wrong with `request`'s `Host`, if anything; `cache` is the connection's.
+///
+/// One header lookup and, unless the value is the one `cache` holds, one pass over it. A
+/// repeated field is looked for only when some header is repeated at all (the map's value
+/// count exceeds its key count), which takes no lookup.
+pub(crate) fn check_cached<B>(request: &Request<B>, cache: &HostCache) -> Option<HostProblem> {
     if request.version() != Version::HTTP_11 {
         return None;
     }
-    let mut values = request.headers().get_all(HOST).iter();
-    let Some(host) = values.next() else {
+    let headers = request.headers();
+    let Some(host) = headers.get(HOST) else {
         return Some(HostProblem::Missing);
     };
-    if values.next().is_some() {
+    if headers.len() != headers.keys_len() && headers.get_all(HOST).iter().nth(1).is_some() {
         return Some(HostProblem::Repeated);
     }
-    let Some((name, port)) = split(host.as_bytes()) else {
+    let value = host.as_bytes();
+    // An absolute-form target is compared with `Host` every time.
+    let origin_form = request.uri().authority().is_none();
+    if origin_form && cache.holds(value) {
+        return None;
+    }
+    let Some((name, port)) = split(value) else {
         return Some(HostProblem::Invalid);
     };
-    match agrees(request.uri(), name, port) {
-        true => None,
-        false => Some(HostProblem::Mismatch),
+    if !agrees(request.uri(), name, port) {
+        return Some(HostProblem::Mismatch);
     }
+    if origin_form {
+        cache.keep(value);
+    }
+    None
+}
+
+/// What is wrong with `request`'s `Host`, if anything.
+#[cfg(test)]
+pub(crate) fn check<B>(request: &Request<B>) -> Option<HostProblem> {
+    check_cached(request, &HostCache::default())
 }
 
 /// `uri-host [ ":" port ]` split into host and port (`None`: no port, or an empty one), or
 /// `None` when the value is not one. An empty value is valid (a target without authority).
 pub fn split(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-    let (name, rest) = if value.first() == Some(&b'[') {
+    let end = if value.first() == Some(&b'[') {
         let end = value.iter().position(|&b| b == b']')?;
         let literal = &value[1..end];
         let ip_literal = !literal.is_empty()
@@ -86,13 +144,11 @@ pub fn split(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
                 .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
             && literal.contains(&b':');
         (ip_literal || ip_future(literal)).then_some(())?;
-        (&value[..=end], &value[end + 1..])
+        end + 1
     } else {
-        let colon = value.iter().position(|&b| b == b':').unwrap_or(value.len());
-        let (name, rest) = value.split_at(colon);
-        reg_name(name).then_some(())?;
-        (name, rest)
+        reg_name_end(value)?
     };
+    let (name, rest) = value.split_at(end);
     let port = match rest {
         [] => None,
         [b':', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => {
@@ -103,25 +159,63 @@ pub fn split(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     Some((name, port))
 }
 
-/// `reg-name` (also covers IPv4 addresses): unreserved, sub-delims and `%XX`.
-fn reg_name(name: &[u8]) -> bool {
-    let mut bytes = name.iter();
-    while let Some(&b) = bytes.next() {
-        let ok = match b {
-            b'%' => {
-                bytes.next().is_some_and(u8::is_ascii_hexdigit)
-                    && bytes.next().is_some_and(u8::is_ascii_hexdigit)
-            }
-            b if b.is_ascii_alphanumeric() => true,
-            b'-' | b'.' | b'_' | b'~' => true,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
+/// Bytes of a `reg-name` (also covering IPv4 addresses): unreserved and sub-delims; `%`
+/// starts a `%XX` escape.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
     }
-    true
+    table
+};
+
+/// Where the `reg-name` at the start of `value` ends (at a `:` or the end), in one pass; `None`
+/// when a byte cannot be in one.
+fn reg_name_end(value: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(&b) = value.get(i) {
+        if b == b':' {
+            return Some(i);
+        }
+        if !REG_NAME[usize::from(b)] {
+            return None;
+        }
+        if b == b'%' {
+            let escape = value.get(i + 1..i + 3)?;
+            if !escape.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            i += 2;
+        }
+        i += 1;
+    }
+    Some(i)
+}
+
+/// Whether all of `name` is a `reg-name`.
+fn reg_name(name: &[u8]) -> bool {
+    reg_name_end(name) == Some(name.len())
 }
 
 /// `IPvFuture`: `v` HEXDIG+ `.` ( unreserved / sub-delims / `:` )+.
@@ -225,6 +319,27 @@ mod tests {
         ] {
             assert_eq!(v11("/", &[host]), Some(HostProblem::Invalid), "{host:?}");
         }
+    }
+
+    #[test]
+    fn the_cache_answers_for_the_value_it_holds_and_only_that() {
+        let cache = HostCache::default();
+        let good = request(Version::HTTP_11, "/", &["a.example:8080"]);
+        assert_eq!(check_cached(&good, &cache), None);
+        assert!(cache.holds(b"a.example:8080"));
+        assert!(!cache.holds(b"a.example:8081") && !cache.holds(b""));
+        // Another value is judged on its own, and a bad one is not kept.
+        let bad = request(Version::HTTP_11, "/", &["a@example"]);
+        assert_eq!(check_cached(&bad, &cache), Some(HostProblem::Invalid));
+        assert!(cache.holds(b"a.example:8080"));
+        // The held value with an absolute-form target is still compared with it.
+        let absolute = request(Version::HTTP_11, "http://b.example/", &["a.example:8080"]);
+        assert_eq!(check_cached(&absolute, &cache), Some(HostProblem::Mismatch));
+        // Values too long to hold are judged every time.
+        let long = "a".repeat(60);
+        let long_request = request(Version::HTTP_11, "/", &[long.as_str()]);
+        assert_eq!(check_cached(&long_request, &cache), None);
+        assert!(cache.holds(b"a.example:8080"));
     }
 
     #[test]

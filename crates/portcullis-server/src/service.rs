@@ -23,6 +23,7 @@ use portcullis_tls::ClientCertificates;
 use crate::BoxError;
 use crate::HostProblem;
 use crate::body::ResponseBody;
+use crate::host::HostCache;
 use crate::info::ConnInfo;
 use crate::metrics::ServerMetrics;
 use crate::state::{ConnState, InFlight};
@@ -62,6 +63,8 @@ pub(crate) struct ConnService<S> {
     peer: Option<PeerAddr>,
     client_certificates: Option<ClientCertificates>,
     bans: Option<Arc<ConnBans>>,
+    /// The connection's last valid `Host`.
+    host: HostCache,
     /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
     /// one a trusted PROXY header names, or the TCP peer), built once per connection.
     #[cfg(feature = "axum")]
@@ -85,6 +88,7 @@ impl<S> ConnService<S> {
             peer,
             client_certificates,
             bans: None,
+            host: HostCache::default(),
             #[cfg(feature = "axum")]
             connect_info: None,
         }
@@ -118,7 +122,7 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        if let Some(problem) = crate::host::check(&request) {
+        if let Some(problem) = crate::host::check_cached(&request, &self.host) {
             self.metrics.rejected(problem).increment(1);
             if let Some(conn) = &self.bans {
                 let client = conn.client_of(request.headers());
