@@ -397,9 +397,9 @@ impl Bans {
             self.publish(&state);
             return Some(length);
         }
-        let until = now + millis(length);
+        let until = now.saturating_add(millis(length));
         if let Some(offender) = state.offenders.get_mut(&key) {
-            let seconds = (until + millis(BAN_HISTORY)).div_ceil(1000);
+            let seconds = until.saturating_add(millis(BAN_HISTORY)).div_ceil(1000);
             offender.history_until = u32::try_from(seconds).unwrap_or(u32::MAX);
         }
         self.insert_ban(&mut state, key, Ban { until, reason }, now);
@@ -418,7 +418,7 @@ impl Bans {
         let key = self.key(client);
         let now = self.now();
         let mut state = self.lock();
-        let until = now + millis(length);
+        let until = now.saturating_add(millis(length));
         self.insert_ban(&mut state, key, Ban { until, reason }, now);
         metrics::counter!(BANS_TOTAL, LABEL_REASON => reason.as_str()).increment(1);
         tracing::warn!(%client, %reason, seconds = length.as_secs_f64(), "client banned");
@@ -551,7 +551,9 @@ impl Bans {
         state.seed = x;
         #[allow(clippy::cast_precision_loss)]
         let unit = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-        length + length.mul_f64(jitter * unit)
+        let extra = Duration::try_from_secs_f64(length.as_secs_f64() * jitter * unit)
+            .unwrap_or(Duration::MAX);
+        length.saturating_add(extra)
     }
 
     fn insert_ban(&self, state: &mut State, key: u128, ban: Ban, now: Millis) {
@@ -577,7 +579,9 @@ impl Bans {
 impl Offender {
     /// When this entry says nothing any more: its window is over and its history forgotten.
     fn expires(&self, window: Millis) -> Millis {
-        (self.window_start + window).max(u64::from(self.history_until) * 1000)
+        self.window_start
+            .saturating_add(window)
+            .max(u64::from(self.history_until) * 1000)
     }
 }
 

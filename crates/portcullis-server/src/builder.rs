@@ -597,7 +597,8 @@ impl Builder {
     /// connections are closed at accept, before the connection caps, and counted in
     /// `portcullis_limit_ban_rejections_total{at="accept"}`; a banned client behind a trusted
     /// proxy (the policy's [`client_ip`](portcullis_limit::BanPolicy::client_ip)) gets 429
-    /// with `Retry-After` on the proxy's connection, which stays open. The admin listener
+    /// with `Retry-After` on the proxy's connection, which stays open; a connection a client
+    /// opened before its ban gets the same 429 on its next request, and closes. The admin listener
     /// serves the bans' API at `/bans` and is itself never banned. Default: no bans.
     pub fn bans(mut self, bans: Bans) -> Self {
         self.bans = Some(bans);

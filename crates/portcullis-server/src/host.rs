@@ -258,7 +258,17 @@ fn agrees(uri: &Uri, name: &[u8], port: Option<&[u8]>) -> bool {
         Some(scheme) if scheme.eq_ignore_ascii_case("http") => Some(80),
         _ => None,
     };
-    let host_port = port.and_then(|digits| std::str::from_utf8(digits).ok()?.parse::<u16>().ok());
+    let host_port = match port {
+        None => None,
+        // A port out of range names no port the target could have.
+        Some(digits) => match std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u16>().ok())
+        {
+            Some(port) => Some(port),
+            None => return false,
+        },
+    };
     let (Some(target), host_port) = (authority.port_u16().or(default), host_port.or(default))
     else {
         return port.is_none();
@@ -369,6 +379,10 @@ mod tests {
         );
         assert_eq!(
             v11("http://a.example/x", &["a.example:8080"]),
+            Some(HostProblem::Mismatch)
+        );
+        assert_eq!(
+            v11("http://a.example/x", &["a.example:99999"]),
             Some(HostProblem::Mismatch)
         );
     }

@@ -135,14 +135,16 @@ where
             None => None,
             Some(conn) => {
                 let client = conn.client_of(request.headers());
-                // A banned client behind a trusted proxy: its own connection is the proxy's,
-                // so it is answered here, and the application never sees the request.
-                if client != conn.peer
-                    && let Some(left) = conn.bans.check(client)
-                {
+                // A banned client is answered here and the application never sees the
+                // request: behind a trusted proxy (whose connection stays open for its other
+                // clients), or on a connection it opened before its ban (which then closes).
+                if let Some(left) = conn.bans.check(client) {
                     metrics::counter!(BAN_REJECTIONS_TOTAL, LABEL_AT => "request").increment(1);
                     let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                    return self.answer(Refusal::Banned { retry_after });
+                    return self.answer(Refusal::Banned {
+                        retry_after,
+                        close: !conn.forwarded,
+                    });
                 }
                 Some((Arc::clone(conn), client))
             }
@@ -345,8 +347,9 @@ fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {
 /// A request the server answers itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Refusal {
-    /// The request's client is banned: 429 with this many seconds in `Retry-After`.
-    Banned { retry_after: u64 },
+    /// The request's client is banned: 429 with this many seconds in `Retry-After`, and the
+    /// connection closed unless it is a trusted proxy's.
+    Banned { retry_after: u64, close: bool },
     /// Its `Host` breaks RFC 9112: 400, and the connection closes.
     Host(HostProblem),
 }
@@ -365,11 +368,14 @@ impl Refusal {
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match self {
-            Refusal::Banned { retry_after } => {
+            Refusal::Banned { retry_after, close } => {
                 headers.insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from(retry_after.max(1)),
                 );
+                if close {
+                    headers.insert(http::header::CONNECTION, crate::host::CLOSE);
+                }
             }
             Refusal::Host(_) => {
                 headers.insert(http::header::CONNECTION, crate::host::CLOSE);

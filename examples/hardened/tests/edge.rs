@@ -385,10 +385,19 @@ async fn bans_raised_by_429s_close_connections_at_accept_until_lifted_through_th
         Some(429),
         "lifted: served again (and still over its rate)"
     );
-    // Banned by hand, for as long as asked.
+    // Banned by hand, for as long as asked: a connection it opened before is answered 429
+    // and closed, new ones are closed at accept.
+    let mut before = connect_from("127.0.4.9", addr).await;
+    assert_eq!(exchange(&mut before, GET).await.0, 200);
     assert_eq!(
         admin_call(admin, "POST", "/bans/127.0.4.9?for=90s").await,
         201
+    );
+    let (status, head, body) = exchange(&mut before, GET).await;
+    assert_eq!(status, 429, "{head}");
+    assert!(
+        body.contains("banned") && head.contains("connection: close"),
+        "{head}{body}"
     );
     assert_eq!(status_from("127.0.4.9", addr).await, None);
     let bans = admin_get(admin, "/bans").await;

@@ -150,7 +150,13 @@ impl ServerConfig {
                 builder = builder.listen_with(*addr, &options)?;
             }
         }
-        if let Some(filter) = self.ip_filter() {
+        // Read from a file, the server always has a filter (empty if need be), so that a
+        // SIGHUP after the file gained its first rule applies it.
+        let filter = match &self.source {
+            Some(_) => Some(IpFilter::new(filter_rules(&self.allow, &self.deny))),
+            None => self.ip_filter(),
+        };
+        if let Some(filter) = filter {
             builder = builder.filter(filter.clone());
             if let Some(source) = self.source.clone() {
                 let (allow, deny) = (self.allow.clone(), self.deny.clone());

@@ -231,7 +231,7 @@ impl ServerConfig {
                 .any(|net| net.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)))
         {
             warnings.push(Issue::about("allow").text(
-                " has no loopback range: checks from the host itself (a local load balancer,                  curl on the machine) are refused; add 127.0.0.1 if they should be served",
+                " has no loopback range: checks from the host itself (a local load balancer, curl on the machine) are refused; add 127.0.0.1 if they should be served",
             ));
         }
         if let Some(admin) = self.admin
@@ -268,7 +268,7 @@ impl ServerConfig {
         };
         if after.get() == 1 {
             warnings.push(Issue::about("ban-after").text(
-                " is 1: a single refusal (one 429, one dropped TLS handshake) bans a client;                  use 10 or more so that only clients that keep failing are banned",
+                " is 1: a single refusal (one 429, one dropped TLS handshake) bans a client; use 10 or more so that only clients that keep failing are banned",
             ));
         }
         if self.ban_max < self.ban_for {
