@@ -1,7 +1,6 @@
 //! [`Lifecycle`]: a running server's phase, and everything that reports it.
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -92,7 +91,9 @@ pub(crate) struct Report {
     pub(crate) on_progress: Option<(Duration, ProgressHook)>,
     #[cfg(unix)]
     pub(crate) systemd: Option<Arc<crate::systemd::Notifier>>,
-    pub(crate) stopping_sent: AtomicBool,
+    /// Whether systemd was told STOPPING=1 (sent once, on the first phase past Running).
+    #[cfg(unix)]
+    pub(crate) stopping_sent: std::sync::atomic::AtomicBool,
 }
 
 /// The phase and drain-duration gauges, resolved when the lifecycle starts.

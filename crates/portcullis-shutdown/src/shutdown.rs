@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use crate::lifecycle::{Lifecycle, Parts, PhaseGauges, PhaseHook, ProgressHook, Report};
 use crate::{DrainProgress, Health, ShutdownPhase, Signals};
@@ -281,7 +280,8 @@ impl Shutdown {
                 on_progress: self.on_progress.take(),
                 #[cfg(unix)]
                 systemd,
-                stopping_sent: AtomicBool::new(false),
+                #[cfg(unix)]
+                stopping_sent: std::sync::atomic::AtomicBool::new(false),
             },
             hangups_caught: hangups.is_some(),
         };
