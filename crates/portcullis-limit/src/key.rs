@@ -72,6 +72,20 @@ impl Key {
     }
 }
 
+impl Key {
+    /// Appends the key's bytes as a Redis key part: an address in its text form, bytes as they
+    /// are (Redis keys are binary safe).
+    #[cfg(feature = "redis")]
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        match &self.0 {
+            // Writing to a Vec cannot fail.
+            Repr::Ip(ip) => drop(write!(out, "{ip}")),
+            Repr::Bytes(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

@@ -18,6 +18,8 @@
 //!   checked at accept in one binary search, reloaded atomically.
 //! - [`Bans`] are temporary, escalating bans of clients refused too often ([`BanPolicy`]),
 //!   with bounded memory and an admin API ([`Bans::answer`]).
+//! - [`fleet`] (feature `redis`) keeps a rate limit in Redis for a whole fleet of instances,
+//!   falling back to rate / fleet size locally whenever Redis is slow or down.
 //!
 //! It does not accept connections, read PROXY protocol headers (portcullis-listen does) or
 //! terminate TLS (portcullis-tls does); portcullis-server wires them together. It never
@@ -127,6 +129,7 @@
 //! - `serde`: [`Quota`] deserializes from its string form (`"100/s burst 20"`).
 //! - `axum`: the layer reads the peer address from axum's `ConnectInfo<SocketAddr>` when no
 //!   [`PeerAddr`] extension is present.
+//! - `redis`: [`fleet`], fleet-wide limits in Redis (on the `redis` crate with tokio).
 
 pub mod ban;
 mod body;
@@ -134,6 +137,8 @@ pub mod client;
 pub mod clock;
 mod conn;
 pub mod filter;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod future;
 mod housekeeping;
 mod key;

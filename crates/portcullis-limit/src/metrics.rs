@@ -89,6 +89,41 @@ pub const BAN_REASONS: &[&str] = &[
     "manual",
 ];
 
+/// Counter (feature `redis`): calls to Redis made by fleet limits, by [`LABEL_OUTCOME`]:
+/// `ok` (Redis decided), `timeout` (no answer within the deadline; decided locally), `error`
+/// (decided locally).
+pub const REDIS_CALLS_TOTAL: &str = "portcullis_limit_redis_calls_total";
+
+/// Histogram (feature `redis`): how long calls to Redis took, in seconds (a call that missed
+/// its deadline counts as the deadline).
+pub const REDIS_CALL_DURATION: &str = "portcullis_limit_redis_call_duration_seconds";
+
+/// Counter (feature `redis`): times the GCRA script was loaded, by [`LABEL_REASON`]: `connect`
+/// (on every new connection) or `noscript` (Redis had lost it: a restart, a failover,
+/// `SCRIPT FLUSH`).
+pub const REDIS_SCRIPT_LOADS_TOTAL: &str = "portcullis_limit_redis_script_loads_total";
+
+/// Gauge (feature `redis`): 1 while the link to Redis has a connection.
+pub const REDIS_CONNECTED: &str = "portcullis_limit_redis_connected";
+
+/// Gauge (feature `redis`): 1 while the circuit breaker is open (checks are local, Redis is
+/// probed), 0 while it is closed.
+pub const REDIS_BREAKER_OPEN: &str = "portcullis_limit_redis_breaker_open";
+
+/// Gauge (feature `redis`): 1 while fleet limits are enforced locally at rate / fleet size
+/// (no connection, or the breaker open).
+pub const FLEET_FALLBACK_ACTIVE: &str = "portcullis_limit_fleet_fallback_active";
+
+/// Counter (feature `redis`): checks of a fleet limit, by [`LABEL_LIMITER`] and
+/// [`LABEL_DECIDED`]: `redis` or `local` (a missed deadline, an error, the breaker open).
+pub const FLEET_CHECKS_TOTAL: &str = "portcullis_limit_fleet_checks_total";
+
+/// Label on [`REDIS_CALLS_TOTAL`]: `ok`, `timeout` or `error`.
+pub const LABEL_OUTCOME: &str = "outcome";
+
+/// Label on [`FLEET_CHECKS_TOTAL`]: `redis` or `local`.
+pub const LABEL_DECIDED: &str = "decided";
+
 /// Label naming the limiter.
 pub const LABEL_LIMITER: &str = "limiter";
 
@@ -169,6 +204,41 @@ pub fn describe() {
         BAN_REJECTIONS_TOTAL,
         Unit::Count,
         "Connections (at accept) and requests (behind a trusted proxy) of banned clients turned away."
+    );
+    metrics::describe_counter!(
+        REDIS_CALLS_TOTAL,
+        Unit::Count,
+        "Calls to Redis made by portcullis fleet rate limits, by outcome (ok, timeout, error)."
+    );
+    metrics::describe_histogram!(
+        REDIS_CALL_DURATION,
+        Unit::Seconds,
+        "How long calls to Redis by portcullis fleet rate limits took."
+    );
+    metrics::describe_counter!(
+        REDIS_SCRIPT_LOADS_TOTAL,
+        Unit::Count,
+        "Loads of the fleet rate limit script into Redis, by reason (connect, noscript)."
+    );
+    metrics::describe_gauge!(
+        REDIS_CONNECTED,
+        Unit::Count,
+        "1 while the link to Redis of the fleet rate limits has a connection."
+    );
+    metrics::describe_gauge!(
+        REDIS_BREAKER_OPEN,
+        Unit::Count,
+        "1 while the circuit breaker in front of Redis is open."
+    );
+    metrics::describe_gauge!(
+        FLEET_FALLBACK_ACTIVE,
+        Unit::Count,
+        "1 while fleet rate limits are enforced locally at rate / fleet size."
+    );
+    metrics::describe_counter!(
+        FLEET_CHECKS_TOTAL,
+        Unit::Count,
+        "Checks of fleet rate limits, by limiter and where they were decided (redis, local)."
     );
     metrics::describe_counter!(
         REQUESTS_SHED_TOTAL,

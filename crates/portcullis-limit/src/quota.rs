@@ -139,6 +139,47 @@ impl Quota {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX).max(1))
     }
 
+    /// One instance's share when `parts` instances split this quota: the rate divided by
+    /// `parts`, in the finest unit where it divides exactly (`100/s` split 3 ways is `2000/m`),
+    /// else per hour rounded down; the burst divided by `parts`, rounded down. Both are at
+    /// least 1, so a quota smaller than the fleet (`1/h` across 20 instances) gives each
+    /// instance `1/h`: the least a limit can allow.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use portcullis_limit::Quota;
+    ///
+    /// let quota: Quota = "100/s burst 30".parse()?;
+    /// let three = NonZeroU32::new(3).expect("not zero");
+    /// assert_eq!(quota.share(three).to_string(), "2000/m burst 10");
+    /// # Ok::<(), portcullis_limit::QuotaError>(())
+    /// ```
+    #[must_use]
+    pub fn share(self, parts: NonZeroU32) -> Quota {
+        let n = u64::from(parts.get());
+        let rate = u64::from(self.rate.get());
+        let units = [Per::Second, Per::Minute, Per::Hour];
+        let exact = units
+            .into_iter()
+            .filter(|per| per.seconds() >= self.per.seconds())
+            .find_map(|per| {
+                let scaled = rate * (per.seconds() / self.per.seconds());
+                let share = u32::try_from(scaled / n).ok()?;
+                scaled.is_multiple_of(n).then_some((share, per))
+            });
+        let (share, per) = exact.unwrap_or_else(|| {
+            let hourly = rate * (Per::Hour.seconds() / self.per.seconds()) / n;
+            match u32::try_from(hourly) {
+                Ok(hourly) => (hourly, Per::Hour),
+                // Only for rates near u32::MAX per unit: rounded down in the quota's own unit.
+                Err(_) => (u32::try_from(rate / n).unwrap_or(u32::MAX), self.per),
+            }
+        });
+        let burst = self.burst.get() / parts.get();
+        Quota::new(NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN), per)
+            .burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+    }
+
     /// The largest burst whose refill time (`interval × (burst − 1)`) fits in `u64`
     /// nanoseconds, which governor's arithmetic needs.
     fn max_burst_for_rate(&self) -> u32 {

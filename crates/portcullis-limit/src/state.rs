@@ -9,10 +9,11 @@ use bytes::Bytes;
 use governor::clock::Clock;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
+use crate::Quota;
 use crate::housekeeping::Housekeeping;
 use crate::key::{Key, KeyBy, MAX_KEY_LEN, PeerAddr, RequestInfo};
 use crate::layer::{RateLimitBuilder, Rejection};
-use crate::limiter::{GlobalLimiter, KeyedLimiter};
+use crate::limiter::{GlobalLimiter, KeyedLimiter, Limited};
 use crate::metrics::{
     KEY_OVERFLOW_TOTAL, KEYS, KEYS_EVICTED_TOTAL, LABEL_LIMITER, LABEL_RESULT, REQUESTS_TOTAL,
 };
@@ -59,13 +60,19 @@ pub(crate) struct Shared<C: Clock> {
 
 impl<C: Clock + Clone> Shared<C> {
     pub(crate) fn new(config: RateLimitBuilder<C>) -> Self {
+        let local = config.quota;
+        Self::with_local_quota(config, local)
+    }
+
+    /// The state of a limit whose local limiter enforces `local` while its responses and
+    /// metrics speak of `config.quota` (a fleet limit's fallback: rate / fleet size).
+    pub(crate) fn with_local_quota(config: RateLimitBuilder<C>, local: Quota) -> Self {
         let limiter = match config.key_by {
-            KeyBy::Global => Limiter::Direct(GlobalLimiter::with_clock(
-                config.quota,
-                config.clock.clone(),
-            )),
+            KeyBy::Global => {
+                Limiter::Direct(GlobalLimiter::with_clock(local, config.clock.clone()))
+            }
             _ => Limiter::Keyed(KeyedLimiter::with_clock(
-                config.quota,
+                local,
                 config.max_keys,
                 config.clock.clone(),
             )),
@@ -136,9 +143,25 @@ impl<C: Clock> Shared<C> {
 
     /// Checks one request; `Ok` to pass it on.
     pub(crate) fn check<B>(&self, request: &Request<B>) -> Result<(), Rejection> {
+        let Some(client) = self.subject(request) else {
+            return Ok(());
+        };
+        let checked = match &self.limiter {
+            Limiter::Direct(limiter) => limiter.check(),
+            Limiter::Keyed(limiter) => {
+                let key = self.key(request, client);
+                limiter.check(&key)
+            }
+        };
+        self.record(checked, client)
+    }
+
+    /// The client a request counts against, or `None` when it is exempt (by path or client).
+    #[inline]
+    pub(crate) fn subject<B>(&self, request: &Request<B>) -> Option<IpAddr> {
         let config = &self.config;
         if !config.exempt_paths.is_empty() && self.is_exempt_path(request.uri().path()) {
-            return Ok(());
+            return None;
         }
         let needs_client =
             !matches!(config.key_by, KeyBy::Global) || !config.exempt_clients.is_empty();
@@ -153,15 +176,19 @@ impl<C: Clock> Shared<C> {
             .iter()
             .any(|range| range.contains(&client))
         {
-            return Ok(());
+            return None;
         }
-        let checked = match &self.limiter {
-            Limiter::Direct(limiter) => limiter.check(),
-            Limiter::Keyed(limiter) => {
-                let key = self.key(request, client);
-                limiter.check(&key)
-            }
-        };
+        Some(client)
+    }
+
+    /// Counts a decision in the metrics and applies dry-run mode: `Ok` to pass the request on.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        checked: Result<(), Limited>,
+        client: IpAddr,
+    ) -> Result<(), Rejection> {
+        let config = &self.config;
         let metrics = self.metrics();
         match checked {
             Ok(()) => {
@@ -184,7 +211,16 @@ impl<C: Clock> Shared<C> {
         }
     }
 
-    fn key<B>(&self, request: &Request<B>, client: IpAddr) -> Key {
+    /// The local decision for `key` (the key of [`Shared::key`]; ignored by a global limit).
+    #[cfg(feature = "redis")]
+    pub(crate) fn check_local(&self, key: &Key) -> Result<(), Limited> {
+        match &self.limiter {
+            Limiter::Direct(limiter) => limiter.check(),
+            Limiter::Keyed(limiter) => limiter.check(key),
+        }
+    }
+
+    pub(crate) fn key<B>(&self, request: &Request<B>, client: IpAddr) -> Key {
         let client = self.config.prefix.apply(client);
         let custom = match &self.config.key_by {
             KeyBy::Client | KeyBy::Global => None,

@@ -18,6 +18,16 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// Bucket upper bounds, in seconds, of histograms named `*_call_duration_seconds`: calls to a
+/// dependency on the request path (Redis for fleet rate limits), which take tens of
+/// microseconds to a few milliseconds and are cut at a deadline of a few milliseconds.
+pub const CALL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
+];
+
+/// The name suffix of the histograms that get [`CALL_BUCKETS`].
+pub const CALL_DURATION_SUFFIX: &str = "_call_duration_seconds";
+
 /// The installed Prometheus recorder: renders the text exposition format, and needs its
 /// [upkeep](Self::upkeep) run regularly.
 ///
@@ -36,7 +46,8 @@ pub struct PrometheusExporter {
 
 impl PrometheusExporter {
     /// A `PrometheusBuilder` with portcullis's histogram buckets: [`REQUEST_DURATION_BUCKETS`] for
-    /// the HTTP request duration and [`DEFAULT_BUCKETS`] for every other histogram, so that
+    /// the HTTP request duration, [`CALL_BUCKETS`] for calls to dependencies (names ending in
+    /// [`CALL_DURATION_SUFFIX`]) and [`DEFAULT_BUCKETS`] for every other histogram, so that
     /// histograms render as Prometheus histograms (aggregatable across instances), not as
     /// per-process summaries. Adjust it and pass it to [`install_from`](Self::install_from).
     #[must_use]
@@ -47,6 +58,12 @@ impl PrometheusExporter {
                 builder.set_buckets_for_metric(
                     Matcher::Full(REQUEST_DURATION.to_owned()),
                     REQUEST_DURATION_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Suffix(CALL_DURATION_SUFFIX.to_owned()),
+                    CALL_BUCKETS,
                 )
             })
             .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"))

@@ -105,7 +105,9 @@ pub mod http;
 
 pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
-pub use exporter::{DEFAULT_BUCKETS, InstallError, PrometheusExporter};
+pub use exporter::{
+    CALL_BUCKETS, CALL_DURATION_SUFFIX, DEFAULT_BUCKETS, InstallError, PrometheusExporter,
+};
 #[cfg(feature = "axum")]
 pub use http::MatchedRouteLayer;
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};

@@ -96,6 +96,15 @@ struct Flags {
     /// Clients never banned (a CIDR range or an address; trusted proxies never are either); repeatable.
     #[arg(long, value_name = "CIDR", value_parser = cidr)]
     ban_exempt: Vec<IpNet>,
+    /// Redis keeping the --rate limit for every instance that shares it (redis://[:PASSWORD@]HOST[:PORT][/DB]); off unless given.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Instances sharing the --redis quota: while Redis is slow or down each one limits locally at rate / N. [default: 1]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroU32>)]
+    fleet_size: Option<NonZeroU32>,
+    /// Deadline of every Redis call: the longest a request waits for Redis before it is decided locally. [default: 5ms]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    redis_timeout: Option<Duration>,
     /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -160,7 +169,8 @@ impl Flags {
             max_conns,
             ban_window,
             ban_for,
-            ban_max
+            ban_max,
+            redis_timeout
         );
         macro_rules! set_some {
             ($($field:ident),*) => { $(if self.$field.is_some() { config.$field = self.$field; })* };
@@ -173,7 +183,9 @@ impl Flags {
             rate,
             burst,
             max_conns_per_ip,
-            ban_after
+            ban_after,
+            redis,
+            fleet_size
         );
         config.per_core |= self.per_core;
         config.proxy_protocol |= self.proxy_protocol;

@@ -52,6 +52,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The rate limit of `--rate`: this instance's own, or the fleet's in `--redis`.
+enum Limit {
+    Local(RateLimitLayer),
+    Fleet(portcullis::limit::fleet::FleetLimitLayer),
+}
+
 fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,9 +91,25 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
     let metrics = config
         .admin
         .map(|_| HttpMetricsLayer::new().route_fn(routes::template));
-    let limit = config
-        .rate_limit()
-        .map(|limit| limit.name("per-client").layer());
+    // The --rate limit: kept in Redis for the fleet with --redis, local otherwise.
+    let limit = match config.fleet_limit() {
+        Ok(Some(fleet)) => {
+            let redis = fleet.redis().clone();
+            // Begin shared if Redis answers now; if not, limit locally until it does.
+            if let Err(error) = runtime.block_on(redis.connect()) {
+                tracing::warn!(
+                    redis = redis.url(),
+                    %error,
+                    "Redis does not answer: limiting locally at rate / fleet size until it does"
+                );
+            }
+            Some(Limit::Fleet(fleet.name("per-client").layer()))
+        }
+        Ok(None) => config
+            .rate_limit()
+            .map(|limit| Limit::Local(limit.name("per-client").layer())),
+        Err(error) => return Err(start_up(error)),
+    };
     let per_core = config.per_core.then_some(cores);
     // One service per runtime (per core), each layer shared by every clone.
     macro_rules! serve {
@@ -98,9 +120,11 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
         };
     }
     let served = match (metrics, limit) {
-        (Some(metrics), Some(limit)) => serve!(metrics, limit),
+        (Some(metrics), Some(Limit::Local(limit))) => serve!(metrics, limit),
+        (Some(metrics), Some(Limit::Fleet(limit))) => serve!(metrics, limit),
         (Some(metrics), None) => serve!(metrics),
-        (None, Some(limit)) => serve!(limit),
+        (None, Some(Limit::Local(limit))) => serve!(limit),
+        (None, Some(Limit::Fleet(limit))) => serve!(limit),
         (None, None) => serve!(),
     };
     Ok(served?)

@@ -257,3 +257,31 @@ impl ServerConfig {
         Some(RateLimitLayer::per_client(quota).trusted_proxies(self.trusted_proxy.iter().copied()))
     }
 }
+
+#[cfg(feature = "redis")]
+impl ServerConfig {
+    /// The `rate` limit kept in `redis` for the whole fleet (`fleet-size` instances, each
+    /// falling back to `rate` / `fleet-size` while Redis fails; every call under
+    /// `redis-timeout`), or `None` without `redis` or `rate`. Finish it with
+    /// [`FleetBuilder::layer`](portcullis_limit::fleet::FleetBuilder::layer); call
+    /// [`Redis::connect`](portcullis_limit::fleet::Redis::connect) on the builder's
+    /// [`redis`](portcullis_limit::fleet::FleetBuilder::redis) at start-up to begin shared.
+    ///
+    /// # Errors
+    ///
+    /// The URL cannot be parsed (the error names it).
+    pub fn fleet_limit(
+        &self,
+    ) -> Result<Option<portcullis_limit::fleet::FleetBuilder>, portcullis_limit::fleet::RedisUrlError>
+    {
+        let (Some(url), Some(limit)) = (&self.redis, self.rate_limit()) else {
+            return Ok(None);
+        };
+        let redis = portcullis_limit::fleet::RedisConfig::new(url)?
+            .timeout(self.redis_timeout)
+            .build();
+        Ok(Some(limit.fleet(&redis).fleet_size(
+            self.fleet_size.unwrap_or(std::num::NonZeroU32::MIN),
+        )))
+    }
+}

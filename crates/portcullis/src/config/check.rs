@@ -16,6 +16,8 @@
 //! | `ban-window`, `ban-for`, `ban-max`, `ban-exempt` | set without `ban-after` | they do nothing |
 //! | `ban-max` | below `ban-for` | bans never escalate |
 //! | `allow` | given, without the loopback range | the server's own health checks from the host are refused |
+//! | `fleet-size`, `redis-timeout` | set without `redis` | they do nothing |
+//! | `redis-timeout` | above 50 ms | every request may wait that long for a slow Redis before it is decided locally |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -164,6 +166,14 @@ impl ServerConfig {
                     .text(" (the peers whose PROXY header is believed)"),
             );
         }
+        if let Some(url) = &self.redis {
+            if self.rate.is_none() {
+                errors.push(Issue::about("redis").text(" needs ").key("rate"));
+            }
+            if let Some(why) = redis_url_error(url) {
+                errors.push(Issue::plain("redis", why));
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => errors.push(Issue::about("tls-cert").text(" needs ").key("tls-key")),
             (None, Some(_)) => errors.push(Issue::about("tls-key").text(" needs ").key("tls-cert")),
@@ -224,6 +234,7 @@ impl ServerConfig {
             )));
         }
         self.ban_warnings(warnings);
+        self.redis_warnings(warnings);
         if !self.allow.is_empty()
             && !self
                 .allow
@@ -302,6 +313,57 @@ fn max_conns_warning(max_conns: usize, nofile: Option<u64>) -> Option<Issue> {
 }
 
 /// Whether `net` holds every IPv4 address (also as IPv4-mapped IPv6) or every IPv6 address.
+impl ServerConfig {
+    fn redis_warnings(&self, warnings: &mut Vec<Issue>) {
+        if self.redis.is_none() {
+            if self.fleet_size.is_some() {
+                warnings.push(
+                    Issue::about("fleet-size")
+                        .text(" is set without ")
+                        .key("redis")
+                        .text(": it does nothing"),
+                );
+            }
+            if self.redis_timeout != super::DEFAULT_REDIS_TIMEOUT {
+                warnings.push(
+                    Issue::about("redis-timeout")
+                        .text(" is set without ")
+                        .key("redis")
+                        .text(": it does nothing"),
+                );
+            }
+        } else if self.redis_timeout > REDIS_TIMEOUT_WARNING {
+            warnings.push(Issue::about("redis-timeout").text(format!(
+                " is {}: while Redis is slow every rate-limited request waits that long before \
+                 it is decided locally; a few milliseconds (the default is 5ms) is enough for a \
+                 Redis on the same network",
+                humantime_ms(self.redis_timeout)
+            )));
+        }
+    }
+}
+
+/// The `redis-timeout` above which a slow Redis visibly slows every request.
+const REDIS_TIMEOUT_WARNING: Duration = Duration::from_millis(50);
+
+fn humantime_ms(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// Why `url` cannot be used as `redis`, or `None`.
+#[cfg(feature = "redis")]
+fn redis_url_error(url: &str) -> Option<String> {
+    portcullis_limit::fleet::RedisConfig::new(url)
+        .err()
+        .map(|error| error.to_string())
+}
+
+/// Why `url` cannot be used as `redis`: without the crate feature, never.
+#[cfg(not(feature = "redis"))]
+fn redis_url_error(_url: &str) -> Option<String> {
+    Some("`redis` needs portcullis built with the `redis` feature".to_owned())
+}
+
 fn covers_everyone(net: &IpNet) -> bool {
     let mapped = |last: u32| IpAddr::V6(Ipv4Addr::from(last).to_ipv6_mapped());
     net.prefix_len() == 0 || (net.contains(&mapped(0)) && net.contains(&mapped(u32::MAX)))

@@ -34,7 +34,8 @@
 //!    change.
 //! 3. [`ServerConfig::apply`] hands every setting to a [`Builder`](crate::server::Builder):
 //!    listeners, admin listener, HTTP deadlines, drain, connection caps, TLS, PROXY protocol.
-//!    The rate limit is a tower layer of the application: [`ServerConfig::rate_limit`].
+//!    The rate limit is a tower layer of the application: [`ServerConfig::rate_limit`], or
+//!    with `redis` (crate feature `redis`) [`ServerConfig::fleet_limit`].
 //!
 //! ```no_run
 //! use portcullis::config::ServerConfig;
@@ -73,6 +74,9 @@ use portcullis_limit::Quota;
 use portcullis_limit::client::IpNet;
 
 pub use apply::ApplyError;
+
+/// The default `redis-timeout`: 5 ms (`portcullis_limit::fleet::DEFAULT_REDIS_TIMEOUT`).
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(5);
 pub use check::{Issue, Report};
 pub use error::ConfigError;
 
@@ -184,6 +188,18 @@ pub struct ServerConfig {
     /// `ban-exempt`: clients never banned (trusted proxies never are either). Default none.
     #[serde(deserialize_with = "de::nets")]
     pub ban_exempt: Vec<IpNet>,
+    /// `redis`: the Redis that keeps the `rate` limit for every instance sharing it
+    /// (`redis://[:PASSWORD@]HOST[:PORT][/DB]`; crate feature `redis`,
+    /// [`ServerConfig::fleet_limit`]). Default none: each instance limits alone.
+    pub redis: Option<String>,
+    /// `fleet-size`: how many instances share the `redis` quota; while Redis fails each one
+    /// limits locally at `rate` / `fleet-size`. Default 1.
+    #[serde(deserialize_with = "de::nonzero_u32")]
+    pub fleet_size: Option<NonZeroU32>,
+    /// `redis-timeout`: the deadline of every Redis call, the longest a request waits for
+    /// Redis before it is decided locally. Default 5 ms.
+    #[serde(deserialize_with = "de::duration")]
+    pub redis_timeout: Duration,
     /// The file these settings were read from and its own `allow` and `deny` lists, for the
     /// SIGHUP reload of the filter.
     #[serde(skip)]
@@ -227,6 +243,9 @@ impl Default for ServerConfig {
             ban_for: portcullis_limit::DEFAULT_BAN_FOR,
             ban_max: portcullis_limit::DEFAULT_BAN_MAX,
             ban_exempt: Vec::new(),
+            redis: None,
+            fleet_size: None,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
             source: None,
         }
     }
@@ -259,6 +278,9 @@ impl ServerConfig {
         "ban-for",
         "ban-max",
         "ban-exempt",
+        "redis",
+        "fleet-size",
+        "redis-timeout",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.

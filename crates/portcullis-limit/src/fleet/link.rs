@@ -1,0 +1,377 @@
+//! The link to Redis: one multiplexed connection shared by every fleet limit of a [`Redis`],
+//! the deadline on every call, the circuit breaker, and the task that brings the link back.
+//!
+//! # States
+//!
+//! | connection | breaker | checks |
+//! |---|---|---|
+//! | up | closed | one `EVALSHA` each, under the deadline; a miss or an error is decided locally |
+//! | any | open | decided locally at once, no call made; the recovery task probes Redis |
+//! | none | (open) | as open: losing the connection opens the breaker |
+//!
+//! The breaker opens after [`RedisConfig::breaker`]'s run of failed or late calls in a row,
+//! or at once when the connection is lost. While it is open a single task (started on the
+//! first need, holding only a [`Weak`]) probes every cooldown: connect if there is no
+//! connection (loading the script), then one script call on a probe key under the deadline.
+//! The first probe that succeeds closes the breaker. Checks never wait for a connection, a
+//! probe or a reload: the only wait a request can see is one call's deadline.
+//!
+//! [`Redis`]: super::Redis
+//! [`RedisConfig::breaker`]: super::RedisConfig::breaker
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use super::RedisConfig;
+use crate::limiter::Limited;
+use crate::metrics::{
+    FLEET_FALLBACK_ACTIVE, LABEL_OUTCOME, LABEL_REASON, REDIS_BREAKER_OPEN, REDIS_CALL_DURATION,
+    REDIS_CALLS_TOTAL, REDIS_CONNECTED, REDIS_SCRIPT_LOADS_TOTAL,
+};
+
+/// The GCRA script (see its comments for the arguments and the reply).
+pub(crate) const SCRIPT: &str = include_str!("gcra.lua");
+
+/// What one check asked of Redis came to.
+pub(crate) enum Outcome {
+    /// Redis decided.
+    Decided(Result<(), Limited>),
+    /// No decision in time (a miss, an error): the caller decides locally.
+    Failed,
+}
+
+/// A check's call to Redis, deadline included.
+pub(crate) type Call = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// The metric handles of a link, resolved on first use.
+struct Metrics {
+    ok: metrics::Counter,
+    error: metrics::Counter,
+    timeout: metrics::Counter,
+    duration: metrics::Histogram,
+    loads_connect: metrics::Counter,
+    loads_noscript: metrics::Counter,
+    connected: metrics::Gauge,
+    breaker_open: metrics::Gauge,
+    fallback: metrics::Gauge,
+}
+
+impl Metrics {
+    fn resolve() -> Self {
+        let calls =
+            |outcome: &'static str| metrics::counter!(REDIS_CALLS_TOTAL, LABEL_OUTCOME => outcome);
+        let loads = |reason: &'static str| metrics::counter!(REDIS_SCRIPT_LOADS_TOTAL, LABEL_REASON => reason);
+        Self {
+            ok: calls("ok"),
+            error: calls("error"),
+            timeout: calls("timeout"),
+            duration: metrics::histogram!(REDIS_CALL_DURATION),
+            loads_connect: loads("connect"),
+            loads_noscript: loads("noscript"),
+            connected: metrics::gauge!(REDIS_CONNECTED),
+            breaker_open: metrics::gauge!(REDIS_BREAKER_OPEN),
+            fallback: metrics::gauge!(FLEET_FALLBACK_ACTIVE),
+        }
+    }
+}
+
+pub(crate) struct Link {
+    pub(crate) config: RedisConfig,
+    hash: String,
+    connection: ArcSwapOption<MultiplexedConnection>,
+    /// Open: checks are decided locally without calling Redis. Starts open: nothing is known
+    /// to answer until the first connection is made.
+    open: AtomicBool,
+    /// Failed or late calls in a row while closed.
+    failures: AtomicU32,
+    /// Whether the recovery task runs.
+    recovering: AtomicBool,
+    metrics: OnceLock<Metrics>,
+}
+
+impl Link {
+    pub(crate) fn new(config: RedisConfig) -> Self {
+        Self {
+            hash: redis::Script::new(SCRIPT).get_hash().to_owned(),
+            config,
+            connection: ArcSwapOption::empty(),
+            open: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            recovering: AtomicBool::new(false),
+            metrics: OnceLock::new(),
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.metrics.get_or_init(|| {
+            let metrics = Metrics::resolve();
+            metrics.breaker_open.set(1.0);
+            metrics.fallback.set(1.0);
+            metrics.connected.set(0.0);
+            metrics
+        })
+    }
+
+    /// Whether checks go to Redis now (connected, breaker closed).
+    pub(crate) fn available(&self) -> bool {
+        !self.open.load(Ordering::Relaxed)
+    }
+
+    /// The call for one check of `key`, or `None` when the check must be decided locally
+    /// (the breaker is open; the recovery task is started if it does not run).
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        interval_nanos: u64,
+        burst: u32,
+    ) -> Option<Call> {
+        if self.open.load(Ordering::Relaxed) {
+            self.ensure_recovering();
+            return None;
+        }
+        let Some(connection) = self.connection.load_full() else {
+            self.trip("no connection");
+            return None;
+        };
+        let link = Arc::clone(self);
+        Some(Box::pin(async move {
+            let started = Instant::now();
+            let call = link.eval(&connection, &key, interval_nanos, burst);
+            let result = tokio::time::timeout(link.config.timeout, call).await;
+            link.settle(result, &connection, started)
+        }))
+    }
+
+    /// Runs the script: `EVALSHA`, and on `NOSCRIPT` (a restart, a failover, `SCRIPT FLUSH`)
+    /// `EVAL` with the source, which loads it again, within the same deadline.
+    async fn eval(
+        &self,
+        connection: &MultiplexedConnection,
+        key: &[u8],
+        interval_nanos: u64,
+        burst: u32,
+    ) -> Result<Result<(), Limited>, RedisError> {
+        let mut connection = connection.clone();
+        let reply: Result<(i64, i64), RedisError> = redis::cmd("EVALSHA")
+            .arg(&self.hash)
+            .arg(1)
+            .arg(key)
+            .arg(interval_nanos)
+            .arg(burst)
+            .query_async(&mut connection)
+            .await;
+        let reply = match reply {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.metrics().loads_noscript.increment(1);
+                redis::cmd("EVAL")
+                    .arg(SCRIPT)
+                    .arg(1)
+                    .arg(key)
+                    .arg(interval_nanos)
+                    .arg(burst)
+                    .query_async(&mut connection)
+                    .await
+            }
+            reply => reply,
+        };
+        let (allowed, wait_ms) = reply?;
+        Ok(if allowed == 1 {
+            Ok(())
+        } else {
+            let wait_ms = u64::try_from(wait_ms).unwrap_or(0).max(1);
+            Err(Limited::new(Duration::from_millis(wait_ms)))
+        })
+    }
+
+    /// Counts a call's result and moves the breaker.
+    fn settle(
+        self: &Arc<Self>,
+        result: Result<Result<Result<(), Limited>, RedisError>, tokio::time::error::Elapsed>,
+        connection: &Arc<MultiplexedConnection>,
+        started: Instant,
+    ) -> Outcome {
+        let metrics = self.metrics();
+        metrics.duration.record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(decided)) => {
+                metrics.ok.increment(1);
+                self.failures.store(0, Ordering::Relaxed);
+                Outcome::Decided(decided)
+            }
+            Ok(Err(error)) => {
+                metrics.error.increment(1);
+                if error.is_unrecoverable_error() || error.is_io_error() {
+                    // The connection is gone: drop it (unless a newer one replaced it already)
+                    // and let the recovery task make another.
+                    let current = self.connection.load();
+                    if current
+                        .as_ref()
+                        .is_some_and(|current| Arc::ptr_eq(current, connection))
+                    {
+                        drop(self.connection.compare_and_swap(&*current, None));
+                        metrics.connected.set(0.0);
+                    }
+                    self.trip_with(format_args!("connection lost: {error}"));
+                } else {
+                    self.failed(format_args!("{error}"));
+                }
+                Outcome::Failed
+            }
+            Err(_) => {
+                metrics.timeout.increment(1);
+                self.failed(format_args!("no answer within {:?}", self.config.timeout));
+                Outcome::Failed
+            }
+        }
+    }
+
+    /// One failed call while closed: opens the breaker after enough in a row.
+    fn failed(self: &Arc<Self>, why: std::fmt::Arguments<'_>) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.config.failures.get() {
+            self.trip_with(format_args!(
+                "{failures} calls in a row failed, the last: {why}"
+            ));
+        }
+    }
+
+    fn trip(self: &Arc<Self>, why: &str) {
+        self.trip_with(format_args!("{why}"));
+    }
+
+    /// Opens the breaker (logging the transition once) and starts the recovery task.
+    fn trip_with(self: &Arc<Self>, why: std::fmt::Arguments<'_>) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            let metrics = self.metrics();
+            metrics.breaker_open.set(1.0);
+            metrics.fallback.set(1.0);
+            tracing::warn!(
+                redis = %self.config.shown,
+                "fleet rate limits fall back to local limiting (rate / fleet size): {why}"
+            );
+        }
+        self.ensure_recovering();
+    }
+
+    fn close(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.open.swap(false, Ordering::AcqRel) {
+            let metrics = self.metrics();
+            metrics.breaker_open.set(0.0);
+            metrics.fallback.set(0.0);
+            tracing::info!(redis = %self.config.shown, "fleet rate limits are shared in Redis again");
+        }
+    }
+
+    /// Starts the recovery task unless it runs (needs a tokio runtime; without one the next
+    /// check inside one starts it).
+    pub(crate) fn ensure_recovering(self: &Arc<Self>) {
+        if self.recovering.load(Ordering::Relaxed) || self.recovering.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.recovering.store(false, Ordering::Release);
+            return;
+        };
+        let guard = Recovering(Arc::downgrade(self));
+        runtime.spawn(recover(guard));
+    }
+
+    /// One attempt to connect now: a new connection, with the script loaded.
+    pub(crate) async fn connect(&self) -> Result<(), RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.connect_timeout));
+        let mut connection = self
+            .config
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let _hash: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT)
+            .query_async(&mut connection)
+            .await?;
+        let metrics = self.metrics();
+        metrics.loads_connect.increment(1);
+        metrics.connected.set(1.0);
+        self.connection.store(Some(Arc::new(connection)));
+        self.close();
+        Ok(())
+    }
+
+    /// One probe while the breaker is open: a connection (made if there is none), then one
+    /// script call on the probe key under the deadline. `Ok` closes the breaker.
+    async fn probe(&self) -> Result<(), String> {
+        let Some(connection) = self.connection.load_full() else {
+            return match tokio::time::timeout(self.config.connect_timeout, self.connect()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "no connection within {:?}",
+                    self.config.connect_timeout
+                )),
+            };
+        };
+        let mut key = self.config.prefix.as_bytes().to_vec();
+        key.extend_from_slice(b":probe");
+        let call = self.eval(&connection, &key, 1, u32::MAX);
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(_)) => {
+                self.close();
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                if error.is_unrecoverable_error() || error.is_io_error() {
+                    self.connection.store(None);
+                    self.metrics().connected.set(0.0);
+                }
+                Err(error.to_string())
+            }
+            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
+        }
+    }
+}
+
+/// Marks the recovery task as not running when it ends or its runtime drops it, so the next
+/// check starts another.
+struct Recovering(Weak<Link>);
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.upgrade() {
+            link.recovering.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Probes every cooldown until Redis answers or the last handle of the link is dropped.
+async fn recover(guard: Recovering) {
+    let mut logged = false;
+    loop {
+        let Some(link) = guard.0.upgrade() else {
+            return;
+        };
+        if !link.open.load(Ordering::Acquire) {
+            return;
+        }
+        match link.probe().await {
+            Ok(()) => return,
+            Err(error) if !logged => {
+                logged = true;
+                tracing::warn!(redis = %link.config.shown, %error, "Redis does not answer; probing every {:?}", link.config.cooldown);
+            }
+            Err(error) => tracing::debug!(redis = %link.config.shown, %error, "Redis probe failed"),
+        }
+        let pause = link.config.cooldown;
+        drop(link);
+        tokio::time::sleep(pause).await;
+    }
+}
