@@ -4,6 +4,8 @@
 #   curl      an HTTP/1.1, h2c and HTTPS client
 #   openssl   its s_client checks the TLS versions and cipher suites
 #   promtool  (Debian package prometheus) checks a live /metrics scrape
+#   redis-server, redis-cli  (Debian package redis-server) the fleet-limit tests start their
+#             own Redis on a loopback port, kill, stop and pause it
 # Missing tools are installed with apt-get when this runs as root or with sudo; otherwise it
 # stops at once and says which packages to install.
 set -euo pipefail
@@ -13,10 +15,11 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-server)
 
 if ((${#missing[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: the tests need these packages, and this machine has no apt-get: ${missing[*]} (promtool comes with prometheus)" >&2
+        echo "error: the tests need these packages, and this machine has no apt-get: ${missing[*]} (promtool comes with prometheus, redis-cli with redis-server)" >&2
         exit 2
     fi
     if [ "$(id -u)" = 0 ]; then

@@ -280,12 +280,15 @@ impl Link {
             self.recovering.store(false, Ordering::Release);
             return;
         };
+        self.metrics();
         let guard = Recovering(Arc::downgrade(self));
         runtime.spawn(recover(guard));
     }
 
     /// One attempt to connect now: a new connection, with the script loaded.
     pub(crate) async fn connect(&self) -> Result<(), RedisError> {
+        // The gauges exist (the fallback active) from the first attempt on, whatever its end.
+        let metrics = self.metrics();
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.connect_timeout))
             .set_response_timeout(Some(self.config.connect_timeout));
@@ -299,7 +302,6 @@ impl Link {
             .arg(SCRIPT)
             .query_async(&mut connection)
             .await?;
-        let metrics = self.metrics();
         metrics.loads_connect.increment(1);
         metrics.connected.set(1.0);
         self.connection.store(Some(Arc::new(connection)));

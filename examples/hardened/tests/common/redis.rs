@@ -1,0 +1,143 @@
+//! A real `redis-server` on a loopback port for the fleet-limit tests (Debian's package; the
+//! test command installs it): started, killed with SIGKILL and restarted on the same port,
+//! stopped and continued, driven with `redis-cli`. Shared by the hardened tests and the
+//! library tests (`tests/tests/fleet.rs` includes this file).
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A `redis-server` child process; killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free loopback port, without persistence, and waits until it accepts
+    /// connections.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &std::env::temp_dir().display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect(
+                "spawn redis-server (Debian package redis-server; scripts/test.sh installs it)",
+            );
+        let stdout = child.stdout.take().expect("stdout");
+        let (ready, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !announced && line.contains("Ready to accept connections") {
+                    announced = true;
+                    let _ = ready.send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("redis-server printed `Ready to accept connections` within 20 s");
+        self.child = Some(child);
+    }
+
+    /// The URL to give `--redis`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing was persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `SIGSTOP`: the process holds its sockets and answers nothing.
+    pub fn stop(&self) {
+        self.signal("STOP");
+    }
+
+    /// `SIGCONT`.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// `redis-cli -p PORT ARGS...`: its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// How many times Redis ran `command` (from `INFO commandstats`, lowercase: `evalsha`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly (it does anyway,
+        // but leave nothing behind).
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
