@@ -439,6 +439,32 @@ mod tests {
         }
 
         #[test]
+        fn a_share_is_the_rate_divided_rounded_down_by_less_than_one_an_hour(
+            rate in 1u32.., burst in 1u32.., unit in 0..3u8, parts in 1u32..10_000,
+        ) {
+            let per = [Per::Second, Per::Minute, Per::Hour][usize::from(unit)];
+            let quota = Quota::new(nz(rate), per).burst(nz(burst));
+            let share = quota.share(nz(parts));
+            // Requests per hour, exactly: the share is never above the quota's part, and below
+            // it by less than one request an hour (or it is the least, 1 per its unit).
+            let hourly = |q: Quota| u128::from(q.rate().get()) * u128::from(3600 / q.per().seconds());
+            let part = hourly(quota) * 1_000_000 / u128::from(parts);
+            let got = hourly(share) * 1_000_000;
+            if share.rate().get() == 1 && hourly(quota) < u128::from(parts) {
+                prop_assert_eq!(share.per(), Per::Hour);
+            } else if share.per() == Per::Hour || share.per() == per {
+                prop_assert!(got <= part && part - got < 1_000_000 * u128::from(3600 / share.per().seconds()),
+                    "{} / {} = {}", quota, parts, share);
+            } else {
+                prop_assert_eq!(got, part, "{} / {} = {}", quota, parts, share);
+            }
+            prop_assert_eq!(share.max_burst().get(), (burst / parts).max(1));
+            if parts == 1 {
+                prop_assert_eq!(hourly(share), hourly(quota));
+            }
+        }
+
+        #[test]
         fn any_string_parses_or_errors_without_panicking(input in ".{0,40}") {
             let _ = input.parse::<Quota>();
         }
