@@ -9,3 +9,6 @@ mod coming_from_axum {}
 
 #[cfg_attr(doctest, doc = include_str!("../../docs/edge-security.md"))]
 mod edge_security {}
+
+#[cfg_attr(doctest, doc = include_str!("../../docs/fleet-limits.md"))]
+mod fleet_limits {}

@@ -28,7 +28,7 @@
 //!
 //! # How a check goes
 //!
-//! A request that is not exempt (paths, clients: the same rules as [`RateLimitLayer`]) costs
+//! A request that is not exempt (paths, clients: the same rules as [`RateLimitLayer`](crate::RateLimitLayer)) costs
 //! one `EVALSHA` of a GCRA script on the multiplexed connection that every check of the
 //! process shares (pipelined: concurrent checks do not wait for each other's round trips).
 //! The script reads the time from Redis' `TIME`, so the instances' clocks never matter;
@@ -65,7 +65,7 @@
 //! Redis calls by outcome ([`REDIS_CALLS_TOTAL`](crate::metrics::REDIS_CALLS_TOTAL)), their
 //! latency, script loads, whether the link is connected, the breaker, whether the fallback is
 //! active, and per limiter where each check was decided
-//! ([`FLEET_CHECKS_TOTAL`](crate::metrics::FLEET_CHECKS_TOTAL)); the limiter's allowed and
+//! ([`FLEET_CHECKS_TOTAL`]); the limiter's allowed and
 //! limited counts are the local limit's ([`REQUESTS_TOTAL`](crate::metrics::REQUESTS_TOTAL)).
 //! docs/fleet-limits.md has the alerts.
 

@@ -82,6 +82,8 @@
 //!   request the server serves, for handlers that extract it.
 //! - `config`: `config`, one TOML file for every setting of the composed server
 //!   (`config::ServerConfig`: read, check, apply to a builder); implies `server`.
+//! - `redis`: fleet-wide rate limits kept in Redis (`limit::fleet`, the `redis` keys of
+//!   `config`); implies `limit`.
 //! - `full`: everything.
 #![forbid(unsafe_code)]
 
