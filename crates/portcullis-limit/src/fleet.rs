@@ -87,6 +87,7 @@ use crate::limiter::Limited;
 use crate::metrics::{FLEET_CHECKS_TOTAL, LABEL_DECIDED, LABEL_LIMITER};
 use crate::state::Shared;
 
+mod breaker;
 mod future;
 mod link;
 

@@ -12,7 +12,10 @@
 //! The breaker opens after [`RedisConfig::breaker`]'s run of failed or late calls in a row,
 //! or at once when the connection is lost. While it is open a single task (started on the
 //! first need, holding only a [`Weak`]) probes every cooldown: connect if there is no
-//! connection (loading the script), then one script call on a probe key under the deadline.
+//! connection (loading the script), then one script call on a probe key under the deadline;
+//! a connection that leaves three probes in a row unanswered is replaced (a peer can vanish
+//! without a reset). Every call on a connection also ends after the connect timeout inside
+//! the `redis` crate, so calls abandoned at their deadline do not pile up in its pipeline.
 //! The first probe that succeeds closes the breaker. Checks never wait for a connection, a
 //! probe or a reload: the only wait a request can see is one call's deadline.
 //!
@@ -21,7 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use super::RedisConfig;
+use super::breaker::Breaker;
 use crate::limiter::Limited;
 use crate::metrics::{
     FLEET_FALLBACK_ACTIVE, LABEL_OUTCOME, LABEL_REASON, REDIS_BREAKER_OPEN, REDIS_CALL_DURATION,
@@ -86,13 +90,11 @@ pub(crate) struct Link {
     pub(crate) config: RedisConfig,
     hash: String,
     connection: ArcSwapOption<MultiplexedConnection>,
-    /// Open: checks are decided locally without calling Redis. Starts open: nothing is known
-    /// to answer until the first connection is made.
-    open: AtomicBool,
-    /// Failed or late calls in a row while closed.
-    failures: AtomicU32,
-    /// Whether the recovery task runs.
-    recovering: AtomicBool,
+    /// Open (checks local) or closed; starts open: nothing is known to answer until the first
+    /// connection is made. Also the switch of the recovery task.
+    breaker: Breaker,
+    /// Probes in a row that got no answer on the current connection.
+    silent_probes: AtomicU32,
     metrics: OnceLock<Metrics>,
 }
 
@@ -100,11 +102,10 @@ impl Link {
     pub(crate) fn new(config: RedisConfig) -> Self {
         Self {
             hash: redis::Script::new(SCRIPT).get_hash().to_owned(),
+            breaker: Breaker::new(config.failures.get()),
             config,
             connection: ArcSwapOption::empty(),
-            open: AtomicBool::new(true),
-            failures: AtomicU32::new(0),
-            recovering: AtomicBool::new(false),
+            silent_probes: AtomicU32::new(0),
             metrics: OnceLock::new(),
         }
     }
@@ -121,7 +122,7 @@ impl Link {
 
     /// Whether checks go to Redis now (connected, breaker closed).
     pub(crate) fn available(&self) -> bool {
-        !self.open.load(Ordering::Relaxed)
+        !self.breaker.is_open()
     }
 
     /// The call for one check of `key`, or `None` when the check must be decided locally
@@ -132,7 +133,7 @@ impl Link {
         interval_nanos: u64,
         burst: u32,
     ) -> Option<Call> {
-        if self.open.load(Ordering::Relaxed) {
+        if self.breaker.is_open() {
             self.ensure_recovering();
             return None;
         }
@@ -202,7 +203,7 @@ impl Link {
         match result {
             Ok(Ok(decided)) => {
                 metrics.ok.increment(1);
-                self.failures.store(0, Ordering::Relaxed);
+                self.breaker.success();
                 Outcome::Decided(decided)
             }
             Ok(Err(error)) => {
@@ -210,6 +211,7 @@ impl Link {
                 if error.is_unrecoverable_error() || error.is_io_error() {
                     // The connection is gone: drop it (unless a newer one replaced it already)
                     // and let the recovery task make another.
+                    // (A late error of a connection already replaced changes nothing.)
                     let current = self.connection.load();
                     if current
                         .as_ref()
@@ -217,8 +219,8 @@ impl Link {
                     {
                         drop(self.connection.compare_and_swap(&*current, None));
                         metrics.connected.set(0.0);
+                        self.trip_with(format_args!("connection lost: {error}"));
                     }
-                    self.trip_with(format_args!("connection lost: {error}"));
                 } else {
                     self.failed(format_args!("{error}"));
                 }
@@ -234,11 +236,13 @@ impl Link {
 
     /// One failed call while closed: opens the breaker after enough in a row.
     fn failed(self: &Arc<Self>, why: std::fmt::Arguments<'_>) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= self.config.failures.get() {
-            self.trip_with(format_args!(
+        self.breaker.failure(|failures| {
+            self.report_open(format_args!(
                 "{failures} calls in a row failed, the last: {why}"
             ));
+        });
+        if self.breaker.is_open() {
+            self.ensure_recovering();
         }
     }
 
@@ -246,38 +250,40 @@ impl Link {
         self.trip_with(format_args!("{why}"));
     }
 
-    /// Opens the breaker (logging the transition once) and starts the recovery task.
+    /// Opens the breaker (reporting the transition once) and starts the recovery task.
     fn trip_with(self: &Arc<Self>, why: std::fmt::Arguments<'_>) {
-        if !self.open.swap(true, Ordering::AcqRel) {
-            let metrics = self.metrics();
-            metrics.breaker_open.set(1.0);
-            metrics.fallback.set(1.0);
-            tracing::warn!(
-                redis = %self.config.shown,
-                "fleet rate limits fall back to local limiting (rate / fleet size): {why}"
-            );
-        }
+        self.breaker.trip(|| self.report_open(why));
         self.ensure_recovering();
     }
 
+    /// The gauges and the log line of the breaker opening (run under its transition lock).
+    fn report_open(&self, why: std::fmt::Arguments<'_>) {
+        let metrics = self.metrics();
+        metrics.breaker_open.set(1.0);
+        metrics.fallback.set(1.0);
+        tracing::warn!(
+            redis = %self.config.shown,
+            "fleet rate limits fall back to local limiting (rate / fleet size): {why}"
+        );
+    }
+
     fn close(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open.swap(false, Ordering::AcqRel) {
+        self.breaker.close(|| {
             let metrics = self.metrics();
             metrics.breaker_open.set(0.0);
             metrics.fallback.set(0.0);
             tracing::info!(redis = %self.config.shown, "fleet rate limits are shared in Redis again");
-        }
+        });
     }
 
     /// Starts the recovery task unless it runs (needs a tokio runtime; without one the next
     /// check inside one starts it).
     pub(crate) fn ensure_recovering(self: &Arc<Self>) {
-        if self.recovering.load(Ordering::Relaxed) || self.recovering.swap(true, Ordering::AcqRel) {
+        if !self.breaker.start_recovery() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.recovering.store(false, Ordering::Release);
+            self.breaker.recovery_ended();
             return;
         };
         self.metrics();
@@ -304,6 +310,7 @@ impl Link {
             .await?;
         metrics.loads_connect.increment(1);
         metrics.connected.set(1.0);
+        self.silent_probes.store(0, Ordering::Relaxed);
         self.connection.store(Some(Arc::new(connection)));
         self.close();
         Ok(())
@@ -327,6 +334,7 @@ impl Link {
         let call = self.eval(&connection, &key, 1, u32::MAX);
         match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(_)) => {
+                self.silent_probes.store(0, Ordering::Relaxed);
                 self.close();
                 Ok(())
             }
@@ -337,10 +345,22 @@ impl Link {
                 }
                 Err(error.to_string())
             }
-            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
+            Err(_) => {
+                // A connection that answered none of the last few probes may be dead without
+                // knowing it (a peer gone without a reset): replace it.
+                if self.silent_probes.fetch_add(1, Ordering::Relaxed) + 1 >= SILENT_PROBES {
+                    self.silent_probes.store(0, Ordering::Relaxed);
+                    self.connection.store(None);
+                    self.metrics().connected.set(0.0);
+                }
+                Err(format!("no answer within {:?}", self.config.timeout))
+            }
         }
     }
 }
+
+/// Probes in a row without an answer on one connection before it is replaced by a new one.
+const SILENT_PROBES: u32 = 3;
 
 /// Marks the recovery task as not running when it ends or its runtime drops it, so the next
 /// check starts another.
@@ -349,7 +369,7 @@ struct Recovering(Weak<Link>);
 impl Drop for Recovering {
     fn drop(&mut self) {
         if let Some(link) = self.0.upgrade() {
-            link.recovering.store(false, Ordering::Release);
+            link.breaker.recovery_ended();
         }
     }
 }
@@ -361,7 +381,7 @@ async fn recover(guard: Recovering) {
         let Some(link) = guard.0.upgrade() else {
             return;
         };
-        if !link.open.load(Ordering::Acquire) {
+        if !link.breaker.is_open() {
             return;
         }
         match link.probe().await {
