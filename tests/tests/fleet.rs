@@ -1,6 +1,6 @@
 //! Fleet limits (`portcullis_limit::fleet`) as a tower layer against a real `redis-server` on
 //! loopback: the same 429 as a local limit, the burst and a wait rounded up, one shared
-//! connection and one round trip per check, and fail-closed.
+//! connection and one round trip per check, fail-closed, and a three-node Redis Cluster.
 
 #[path = "../../examples/hardened/tests/common/redis.rs"]
 mod redis;
@@ -206,4 +206,41 @@ async fn while_redis_cannot_decide_a_limit_is_local_or_fails_closed() {
         fields.contains(&("retry-after".to_owned(), "1".to_owned())),
         "{fields:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_spreads_the_clients_over_its_nodes_and_keeps_each_quota() {
+    let nodes = RedisServer::cluster();
+    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+    let redis = connected(&urls.join(",")).await;
+    let service = RateLimitLayer::per_client("2/m".parse().expect("a quota"))
+        .name("api")
+        .fleet(&redis)
+        .layer()
+        .layer(app());
+    for i in 0..30 {
+        let client = format!("10.1.0.{i}");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(call(&service, &client).await.0);
+        }
+        assert_eq!(
+            got,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ],
+            "{client}"
+        );
+    }
+    // 30 clients hash-tagged on their address: every node holds some of them.
+    for node in &nodes {
+        let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
+        assert!(
+            keys > 0,
+            "a node without keys: the keys are not spread over the slots"
+        );
+    }
+    assert!(redis.available());
 }

@@ -153,10 +153,20 @@ fn shown(url: &str) -> String {
     }
 }
 
+/// What a link connects to.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// One Redis (a primary, or a proxy in front of several).
+    Single(redis::Client),
+    /// A Redis Cluster, from its seed nodes (the client is made on connecting, with the
+    /// link's timeouts).
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
 /// The configuration of a [`Redis`] link: the URL, the deadline, the breaker.
 #[derive(Clone)]
 pub struct RedisConfig {
-    pub(crate) client: redis::Client,
+    pub(crate) target: Target,
     pub(crate) shown: String,
     pub(crate) timeout: Duration,
     pub(crate) failures: NonZeroU32,
@@ -167,25 +177,69 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// The Redis at `url` (`redis://[:PASSWORD@]HOST[:PORT][/DB]`, `rediss://` when the
-    /// `redis` crate's TLS is enabled, `redis+unix:///PATH`). Nothing is connected yet.
+    /// `redis` crate's TLS is enabled, `redis+unix:///PATH`), or, given several URLs separated
+    /// by commas, the Redis Cluster they are seed nodes of (as [`RedisConfig::cluster`]).
+    /// Nothing is connected yet.
     ///
     /// # Errors
     ///
     /// [`RedisUrlError`] naming the URL when it cannot be parsed.
     pub fn new(url: &str) -> Result<Self, RedisUrlError> {
+        if url.contains(',') {
+            return Self::cluster(url.split(',').map(str::trim));
+        }
         let client = redis::Client::open(url).map_err(|source| RedisUrlError {
             url: shown(url),
             source,
         })?;
-        Ok(Self {
-            client,
-            shown: shown(url),
+        Ok(Self::with_target(Target::Single(client), shown(url)))
+    }
+
+    /// The Redis Cluster whose seed nodes are at `urls`: keys are spread over its slots, a
+    /// check goes to the node holding its key (redirections followed by the `redis` crate).
+    ///
+    /// # Errors
+    ///
+    /// [`RedisUrlError`] naming the URL that cannot be parsed, or the list when it is empty.
+    pub fn cluster<'a>(urls: impl IntoIterator<Item = &'a str>) -> Result<Self, RedisUrlError> {
+        let urls: Vec<&str> = urls.into_iter().collect();
+        let list = urls
+            .iter()
+            .map(|url| shown(url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let node = redis::IntoConnectionInfo::into_connection_info(*url).map_err(|source| {
+                RedisUrlError {
+                    url: shown(url),
+                    source,
+                }
+            })?;
+            nodes.push(node);
+        }
+        if nodes.is_empty() {
+            return Err(RedisUrlError {
+                url: list,
+                source: redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no seed node",
+                )),
+            });
+        }
+        Ok(Self::with_target(Target::Cluster(nodes), list))
+    }
+
+    fn with_target(target: Target, shown: String) -> Self {
+        Self {
+            target,
+            shown,
             timeout: DEFAULT_REDIS_TIMEOUT,
             failures: DEFAULT_BREAKER_FAILURES,
             cooldown: DEFAULT_BREAKER_COOLDOWN,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
-        })
+        }
     }
 
     /// The deadline of every check's call (default [`DEFAULT_REDIS_TIMEOUT`]): the longest a

@@ -96,7 +96,7 @@ struct Flags {
     /// Clients never banned (a CIDR range or an address; trusted proxies never are either); repeatable.
     #[arg(long, value_name = "CIDR", value_parser = cidr)]
     ban_exempt: Vec<IpNet>,
-    /// Redis keeping the --rate limit for every instance that shares it: redis://HOST:PORT/DB, with :PASSWORD@ before HOST if it needs one; off unless given.
+    /// Redis keeping the --rate limit for every instance that shares it: redis://HOST:PORT/DB, with :PASSWORD@ before HOST if it needs one (several, comma-separated: a Redis Cluster's seed nodes); off unless given.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Instances sharing the --redis quota: while Redis is slow or down each one limits locally at rate / N. [default: 1]

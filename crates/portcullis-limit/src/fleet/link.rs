@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
 
-use super::RedisConfig;
 use super::breaker::Breaker;
+use super::{RedisConfig, Target};
 use crate::limiter::Limited;
 use crate::metrics::{
     FLEET_FALLBACK_ACTIVE, LABEL_OUTCOME, LABEL_REASON, REDIS_BREAKER_OPEN, REDIS_CALL_DURATION,
@@ -53,6 +54,22 @@ pub(crate) enum Outcome {
 
 /// A check's call to Redis, deadline included.
 pub(crate) type Call = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// The shared connection: multiplexed (pipelined) either way, cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: FromRedisValue>(&mut self, command: &Cmd) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(connection) => command.query_async(connection).await,
+            Connection::Cluster(connection) => command.query_async(connection).await,
+        }
+    }
+}
 
 /// The metric handles of a link, resolved on first use.
 struct Metrics {
@@ -89,7 +106,7 @@ impl Metrics {
 pub(crate) struct Link {
     pub(crate) config: RedisConfig,
     hash: String,
-    connection: ArcSwapOption<MultiplexedConnection>,
+    connection: ArcSwapOption<Connection>,
     /// Open (checks local) or closed; starts open: nothing is known to answer until the first
     /// connection is made. Also the switch of the recovery task.
     breaker: Breaker,
@@ -154,31 +171,30 @@ impl Link {
     /// `EVAL` with the source, which loads it again, within the same deadline.
     async fn eval(
         &self,
-        connection: &MultiplexedConnection,
+        connection: &Connection,
         key: &[u8],
         interval_nanos: u64,
         burst: u32,
     ) -> Result<Result<(), Limited>, RedisError> {
         let mut connection = connection.clone();
-        let reply: Result<(i64, i64), RedisError> = redis::cmd("EVALSHA")
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
             .arg(&self.hash)
             .arg(1)
             .arg(key)
             .arg(interval_nanos)
-            .arg(burst)
-            .query_async(&mut connection)
-            .await;
+            .arg(burst);
+        let reply: Result<(i64, i64), RedisError> = connection.query(&evalsha).await;
         let reply = match reply {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.metrics().loads_noscript.increment(1);
-                redis::cmd("EVAL")
-                    .arg(SCRIPT)
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(SCRIPT)
                     .arg(1)
                     .arg(key)
                     .arg(interval_nanos)
-                    .arg(burst)
-                    .query_async(&mut connection)
-                    .await
+                    .arg(burst);
+                connection.query(&eval).await
             }
             reply => reply,
         };
@@ -195,7 +211,7 @@ impl Link {
     fn settle(
         self: &Arc<Self>,
         result: Result<Result<Result<(), Limited>, RedisError>, tokio::time::error::Elapsed>,
-        connection: &Arc<MultiplexedConnection>,
+        connection: &Arc<Connection>,
         started: Instant,
     ) -> Outcome {
         let metrics = self.metrics();
@@ -295,19 +311,32 @@ impl Link {
     pub(crate) async fn connect(&self) -> Result<(), RedisError> {
         // The gauges exist (the fallback active) from the first attempt on, whatever its end.
         let metrics = self.metrics();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(Some(self.config.connect_timeout));
-        let mut connection = self
-            .config
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let _hash: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(SCRIPT)
-            .query_async(&mut connection)
-            .await?;
+        let timeout = Some(self.config.connect_timeout);
+        let mut connection = match &self.config.target {
+            Target::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                Connection::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Target::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.iter().cloned())
+                    // Redirections are followed; errors are the breaker's to count.
+                    .retries(1)
+                    .connection_timeout(self.config.connect_timeout)
+                    .response_timeout(self.config.connect_timeout)
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+        };
+        // A cluster sends it to every primary.
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(SCRIPT);
+        let _loaded: redis::Value = connection.query(&load).await?;
         metrics.loads_connect.increment(1);
         metrics.connected.set(1.0);
         self.silent_probes.store(0, Ordering::Relaxed);

@@ -189,7 +189,8 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "de::nets")]
     pub ban_exempt: Vec<IpNet>,
     /// `redis`: the Redis that keeps the `rate` limit for every instance sharing it
-    /// (`redis://[:PASSWORD@]HOST[:PORT][/DB]`; crate feature `redis`,
+    /// (`redis://[:PASSWORD@]HOST[:PORT][/DB]`, or comma-separated URLs of a Redis Cluster's
+    /// seed nodes; crate feature `redis`,
     /// [`ServerConfig::fleet_limit`]). Default none: each instance limits alone.
     pub redis: Option<String>,
     /// `fleet-size`: how many instances share the `redis` quota; while Redis fails each one

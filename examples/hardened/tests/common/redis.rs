@@ -13,19 +13,69 @@ use std::time::Duration;
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra arguments (a cluster node's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free loopback port, without persistence, and waits until it accepts
     /// connections.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = Self { port, child: None };
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(extra: Vec<String>) -> Self {
+        let port = free_port();
+        let mut server = Self {
+            port,
+            child: None,
+            extra,
+        };
         server.spawn();
         server
+    }
+
+    /// Three primaries of a fresh Redis Cluster (no replicas), every slot assigned, once
+    /// `CLUSTER INFO` says `cluster_state:ok` (polled, at most 30 s).
+    pub fn cluster() -> Vec<Self> {
+        let dir = std::env::temp_dir().join(format!("portcullis-cluster-{}", free_port()));
+        std::fs::create_dir_all(&dir).expect("a directory for the nodes' files");
+        let nodes: Vec<Self> = (0..3)
+            .map(|i| {
+                let conf = dir.join(format!("nodes-{i}.conf"));
+                Self::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.display().to_string(),
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create: {output:?}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster not ok within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        nodes
     }
 
     fn spawn(&mut self) {
@@ -39,6 +89,7 @@ impl RedisServer {
                 "--dir",
                 &std::env::temp_dir().display().to_string(),
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -127,6 +178,13 @@ impl RedisServer {
             .and_then(|calls| calls.parse().ok())
             .unwrap_or(0)
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 impl Drop for RedisServer {
