@@ -31,6 +31,13 @@ fn emitted() -> BTreeSet<&'static str> {
         limit::BAN_OFFENDERS,
         limit::BAN_EVICTIONS_TOTAL,
         limit::BAN_REJECTIONS_TOTAL,
+        limit::REDIS_CALLS_TOTAL,
+        limit::REDIS_CALL_DURATION,
+        limit::REDIS_SCRIPT_LOADS_TOTAL,
+        limit::REDIS_CONNECTED,
+        limit::REDIS_BREAKER_OPEN,
+        limit::FLEET_FALLBACK_ACTIVE,
+        limit::FLEET_CHECKS_TOTAL,
         tls::HANDSHAKES_TOTAL,
         tls::HANDSHAKE_FAILURES_TOTAL,
         tls::RELOADS_TOTAL,
@@ -115,6 +122,7 @@ fn the_guides_name_only_catalogue_metrics() {
         ("production-checklist.md", 20),
         ("tuning.md", 4),
         ("coming-from-axum.md", 3),
+        ("fleet-limits.md", 7),
     ] {
         let used = mentioned(&doc(name));
         assert!(
