@@ -56,9 +56,15 @@ fn every_key_parses() {
         ban-for = "2m"
         ban-max = "2h"
         ban-exempt = ["10.9.0.0/16"]
+        redis = "redis://127.0.0.1:6379/"
+        fleet-size = 4
+        redis-timeout = "10ms"
         "#,
     )
     .expect("parses");
+    assert_eq!(config.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
+    assert_eq!(config.fleet_size.map(NonZeroU32::get), Some(4));
+    assert_eq!(config.redis_timeout, Duration::from_millis(10));
     assert_eq!(config.ban_for, Duration::from_secs(120));
     assert_eq!(config.ban_after.map(NonZeroU32::get), Some(10));
     assert_eq!(config.listen.len(), 2);
@@ -74,7 +80,7 @@ fn every_key_parses() {
     assert_eq!(config.acceptors.map(NonZeroUsize::get), Some(2));
     assert!(config.proxy_protocol && config.per_core);
     // Every key of the list is one the struct reads: a file setting all of them parses.
-    assert_eq!(ServerConfig::KEYS.len(), 24);
+    assert_eq!(ServerConfig::KEYS.len(), 27);
 }
 
 fn error(text: &str) -> ConfigError {
