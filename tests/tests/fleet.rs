@@ -83,6 +83,7 @@ async fn a_refusal_carries_the_same_fields_as_a_local_limits() {
         .name("api")
         .layer()
         .layer(app());
+    let before = server.calls("evalsha");
     let mut fleet_got = Vec::new();
     let mut local_got = Vec::new();
     for _ in 0..3 {
@@ -98,10 +99,12 @@ async fn a_refusal_carries_the_same_fields_as_a_local_limits() {
         "{fleet_got:?}"
     );
     // Hash-tagged on the client, expiring once the key is fresh again (2 requests at 30 s).
-    let ttl: u64 = server
-        .cli(&["PTTL", "portcullis:api:{203.0.113.7}"])
-        .parse()
-        .expect("a number");
+    let key = server.key_of("203.0.113.7");
+    assert_eq!(key, "portcullis:api:30000000000n2b:{ip:203.0.113.7}");
+    // Three checks, each decided in Redis (one EVALSHA each, no fallback): the fields above
+    // came from the script.
+    assert_eq!(server.calls("evalsha") - before, 3);
+    let ttl: u64 = server.cli(&["PTTL", &key]).parse().expect("a number");
     assert!(ttl > 0 && ttl <= 60_000, "PTTL {ttl}");
 }
 
@@ -121,6 +124,7 @@ async fn the_burst_is_kept_and_the_wait_rounded_up() {
         .fleet(&redis)
         .layer()
         .layer(app());
+    let before = server.calls("evalsha");
     let started = Instant::now();
     let mut statuses = Vec::new();
     for _ in 0..6 {
@@ -138,6 +142,42 @@ async fn the_burst_is_kept_and_the_wait_rounded_up() {
         "wait {wait:?} after {elapsed:?}"
     );
     assert!(wait <= Duration::from_millis(334), "wait {wait:?}");
+    // Redis decided every check, and its wait is whole milliseconds (rounded up in the
+    // script); a local decision would be to the nanosecond.
+    assert_eq!(server.calls("evalsha") - before, 6);
+    assert_eq!(wait.subsec_nanos() % 1_000_000, 0, "wait {wait:?}");
+}
+
+#[tokio::test]
+async fn a_global_limit_is_one_state_whatever_the_client() {
+    let server = RedisServer::start();
+    let redis = connected(&server.url()).await;
+    // Exempt clients make the layer resolve each client; the quota stays one for all.
+    let service = RateLimitLayer::global("2/m".parse().expect("a quota"))
+        .name("all")
+        .exempt_clients("192.0.2.0/24".parse().expect("a range"))
+        .fleet(&redis)
+        .layer()
+        .layer(app());
+    let mut got = Vec::new();
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        got.push(call(&service, client).await.0);
+    }
+    assert_eq!(
+        got,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(
+        call(&service, "192.0.2.9").await.0,
+        StatusCode::OK,
+        "exempt"
+    );
+    let keys = server.cli(&["KEYS", "portcullis:all:*"]);
+    assert_eq!(keys, "portcullis:all:30000000000n2b:{global}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +274,15 @@ async fn a_cluster_spreads_the_clients_over_its_nodes_and_keeps_each_quota() {
             "{client}"
         );
     }
-    // 30 clients hash-tagged on their address: every node holds some of them.
+    // Each key's slot is its client part's (the hash tag), and 30 clients land on every node.
+    for i in [0, 7, 29] {
+        let client = format!("ip:10.1.0.{i}");
+        let full = format!("portcullis:api:30000000000n2b:{{{client}}}");
+        assert_eq!(
+            nodes[0].cli(&["CLUSTER", "KEYSLOT", &full]),
+            nodes[0].cli(&["CLUSTER", "KEYSLOT", &client])
+        );
+    }
     for node in &nodes {
         let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
         assert!(

@@ -39,10 +39,11 @@
 //! another 429). Refused requests get the same 429 as a local limit: `Retry-After`,
 //! `RateLimit-Policy` with the fleet's quota, `RateLimit`.
 //!
-//! Keys are `PREFIX:LIMITER:{KEY}` ([`RedisConfig::key_prefix`], [`RateLimitBuilder::name`],
-//! the client address or the application's key): one key per script call, hash-tagged on the
-//! client key so Redis Cluster spreads clients over its slots. Instances share a quota when
-//! they use the same prefix and limiter name.
+//! Keys are `PREFIX:LIMITER:QUOTA:{KEY}` ([`RedisConfig::key_prefix`],
+//! [`RateLimitBuilder::name`], the quota as `INTERVALnBURSTb`, and `ip:ADDRESS`, `k:HEX` of
+//! the application's key, or `global`): one key per script call, its slot chosen by the
+//! client's part alone, so a Redis Cluster puts different clients on different nodes.
+//! Instances share a quota when they use the same prefix, limiter name and quota.
 //!
 //! # When Redis fails
 //!
@@ -127,7 +128,7 @@ impl fmt::Display for RedisUrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "invalid Redis URL {}: {} (expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// or redis+unix://)",
+            "invalid Redis URL {}: {} (expected redis://[:PASSWORD@]HOST[:PORT][/DB] or redis+unix:///PATH)",
             self.url, self.source
         )
     }
@@ -139,12 +140,27 @@ impl std::error::Error for RedisUrlError {
     }
 }
 
+/// The URLs of a comma-separated list: split only where a new `redis` URL begins, so a comma
+/// inside a password never splits (and never prints part of it).
+fn split_nodes(list: &str) -> Vec<&str> {
+    let mut nodes = Vec::new();
+    let mut start = 0;
+    for (at, _) in list.match_indices(',') {
+        if list[at + 1..].trim_start().starts_with("redis") {
+            nodes.push(list[start..at].trim());
+            start = at + 1;
+        }
+    }
+    nodes.push(list[start..].trim());
+    nodes
+}
+
 /// `url` with the password of its user information replaced by `***`.
 fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_owned(),
@@ -176,8 +192,8 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The Redis at `url` (`redis://[:PASSWORD@]HOST[:PORT][/DB]`, `rediss://` when the
-    /// `redis` crate's TLS is enabled, `redis+unix:///PATH`), or, given several URLs separated
+    /// The Redis at `url` (`redis://[:PASSWORD@]HOST[:PORT][/DB]` or `redis+unix:///PATH`;
+    /// this build has no TLS to Redis), or, given several URLs separated
     /// by commas, the Redis Cluster they are seed nodes of (as [`RedisConfig::cluster`]).
     /// Nothing is connected yet.
     ///
@@ -185,8 +201,9 @@ impl RedisConfig {
     ///
     /// [`RedisUrlError`] naming the URL when it cannot be parsed.
     pub fn new(url: &str) -> Result<Self, RedisUrlError> {
-        if url.contains(',') {
-            return Self::cluster(url.split(',').map(str::trim));
+        let nodes = split_nodes(url);
+        if nodes.len() > 1 {
+            return Self::cluster(nodes);
         }
         let client = redis::Client::open(url).map_err(|source| RedisUrlError {
             url: shown(url),
@@ -318,7 +335,8 @@ impl Redis {
         self.link.available()
     }
 
-    /// One attempt to connect now (at start-up, to begin shared), loading the script. On
+    /// One attempt to connect now (at start-up, to begin shared), loading the script, then one
+    /// check on a probe key under the deadline; checks are shared from its success on. On
     /// failure checks stay local and the link keeps trying on its own once checks come.
     ///
     /// # Errors
@@ -327,12 +345,20 @@ impl Redis {
     pub async fn connect(&self) -> Result<(), redis::RedisError> {
         let timeout = self.link.config.connect_timeout;
         match tokio::time::timeout(timeout, self.link.connect()).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {timeout:?}"),
-            ))),
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {timeout:?}"),
+                )));
+            }
         }
+        // Shared only once a check's call fits the deadline.
+        self.link.probe().await.map_err(|why| {
+            redis::RedisError::from(std::io::Error::other(format!(
+                "connected, but the first check failed: {why}"
+            )))
+        })
     }
 }
 
@@ -408,16 +434,27 @@ impl<C: Clock> FleetBuilder<C> {
         let quota = self.limit.quota;
         let name = self.limit.name;
         let local = quota.share(self.size);
-        let mut prefix = self.redis.link.config.prefix.as_bytes().to_vec();
-        prefix.push(b':');
-        prefix.extend_from_slice(name.as_bytes());
-        prefix.extend_from_slice(b":{");
+        let global = matches!(self.limit.key_by, crate::KeyBy::Global);
+        let interval_nanos = u64::try_from(quota.interval().as_nanos()).unwrap_or(u64::MAX);
+        // PREFIX:NAME:QUOTA:{KEY}. The quota is part of the key so that two limits of one
+        // name (two unnamed ones) with different quotas never share a state; braces in the
+        // prefix or the name would move the hash tag, so they are replaced.
+        let tag_safe = |text: &str| text.replace(['{', '}'], "_");
+        let prefix = format!(
+            "{}:{}:{}n{}b:{{",
+            tag_safe(&self.redis.link.config.prefix),
+            tag_safe(name),
+            interval_nanos,
+            quota.max_burst()
+        )
+        .into_bytes();
         FleetLimitLayer {
             shared: Arc::new(FleetShared {
                 local: Arc::new(Shared::with_local_quota(self.limit, local)),
                 redis: self.redis,
-                interval_nanos: u64::try_from(quota.interval().as_nanos()).unwrap_or(u64::MAX),
+                interval_nanos,
                 burst: quota.max_burst().get(),
+                global,
                 local_quota: local,
                 size: self.size,
                 fail_closed: self.fail_closed,
@@ -455,7 +492,9 @@ pub(crate) struct FleetShared<C: Clock> {
     local_quota: Quota,
     size: NonZeroU32,
     fail_closed: bool,
-    /// `PREFIX:LIMITER:{`; the key and `}` follow.
+    /// A global limit: one Redis key for every request.
+    global: bool,
+    /// `PREFIX:LIMITER:QUOTA:{`; the key and `}` follow.
     key_prefix: Box<[u8]>,
     metrics: OnceLock<FleetMetrics>,
 }
@@ -476,7 +515,12 @@ impl<C: Clock> FleetShared<C> {
     fn begin(&self, key: &Key) -> Option<link::Call> {
         let mut redis_key = Vec::with_capacity(self.key_prefix.len() + 48);
         redis_key.extend_from_slice(&self.key_prefix);
-        key.write_to(&mut redis_key);
+        if self.global {
+            // One state for everyone, whatever client the exemptions resolved.
+            redis_key.extend_from_slice(b"global");
+        } else {
+            key.write_to(&mut redis_key);
+        }
         redis_key.push(b'}');
         self.redis
             .link
@@ -634,5 +678,17 @@ mod tests {
         assert_eq!(shown("redis://app:hunter2@db/"), "redis://app:***@db/");
         assert_eq!(shown("redis://db:6379"), "redis://db:6379");
         assert_eq!(shown("redis://user@db"), "redis://user@db");
+        assert_eq!(shown("redis://:p@ss@db/"), "redis://:***@db/");
+    }
+
+    #[test]
+    fn lists_split_only_where_a_url_begins() {
+        use super::split_nodes;
+        assert_eq!(split_nodes("redis://a:1/"), ["redis://a:1/"]);
+        assert_eq!(
+            split_nodes("redis://a:1/, redis://b:2/,rediss://c:3/"),
+            ["redis://a:1/", "redis://b:2/", "rediss://c:3/"]
+        );
+        assert_eq!(split_nodes("redis://:pa,ss@db/"), ["redis://:pa,ss@db/"]);
     }
 }

@@ -73,15 +73,22 @@ impl Key {
 }
 
 impl Key {
-    /// Appends the key's bytes as a Redis key part: an address in its text form, bytes as they
-    /// are (Redis keys are binary safe).
+    /// Appends the key as a Redis key part: `ip:` and an address in its text form, or `k:`
+    /// and bytes in hex. The kinds never collide (a header valued `10.0.0.5` is not the client
+    /// 10.0.0.5), and no byte a client chooses can be a brace that moves the hash tag (and so
+    /// pick the Cluster slot).
     #[cfg(feature = "redis")]
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         use std::io::Write as _;
         match &self.0 {
             // Writing to a Vec cannot fail.
-            Repr::Ip(ip) => drop(write!(out, "{ip}")),
-            Repr::Bytes(bytes) => out.extend_from_slice(bytes),
+            Repr::Ip(ip) => drop(write!(out, "ip:{ip}")),
+            Repr::Bytes(bytes) => {
+                out.extend_from_slice(b"k:");
+                for byte in bytes.iter() {
+                    drop(write!(out, "{byte:02x}"));
+                }
+            }
         }
     }
 }

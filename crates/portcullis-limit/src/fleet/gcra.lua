@@ -5,6 +5,10 @@
 -- ARGV[2]: the burst: how many requests may arrive at once.
 -- Returns {1, 0} when the request is allowed (and counted), {0, wait} when it is not, wait
 -- being the milliseconds until one more request would be allowed, rounded up.
+-- Redis before 5.0 refuses writes after TIME unless effects are replicated (the default from 5.0).
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
 local interval = tonumber(ARGV[1]) / 1000000
 local burst = tonumber(ARGV[2])
 -- Redis' own clock: every instance of the fleet reads the same one.
@@ -19,5 +23,6 @@ local allowed_at = next_tat - burst * interval
 if allowed_at > now then
   return {0, math.max(1, math.ceil(allowed_at - now))}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.max(1, math.ceil(next_tat - now)))
+-- Stored to the microsecond, rounded up: rounding never admits more than the quota.
+redis.call('SET', KEYS[1], string.format('%.3f', math.ceil(next_tat * 1000) / 1000), 'PX', math.max(1, math.ceil(next_tat - now)))
 return {1, 0}

@@ -13,8 +13,8 @@
 //! or at once when the connection is lost. While it is open a single task (started on the
 //! first need, holding only a [`Weak`]) probes every cooldown: connect if there is no
 //! connection (loading the script), then one script call on a probe key under the deadline;
-//! a connection that leaves three probes in a row unanswered is replaced (a peer can vanish
-//! without a reset). Every call on a connection also ends after the connect timeout inside
+//! a connection that fails three probes in a row is replaced (a peer can vanish without a
+//! reset, a failover can leave it on a read-only replica). Every call on a connection also ends after the connect timeout inside
 //! the `redis` crate, so calls abandoned at their deadline do not pile up in its pipeline.
 //! The first probe that succeeds closes the breaker. Checks never wait for a connection, a
 //! probe or a reload: the only wait a request can see is one call's deadline.
@@ -110,8 +110,10 @@ pub(crate) struct Link {
     /// Open (checks local) or closed; starts open: nothing is known to answer until the first
     /// connection is made. Also the switch of the recovery task.
     breaker: Breaker,
-    /// Probes in a row that got no answer on the current connection.
-    silent_probes: AtomicU32,
+    /// Probes in a row that failed on the current connection.
+    failed_probes: AtomicU32,
+    /// The runtime the first connection was made on: recovery runs there.
+    runtime: OnceLock<tokio::runtime::Handle>,
     metrics: OnceLock<Metrics>,
 }
 
@@ -122,7 +124,8 @@ impl Link {
             breaker: Breaker::new(config.failures.get()),
             config,
             connection: ArcSwapOption::empty(),
-            silent_probes: AtomicU32::new(0),
+            failed_probes: AtomicU32::new(0),
+            runtime: OnceLock::new(),
             metrics: OnceLock::new(),
         }
     }
@@ -224,17 +227,12 @@ impl Link {
             }
             Ok(Err(error)) => {
                 metrics.error.increment(1);
-                if error.is_unrecoverable_error() || error.is_io_error() {
-                    // The connection is gone: drop it (unless a newer one replaced it already)
-                    // and let the recovery task make another.
-                    // (A late error of a connection already replaced changes nothing.)
-                    let current = self.connection.load();
-                    if current
-                        .as_ref()
-                        .is_some_and(|current| Arc::ptr_eq(current, connection))
-                    {
-                        drop(self.connection.compare_and_swap(&*current, None));
-                        metrics.connected.set(0.0);
+                if replaces_connection(&error) {
+                    // The connection is gone, or talks to a node that cannot take writes (a
+                    // demoted primary after a failover): drop it, unless a newer one replaced
+                    // it already (a late error of an old connection changes nothing), and let
+                    // the recovery task make another.
+                    if self.drop_connection(connection) {
                         self.trip_with(format_args!("connection lost: {error}"));
                     }
                 } else {
@@ -248,6 +246,22 @@ impl Link {
                 Outcome::Failed
             }
         }
+    }
+
+    /// Drops `connection` if it is still the current one; `true` if it was.
+    fn drop_connection(&self, connection: &Arc<Connection>) -> bool {
+        let current = self.connection.load_full();
+        let Some(current) = current.filter(|current| Arc::ptr_eq(current, connection)) else {
+            return false;
+        };
+        let previous = self.connection.compare_and_swap(&Some(current), None);
+        let dropped = previous
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, connection));
+        if dropped {
+            self.metrics().connected.set(0.0);
+        }
+        dropped
     }
 
     /// One failed call while closed: opens the breaker after enough in a row.
@@ -298,19 +312,31 @@ impl Link {
         if !self.breaker.start_recovery() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.breaker.recovery_ended();
-            return;
+        // The runtime of the first connection (hardened's main runtime), so that under
+        // per-core runtimes the connection's driver never lives on one busy core's thread.
+        let runtime = match self.runtime.get() {
+            Some(runtime) => runtime.clone(),
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => runtime,
+                Err(_) => {
+                    self.breaker.recovery_ended();
+                    return;
+                }
+            },
         };
         self.metrics();
         let guard = Recovering(Arc::downgrade(self));
         runtime.spawn(recover(guard));
     }
 
-    /// One attempt to connect now: a new connection, with the script loaded.
+    /// One attempt to connect now: a new connection, with the script loaded. It does not
+    /// close the breaker: only a probe answered within the deadline does.
     pub(crate) async fn connect(&self) -> Result<(), RedisError> {
         // The gauges exist (the fallback active) from the first attempt on, whatever its end.
         let metrics = self.metrics();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = self.runtime.set(runtime);
+        }
         let timeout = Some(self.config.connect_timeout);
         let mut connection = match &self.config.target {
             Target::Single(client) => {
@@ -339,57 +365,76 @@ impl Link {
         let _loaded: redis::Value = connection.query(&load).await?;
         metrics.loads_connect.increment(1);
         metrics.connected.set(1.0);
-        self.silent_probes.store(0, Ordering::Relaxed);
+        self.failed_probes.store(0, Ordering::Relaxed);
         self.connection.store(Some(Arc::new(connection)));
-        self.close();
         Ok(())
     }
 
     /// One probe while the breaker is open: a connection (made if there is none), then one
-    /// script call on the probe key under the deadline. `Ok` closes the breaker.
-    async fn probe(&self) -> Result<(), String> {
-        let Some(connection) = self.connection.load_full() else {
-            return match tokio::time::timeout(self.config.connect_timeout, self.connect()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!(
-                    "no connection within {:?}",
-                    self.config.connect_timeout
-                )),
-            };
+    /// script call on the probe key under the check's deadline. `Ok` closes the breaker: a
+    /// Redis that answers, but slower than the deadline, stays behind an open breaker instead
+    /// of costing every request the deadline.
+    pub(crate) async fn probe(&self) -> Result<(), String> {
+        let connection = match self.connection.load_full() {
+            Some(connection) => connection,
+            None => {
+                match tokio::time::timeout(self.config.connect_timeout, self.connect()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error.to_string()),
+                    Err(_) => {
+                        return Err(format!(
+                            "no connection within {:?}",
+                            self.config.connect_timeout
+                        ));
+                    }
+                }
+                self.connection
+                    .load_full()
+                    .ok_or_else(|| "the new connection was lost at once".to_owned())?
+            }
         };
-        let mut key = self.config.prefix.as_bytes().to_vec();
+        let mut key = self.config.prefix.replace(['{', '}'], "_").into_bytes();
         key.extend_from_slice(b":probe");
         let call = self.eval(&connection, &key, 1, u32::MAX);
-        match tokio::time::timeout(self.config.timeout, call).await {
+        let error = match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(_)) => {
-                self.silent_probes.store(0, Ordering::Relaxed);
+                self.failed_probes.store(0, Ordering::Relaxed);
                 self.close();
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(error)) => {
-                if error.is_unrecoverable_error() || error.is_io_error() {
-                    self.connection.store(None);
-                    self.metrics().connected.set(0.0);
-                }
-                Err(error.to_string())
+            Ok(Err(error)) if replaces_connection(&error) => {
+                self.drop_connection(&connection);
+                return Err(error.to_string());
             }
-            Err(_) => {
-                // A connection that answered none of the last few probes may be dead without
-                // knowing it (a peer gone without a reset): replace it.
-                if self.silent_probes.fetch_add(1, Ordering::Relaxed) + 1 >= SILENT_PROBES {
-                    self.silent_probes.store(0, Ordering::Relaxed);
-                    self.connection.store(None);
-                    self.metrics().connected.set(0.0);
-                }
-                Err(format!("no answer within {:?}", self.config.timeout))
-            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", self.config.timeout),
+        };
+        // A connection that failed the last few probes may be dead without knowing it (a
+        // peer gone without a reset), or stuck on a node in trouble: replace it.
+        if self.failed_probes.fetch_add(1, Ordering::Relaxed) + 1 >= FAILED_PROBES {
+            self.failed_probes.store(0, Ordering::Relaxed);
+            self.drop_connection(&connection);
         }
+        Err(error)
     }
 }
 
-/// Probes in a row without an answer on one connection before it is replaced by a new one.
-const SILENT_PROBES: u32 = 3;
+/// Whether `error` means the connection must be replaced: it is gone (I/O), the `redis` crate
+/// says so, or the node behind it cannot take the script's write (`READONLY`: a primary
+/// demoted by a failover behind one address; `MASTERDOWN`), or the handshake went wrong.
+fn replaces_connection(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::Parse
+        )
+}
+
+/// Failed probes in a row on one connection before it is replaced by a new one.
+const FAILED_PROBES: u32 = 3;
 
 /// Marks the recovery task as not running when it ends or its runtime drops it, so the next
 /// check starts another.

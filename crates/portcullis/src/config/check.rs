@@ -17,6 +17,7 @@
 //! | `ban-max` | below `ban-for` | bans never escalate |
 //! | `allow` | given, without the loopback range | the server's own health checks from the host are refused |
 //! | `fleet-size`, `redis-timeout` | set without `redis` | they do nothing |
+//! | `redis` | without `fleet-size` | while Redis fails every instance limits at the whole rate |
 //! | `redis-timeout` | above 50 ms | every request may wait that long for a slow Redis before it is decided locally |
 
 use std::fmt;
@@ -312,7 +313,6 @@ fn max_conns_warning(max_conns: usize, nofile: Option<u64>) -> Option<Issue> {
     })
 }
 
-/// Whether `net` holds every IPv4 address (also as IPv4-mapped IPv6) or every IPv6 address.
 impl ServerConfig {
     fn redis_warnings(&self, warnings: &mut Vec<Issue>) {
         if self.redis.is_none() {
@@ -332,13 +332,21 @@ impl ServerConfig {
                         .text(": it does nothing"),
                 );
             }
-        } else if self.redis_timeout > REDIS_TIMEOUT_WARNING {
-            warnings.push(Issue::about("redis-timeout").text(format!(
-                " is {}: while Redis is slow every rate-limited request waits that long before \
+        } else {
+            if self.fleet_size.is_none() {
+                warnings.push(Issue::about("redis").text(" is set without ").key("fleet-size").text(
+                    ": while Redis fails each instance limits at the whole rate, so the fleet \
+                     lets its size times the rate through; set it to the number of instances",
+                ));
+            }
+            if self.redis_timeout > REDIS_TIMEOUT_WARNING {
+                warnings.push(Issue::about("redis-timeout").text(format!(
+                    " is {}: while Redis is slow every rate-limited request waits that long before \
                  it is decided locally; a few milliseconds (the default is 5ms) is enough for a \
                  Redis on the same network",
-                humantime_ms(self.redis_timeout)
-            )));
+                    humantime_ms(self.redis_timeout)
+                )));
+            }
         }
     }
 }
@@ -364,6 +372,7 @@ fn redis_url_error(_url: &str) -> Option<String> {
     Some("`redis` needs portcullis built with the `redis` feature".to_owned())
 }
 
+/// Whether `net` holds every IPv4 address (also as IPv4-mapped IPv6) or every IPv6 address.
 fn covers_everyone(net: &IpNet) -> bool {
     let mapped = |last: u32| IpAddr::V6(Ipv4Addr::from(last).to_ipv6_mapped());
     net.prefix_len() == 0 || (net.contains(&mapped(0)) && net.contains(&mapped(u32::MAX)))

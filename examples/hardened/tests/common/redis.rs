@@ -167,6 +167,15 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// The one key holding `client`'s state (`PREFIX:LIMITER:QUOTA:{ip:CLIENT}`), found with
+    /// `KEYS`; panics unless there is exactly one.
+    pub fn key_of(&self, client: &str) -> String {
+        let keys = self.cli(&["KEYS", &format!("*{{ip:{client}}}")]);
+        let keys: Vec<&str> = keys.lines().filter(|line| !line.is_empty()).collect();
+        assert_eq!(keys.len(), 1, "keys of {client}: {keys:?}");
+        keys[0].to_owned()
+    }
+
     /// How many times Redis ran `command` (from `INFO commandstats`, lowercase: `evalsha`).
     pub fn calls(&self, command: &str) -> u64 {
         let stats = self.cli(&["INFO", "commandstats"]);
