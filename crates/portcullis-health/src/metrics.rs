@@ -1,0 +1,55 @@
+//! Metric names emitted by this crate, and [`describe`] to register their units and help.
+//! Labels come from closed sets: [`LABEL_CHECK`] is the name the application gave a check.
+
+use metrics::Unit;
+
+/// Gauge: 1 while a check is up, 0 while it is pending or down, by [`LABEL_CHECK`].
+pub const CHECK_UP: &str = "portcullis_health_check_up";
+
+/// Counter: a check's state changes, by [`LABEL_CHECK`] and [`LABEL_TO`] (`up`, `down`).
+pub const CHECK_TRANSITIONS_TOTAL: &str = "portcullis_health_check_transitions_total";
+
+/// Histogram: how long each run of a check took, in seconds, by [`LABEL_CHECK`] (a run
+/// that timed out counts as its timeout).
+pub const CHECK_DURATION: &str = "portcullis_health_check_duration_seconds";
+
+/// Histogram: how late the event loop ran the lag probe's timer, in seconds.
+pub const EVENT_LOOP_LAG: &str = "portcullis_event_loop_lag_seconds";
+
+/// Gauge: the last lag measurement, in seconds.
+pub const EVENT_LOOP_LAG_CURRENT: &str = "portcullis_event_loop_lag_current_seconds";
+
+/// Label: the check's name.
+pub const LABEL_CHECK: &str = "check";
+
+/// Label on [`CHECK_TRANSITIONS_TOTAL`]: `up` or `down`.
+pub const LABEL_TO: &str = "to";
+
+/// Registers units and help text for every metric of this crate with the current recorder.
+pub fn describe() {
+    metrics::describe_gauge!(
+        CHECK_UP,
+        Unit::Count,
+        "1 while a dependency health check is up."
+    );
+    metrics::describe_counter!(
+        CHECK_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Health check state changes, by check and new state (up, down)."
+    );
+    metrics::describe_histogram!(
+        CHECK_DURATION,
+        Unit::Seconds,
+        "How long each run of a dependency health check took."
+    );
+    metrics::describe_histogram!(
+        EVENT_LOOP_LAG,
+        Unit::Seconds,
+        "How late the event loop ran a timer: the wait every task on it shares."
+    );
+    metrics::describe_gauge!(
+        EVENT_LOOP_LAG_CURRENT,
+        Unit::Seconds,
+        "The last event-loop lag measurement."
+    );
+}
