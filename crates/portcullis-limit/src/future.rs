@@ -70,7 +70,7 @@ where
 
 /// A response the layer wrote, as a [`LimitBody`]; an empty 200 if polled again after
 /// completion (a contract violation of the caller, never a panic).
-fn written<B>(response: Option<Response<Bytes>>) -> Response<LimitBody<B>> {
+pub(crate) fn written<B>(response: Option<Response<Bytes>>) -> Response<LimitBody<B>> {
     response
         .map(|response| response.map(LimitBody::full))
         .unwrap_or_else(|| Response::new(LimitBody::full(Bytes::new())))

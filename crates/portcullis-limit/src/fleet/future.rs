@@ -135,11 +135,7 @@ where
                         .map(|result| result.map(|response| response.map(LimitBody::inner)));
                 }
                 StateProj::Refused { response } => {
-                    let response = response
-                        .take()
-                        .map(|response| response.map(LimitBody::full))
-                        .unwrap_or_else(|| Response::new(LimitBody::full(Bytes::new())));
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(Ok(crate::future::written(response.take())));
                 }
             };
             self.as_mut().project().state.set(next);
