@@ -20,9 +20,9 @@ type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 type Render = Arc<dyn Fn() -> String + Send + Sync>;
 type Upkeep = Arc<dyn Fn() + Send + Sync>;
 
-/// How often a server runs the admin service's [upkeep](Admin::upkeep) (and
-/// `PrometheusExporter::run_upkeep`, for applications without one, drains histogram samples
-/// into their buckets): the
+/// How often an installed `PrometheusExporter`'s own thread, a server running the admin
+/// service's [upkeep](Admin::upkeep), and `PrometheusExporter::run_upkeep` drain histogram
+/// samples into their buckets: the
 /// Prometheus exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer
 /// that grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -129,14 +129,19 @@ impl Admin {
         self.upkeep.clone()
     }
 
-    /// `/metrics` renders `exporter`, and its upkeep is run by the server that serves this.
+    /// `/metrics` renders `exporter`. Its upkeep is run by the server that serves this,
+    /// unless the exporter [runs its own](crate::PrometheusExporter::upkeeps_itself) (an
+    /// installed one does).
     #[cfg(feature = "prometheus")]
     #[must_use]
     pub fn prometheus(self, exporter: &crate::PrometheusExporter) -> Self {
         let render = exporter.clone();
+        let admin = self.metrics(move || render.render());
+        if exporter.upkeeps_itself() {
+            return admin;
+        }
         let upkeep = exporter.clone();
-        self.metrics(move || render.render())
-            .upkeep(move || upkeep.upkeep())
+        admin.upkeep(move || upkeep.upkeep())
     }
 
     fn answer(&self, method: &Method, path: &str) -> Response<AdminBody> {

@@ -31,10 +31,13 @@ pub const CALL_DURATION_SUFFIX: &str = "_call_duration_seconds";
 /// The installed Prometheus recorder: renders the text exposition format, and needs its
 /// [upkeep](Self::upkeep) run regularly.
 ///
-/// Handed to portcullis-server in an [`Admin`](crate::Admin) ([`Admin::prometheus`](crate::Admin::prometheus)),
-/// the server runs the upkeep every [`UPKEEP_INTERVAL`] while it serves (and
-/// `portcullis_server::Builder::admin` installs the exporter too). Otherwise spawn
-/// [`run_upkeep`](Self::run_upkeep).
+/// An exporter [installed](Self::install) as the process's recorder runs its own upkeep
+/// every [`UPKEEP_INTERVAL`], on a thread of its own (`portcullis-metrics-upkeep`) that
+/// lives as long as the recorder, that is as long as the process: nothing to spawn, and it
+/// works with any runtime or none. An exporter [for a recorder of the caller's](Self::for_recorder)
+/// (a test's local recorder) does not: handed to portcullis-server in an
+/// [`Admin`](crate::Admin) ([`Admin::prometheus`](crate::Admin::prometheus)), the server runs
+/// its upkeep while it serves; otherwise spawn [`run_upkeep`](Self::run_upkeep).
 ///
 /// Only an executable installs it, once, early in `main`: a library that installed a
 /// process-global recorder would take that choice away from its users. Installing a second
@@ -42,6 +45,8 @@ pub const CALL_DURATION_SUFFIX: &str = "_call_duration_seconds";
 #[derive(Clone, Debug)]
 pub struct PrometheusExporter {
     handle: PrometheusHandle,
+    /// Whether the exporter's own thread runs the upkeep.
+    upkeeps_itself: bool,
 }
 
 impl PrometheusExporter {
@@ -78,24 +83,56 @@ impl PrometheusExporter {
         Self::install_from(Self::builder())
     }
 
-    /// Installs the recorder of `builder` as the process-global recorder.
+    /// Installs the recorder of `builder` as the process-global recorder, and starts the
+    /// thread that runs its upkeep every [`UPKEEP_INTERVAL`] (see [`upkeeps_itself`](Self::upkeeps_itself)).
     ///
     /// # Errors
     ///
     /// [`InstallError`] when a recorder is already installed.
     pub fn install_from(builder: PrometheusBuilder) -> Result<Self, InstallError> {
-        builder
+        let handle = builder
             .install_recorder()
-            .map(|handle| Self { handle })
-            .map_err(|error| InstallError { error })
+            .map_err(|error| InstallError { error })?;
+        let upkept = handle.clone();
+        // The global recorder is never uninstalled, so the thread never needs to end.
+        let started = std::thread::Builder::new()
+            .name("portcullis-metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkept.run_upkeep();
+                }
+            });
+        if let Err(error) = &started {
+            tracing::warn!(
+                %error,
+                "cannot start the metrics upkeep thread: the server serving /metrics runs the \
+                 upkeep instead (or spawn PrometheusExporter::run_upkeep)"
+            );
+        }
+        Ok(Self {
+            handle,
+            upkeeps_itself: started.is_ok(),
+        })
+    }
+
+    /// Whether this exporter runs its own upkeep: one installed as the process's recorder
+    /// does, on its own thread; one [for a recorder of the caller's](Self::for_recorder) does
+    /// not, and [`Admin::prometheus`](crate::Admin::prometheus) then leaves the upkeep to the
+    /// server.
+    #[must_use]
+    pub fn upkeeps_itself(&self) -> bool {
+        self.upkeeps_itself
     }
 
     /// An exporter for a recorder the caller installs (or uses locally, with
-    /// `metrics::with_local_recorder`, as tests do).
+    /// `metrics::with_local_recorder`, as tests do). Its upkeep is the caller's: a server
+    /// serving it in an [`Admin`](crate::Admin) runs it, or spawn [`run_upkeep`](Self::run_upkeep).
     #[must_use]
     pub fn for_recorder(recorder: &PrometheusRecorder) -> Self {
         Self {
             handle: recorder.handle(),
+            upkeeps_itself: false,
         }
     }
 
@@ -110,9 +147,9 @@ impl PrometheusExporter {
         self.handle.run_upkeep();
     }
 
-    /// Runs the upkeep every [`UPKEEP_INTERVAL`] until `stop` is cancelled. Spawn it when no
-    /// portcullis server serves this exporter's [`Admin`](crate::Admin) (one that does runs
-    /// the upkeep itself).
+    /// Runs the upkeep every [`UPKEEP_INTERVAL`] until `stop` is cancelled: for an exporter
+    /// [for a recorder of the caller's](Self::for_recorder) that no portcullis server serves
+    /// (one that does runs the upkeep itself). An installed exporter needs none of this.
     ///
     /// # Cancellation safety
     ///

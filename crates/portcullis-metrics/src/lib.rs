@@ -45,12 +45,9 @@
 //!     });
 //!
 //! // portcullis-server's `Builder::admin_listener(listener, admin)` serves it on its own
-//! // listener and runs its upkeep; nothing else to do.
+//! // listener. The installed exporter runs its own upkeep: nothing else to do, with the
+//! // server or without it.
 //! let admin = Admin::new().prometheus(&exporter);
-//!
-//! // Serving `admin` some other way, run the exporter's upkeep yourself:
-//! let stop = portcullis_metrics::CancellationToken::new();
-//! tokio::spawn(exporter.clone().run_upkeep(stop.clone()));
 //! # let _ = (app, admin); Ok(()) }
 //! ```
 //!
@@ -82,7 +79,7 @@
 //!   [`HttpMetricsLayer::route_fn`]; the same `http` every tower HTTP crate uses.
 //! - **bytes**: [`Bytes`] (re-exported), the data of [`AdminBody`] and [`MetricsBody`].
 //! - **tokio-util**: [`CancellationToken`] (re-exported), which stops
-//!   [`PrometheusExporter::run_upkeep`].
+//!   [`PrometheusExporter::run_upkeep`] (for an exporter of a recorder of the caller's).
 //! - **metrics-exporter-prometheus** (feature `prometheus`): [`PrometheusBuilder`] and
 //!   [`PrometheusRecorder`] (re-exported), taken and returned by [`PrometheusExporter`]'s
 //!   constructors; the whole crate is re-exported as [`metrics_exporter_prometheus`] for the

@@ -322,7 +322,9 @@ impl Builder {
     /// Whether the server runs its blocks' background work itself: for every TLS acceptor
     /// it holds, the certificate file watcher and a reload on each SIGHUP (the handler is
     /// installed when serving starts, unless a [`Shutdown::from_signals`] catches SIGHUP
-    /// already); the admin service's exporter upkeep. All of it stops with the drain.
+    /// already); the admin service's exporter upkeep (for an exporter of a recorder the
+    /// application holds: an installed one runs its own). All of it stops with the drain.
+    /// Off, each acceptor keeps its own file watcher until the application calls `watch`.
     ///
     /// Default `true`. Turn it off only to run that work yourself
     /// ([`TlsAcceptor::watch`], [`TlsAcceptor::reload_on_sighup`],

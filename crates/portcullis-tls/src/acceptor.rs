@@ -14,6 +14,7 @@ use tokio_rustls::server::TlsStream;
 use crate::error::{HandshakeError, HandshakeFailure, TlsError};
 use crate::metrics::Metrics;
 use crate::pair::{self, Source};
+use crate::reload::AutoWatch;
 use crate::resolver::{Loaded, Lookup, Resolver, Snapshot};
 
 /// Counts of reload attempts since the acceptor was built, from every trigger (the file
@@ -59,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) reload_lock: Mutex<()>,
     pub(crate) status: watch::Sender<ReloadStatus>,
     pub(crate) metrics: Metrics,
+    /// Who watches the files: see [`TlsAcceptor::watch`].
+    pub(crate) auto_watch: AutoWatch,
 }
 
 /// A configured pair: where it comes from, and its metric label.
@@ -127,6 +130,7 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.ensure_watching();
         let timeout = self.inner.handshake_timeout;
         let result = match tokio::time::timeout_at(deadline, self.handshake(io)).await {
             Ok(result) => result,

@@ -17,6 +17,7 @@ use crate::error::{TlsError, TlsErrorKind};
 use crate::metrics::{DEFAULT_CERTIFICATE, Metrics};
 use crate::pair::{self, CertKeyPair};
 use crate::provider;
+use crate::reload::AutoWatch;
 use crate::resolver::{Loaded, Names, Resolver, Snapshot};
 
 /// The default handshake deadline: 10 seconds.
@@ -440,9 +441,11 @@ impl TlsConfig {
                 reload_lock: Mutex::new(()),
                 status,
                 metrics: Metrics::new(),
+                auto_watch: AutoWatch::new(),
             }),
         };
         acceptor.update_expiry();
+        acceptor.ensure_watching();
         Ok(acceptor)
     }
 }

@@ -14,9 +14,10 @@
 //!   ([`TlsAcceptor::reload_on_sighup`]), or on request ([`TlsAcceptor::reload`]). A new pair
 //!   is validated before it is served; a bad one leaves the last good pair in service. The
 //!   rustls `ServerConfig` is never rebuilt, so sessions keep resuming across reloads.
-//!   portcullis-server runs the watcher and the SIGHUP reloads of every acceptor it is given,
-//!   for as long as it serves; spawn them yourself only when you accept connections without
-//!   it, as below.
+//!   The watcher needs nobody to start it: an acceptor built (or first used) inside a tokio
+//!   runtime runs it there until its last clone is dropped. portcullis-server takes it over
+//!   for every acceptor it is given, with the SIGHUP reloads, and stops both with its drain;
+//!   without the server, only SIGHUP is yours to wire, as below.
 //! - [`ClientCertificates`] carries a verified client chain to request handlers.
 //!
 //! It does not accept TCP connections (portcullis-listen does), cap concurrent handshakes (the caller
@@ -36,9 +37,9 @@
 //!     .handshake_timeout(Duration::from_secs(5))
 //!     .build()?;
 //!
-//! // Without portcullis-server (which runs both itself), keep the certificates fresh:
+//! // The acceptor watches its files by itself. Without portcullis-server (which reloads on
+//! // SIGHUP itself), reload on SIGHUP too:
 //! let stop = CancellationToken::new();
-//! tokio::spawn(acceptor.watch(stop.clone()));
 //! tokio::spawn(acceptor.reload_on_sighup(stop.clone())?);
 //!
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;

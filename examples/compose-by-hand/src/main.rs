@@ -35,17 +35,16 @@
 //!
 //! # What portcullis-server would own, and you now do
 //!
-//! Blocks that need background work do not run it themselves. Without portcullis-server,
-//! this executable must:
+//! The blocks' background work runs by itself, server or not: the installed exporter
+//! runs its upkeep on its own thread, the TLS acceptor watches its certificate files from
+//! the runtime it was built in, and the rate limiter evicts idle keys from its first
+//! check. What portcullis-server would own, this executable does by hand, as below:
 //!
-//! - run `exporter.run_upkeep(token)`, or the exporter's histograms grow between scrapes;
-//! - run `TlsAcceptor::watch(token)` so replaced certificate files are served, and reload on
-//!   SIGHUP (here through [`Lifecycle::on_reload`]);
-//! - stop both after the drain, install the recorder before serving, describe and register
-//!   the metrics, tell the lifecycle when it serves, and tie the drain to hyper-util's
-//!   graceful shutdown, all as below.
+//! - reload the certificates on SIGHUP (here through [`Lifecycle::on_reload`]);
+//! - install the recorder before serving, describe and register the metrics, tell the
+//!   lifecycle when it serves, and tie the drain to hyper-util's graceful shutdown;
+//! - stop the admin listener after the drain.
 //!
-//! Forget one and nothing fails loudly: that is exactly what portcullis-server owns.
 //! Exit status: 0 after a clean drain, 1 when the drain deadline or a second signal forced
 //! connections closed, 2 for a bad flag or a start-up failure.
 
@@ -132,11 +131,10 @@ async fn run() -> Result<ExitCode, Error> {
     });
 
     let lifecycle = shutdown.start(); // the triggers are listened for from now on
-    // The background work portcullis-server would run: stopped after the drain.
+    // Stops the admin listener after the drain.
     let stop = CancellationToken::new();
-    tokio::spawn(exporter.clone().run_upkeep(stop.clone()));
     if let Some(tls) = &tls {
-        watch_certificates(tls, &lifecycle, &stop);
+        reload_on_hangup(tls, &lifecycle);
     }
     let graceful = Arc::new(GracefulShutdown::new());
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -202,9 +200,9 @@ async fn drain(
     clean && tasks_left == 0
 }
 
-/// Serves replaced certificate files within about a second, and reloads them on SIGHUP.
-fn watch_certificates(tls: &TlsAcceptor, lifecycle: &Lifecycle, stop: &CancellationToken) {
-    tokio::spawn(tls.watch(stop.clone()));
+/// Reloads the certificates on SIGHUP (the acceptor's own watcher serves replaced files
+/// within about a second without it).
+fn reload_on_hangup(tls: &TlsAcceptor, lifecycle: &Lifecycle) {
     let tls = tls.clone();
     lifecycle.on_reload(move || {
         // Logged and counted (portcullis_tls_reloads_total) by `reload` itself; the pair in
