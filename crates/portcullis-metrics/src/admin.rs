@@ -13,6 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tower::Service;
 
+use crate::process::ProcessStats;
+use crate::runtime::RuntimeStats;
+
 /// Content type of the Prometheus text exposition format, version 0.0.4.
 pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -33,10 +36,13 @@ pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// |---|---|
 /// | `/metrics` | 200, the Prometheus text format (`text/plain; version=0.0.4`); 404 when no exporter was given |
 /// | `/livez` | 200 `ok` while live, 503 otherwise |
-/// | `/readyz` | 200 `ok` while ready, 503 otherwise |
+/// | `/readyz` | 200 `ok` while ready, 503 otherwise; with `?verbose`, the same status and the [details](Admin::readiness_details) |
 /// | anything else | 404; other methods on these paths 405 with `Allow: GET, HEAD` |
 ///
 /// Without a readiness or liveness check the answer is 200: nothing said otherwise.
+/// `/metrics` ends with the process's metrics (descriptors, memory, CPU, threads, read from
+/// `/proc` at the scrape; [`process_metrics`](Admin::process_metrics)) and, given a
+/// [runtime](Admin::runtime), tokio's runtime metrics.
 /// `portcullis-server` serves it on its own listener, outside every limit, and checks readiness
 /// with the server's [`Health`](https://docs.rs/portcullis-shutdown) unless one is given here. Every
 /// answer carries `Cache-Control: no-store`: a probe must never see a cached "ready".
@@ -53,12 +59,29 @@ pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 ///     .metrics(|| "# nothing yet\n".to_owned());
 /// # let _ = admin;
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Admin {
     ready: Option<Check>,
+    ready_details: Option<Render>,
     live: Option<Check>,
     metrics: Option<Render>,
     upkeep: Option<Upkeep>,
+    process: bool,
+    runtime: Option<Arc<RuntimeStats>>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            ready: None,
+            ready_details: None,
+            live: None,
+            metrics: None,
+            upkeep: None,
+            process: true,
+            runtime: None,
+        }
+    }
 }
 
 impl fmt::Debug for Admin {
@@ -68,6 +91,8 @@ impl fmt::Debug for Admin {
             .field("liveness", &self.live.is_some())
             .field("metrics", &self.metrics.is_some())
             .field("upkeep", &self.upkeep.is_some())
+            .field("process", &self.process)
+            .field("runtime", &self.runtime.is_some())
             .finish()
     }
 }
@@ -84,6 +109,44 @@ impl Admin {
     pub fn readiness(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.ready = Some(Arc::new(ready));
         self
+    }
+
+    /// The text of `/readyz?verbose` (each check and its state, say); its status stays that
+    /// of [`readiness`](Self::readiness).
+    #[must_use]
+    pub fn readiness_details(
+        mut self,
+        details: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.ready_details = Some(Arc::new(details));
+        self
+    }
+
+    /// Whether `/metrics` ends with the process metrics (`process_open_fds`,
+    /// `process_max_fds`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+    /// `process_cpu_seconds_total`, `process_start_time_seconds`, `process_threads`,
+    /// `portcullis_process_fds_utilization`), read at each scrape. Default `true`; turn it off
+    /// when another exporter of the process already reports them under those names. Linux
+    /// only: elsewhere there is nothing to read.
+    #[must_use]
+    pub fn process_metrics(mut self, enabled: bool) -> Self {
+        self.process = enabled;
+        self
+    }
+
+    /// `/metrics` ends with the metrics of the tokio runtime `handle` ([`crate::runtime`]'s
+    /// names), read at each scrape. portcullis-server gives its own runtime unless one was
+    /// given.
+    #[must_use]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(Arc::new(RuntimeStats::new(handle)));
+        self
+    }
+
+    /// Whether a runtime was given.
+    #[must_use]
+    pub fn has_runtime(&self) -> bool {
+        self.runtime.is_some()
     }
 
     /// What `/livez` reports.
@@ -144,7 +207,23 @@ impl Admin {
         admin.upkeep(move || upkeep.upkeep())
     }
 
-    fn answer(&self, method: &Method, path: &str) -> Response<AdminBody> {
+    /// The whole `/metrics` text: the renderer's, then the process's and the runtime's.
+    fn render_metrics(&self, render: &Render) -> String {
+        let mut out = render();
+        if self.process {
+            match ProcessStats::read() {
+                Ok(stats) => stats.render(&mut out),
+                Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(error) => tracing::debug!(%error, "process metrics left out of this scrape"),
+            }
+        }
+        if let Some(runtime) = &self.runtime {
+            runtime.render(&mut out);
+        }
+        out
+    }
+
+    fn answer(&self, method: &Method, path: &str, query: Option<&str>) -> Response<AdminBody> {
         let (status, content_type, body) = match path {
             "/metrics" | "/livez" | "/readyz"
                 if *method != Method::GET && *method != Method::HEAD =>
@@ -156,7 +235,11 @@ impl Admin {
                 return response;
             }
             "/metrics" => match &self.metrics {
-                Some(render) => (StatusCode::OK, PROMETHEUS_TEXT, Bytes::from(render())),
+                Some(render) => (
+                    StatusCode::OK,
+                    PROMETHEUS_TEXT,
+                    Bytes::from(self.render_metrics(render)),
+                ),
                 None => (
                     StatusCode::NOT_FOUND,
                     TEXT,
@@ -164,7 +247,15 @@ impl Admin {
                 ),
             },
             "/livez" => probe(self.live.as_ref(), "not live\n"),
-            "/readyz" => probe(self.ready.as_ref(), "not ready\n"),
+            "/readyz" => {
+                let (status, content_type, body) = probe(self.ready.as_ref(), "not ready\n");
+                match &self.ready_details {
+                    Some(details) if query.is_some_and(wants_verbose) => {
+                        (status, content_type, Bytes::from(details()))
+                    }
+                    _ => (status, content_type, body),
+                }
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 TEXT,
@@ -186,6 +277,13 @@ impl Admin {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Whether a query string asks for `verbose` (`?verbose`, `?verbose=1`, among others).
+fn wants_verbose(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair == "verbose" || pair.starts_with("verbose="))
+}
 
 fn probe(check: Option<&Check>, failing: &'static str) -> (StatusCode, &'static str, Bytes) {
     if check.is_none_or(|check| check()) {
@@ -218,7 +316,8 @@ impl<B> Service<Request<B>> for Admin {
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        ready(Ok(self.answer(request.method(), request.uri().path())))
+        let uri = request.uri();
+        ready(Ok(self.answer(request.method(), uri.path(), uri.query())))
     }
 }
 
@@ -267,7 +366,10 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn get(admin: &Admin, method: Method, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
-        let response = admin.answer(&method, path);
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let response = admin.answer(&method, path, query);
         let (parts, body) = response.into_parts();
         (parts.status, parts.headers, body.into_bytes())
     }
@@ -301,7 +403,7 @@ mod tests {
             get(&admin, Method::GET, "/metrics").0,
             StatusCode::NOT_FOUND
         );
-        let admin = admin.metrics(|| "up 1\n".to_owned());
+        let admin = admin.metrics(|| "up 1\n".to_owned()).process_metrics(false);
         let (status, headers, body) = get(&admin, Method::GET, "/metrics");
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[CONTENT_TYPE], PROMETHEUS_TEXT);
@@ -309,6 +411,75 @@ mod tests {
         let (status, _, body) = get(&admin, Method::HEAD, "/metrics");
         assert_eq!(status, StatusCode::OK);
         assert!(body.is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn metrics_end_with_the_process_section_by_default() {
+        let admin = Admin::new().metrics(|| "up 1\n".to_owned());
+        let (_, _, body) = get(&admin, Method::GET, "/metrics");
+        let body = std::str::from_utf8(&body).expect("utf-8");
+        assert!(body.starts_with("up 1\n# HELP process_open_fds "), "{body}");
+        for name in [
+            "process_max_fds",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+            "process_threads",
+            "portcullis_process_fds_utilization",
+        ] {
+            assert!(
+                body.contains(&format!("\n{name} ")),
+                "{name} missing: {body}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_end_with_the_runtime_section_when_given_one() {
+        let admin = Admin::new()
+            .metrics(String::new)
+            .process_metrics(false)
+            .runtime(tokio::runtime::Handle::current());
+        let (_, _, body) = get(&admin, Method::GET, "/metrics");
+        let body = std::str::from_utf8(&body).expect("utf-8");
+        assert!(body.contains("\ntokio_workers 2\n"), "{body}");
+        for name in [
+            "tokio_live_tasks",
+            "tokio_global_queue_depth",
+            "tokio_park_total",
+            "tokio_busy_duration_seconds_total",
+            "tokio_busy_ratio",
+        ] {
+            assert!(
+                body.contains(&format!("\n{name} ")),
+                "{name} missing: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn verbose_readiness_shows_the_details_with_the_same_status() {
+        let admin = Admin::new()
+            .readiness(|| false)
+            .readiness_details(|| "db: down (critical)\n".to_owned());
+        let (status, _, body) = get(&admin, Method::GET, "/readyz");
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"not ready\n"[..])
+        );
+        for path in [
+            "/readyz?verbose",
+            "/readyz?verbose=1",
+            "/readyz?x=1&verbose",
+        ] {
+            let (status, _, body) = get(&admin, Method::GET, path);
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(body, "db: down (critical)\n", "{path}");
+        }
+        let (_, _, body) = get(&admin, Method::GET, "/readyz?verbosity");
+        assert_eq!(body, "not ready\n");
     }
 
     #[test]

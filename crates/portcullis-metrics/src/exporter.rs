@@ -28,6 +28,13 @@ pub const CALL_BUCKETS: &[f64] = &[
 /// The name suffix of the histograms that get [`CALL_BUCKETS`].
 pub const CALL_DURATION_SUFFIX: &str = "_call_duration_seconds";
 
+/// Bucket upper bounds, in seconds, of histograms named `*_lag_seconds`: how late an event
+/// loop runs a timer, tens of microseconds when healthy, seconds when something blocks it.
+pub const LAG_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// The name suffix of the histograms that get [`LAG_BUCKETS`].
+pub const LAG_SUFFIX: &str = "_lag_seconds";
+
 /// The installed Prometheus recorder: renders the text exposition format, and needs its
 /// [upkeep](Self::upkeep) run regularly.
 ///
@@ -52,7 +59,8 @@ pub struct PrometheusExporter {
 impl PrometheusExporter {
     /// A `PrometheusBuilder` with portcullis's histogram buckets: [`REQUEST_DURATION_BUCKETS`] for
     /// the HTTP request duration, [`CALL_BUCKETS`] for calls to dependencies (names ending in
-    /// [`CALL_DURATION_SUFFIX`]) and [`DEFAULT_BUCKETS`] for every other histogram, so that
+    /// [`CALL_DURATION_SUFFIX`]), [`LAG_BUCKETS`] for event-loop lag (names ending in
+    /// [`LAG_SUFFIX`]) and [`DEFAULT_BUCKETS`] for every other histogram, so that
     /// histograms render as Prometheus histograms (aggregatable across instances), not as
     /// per-process summaries. Adjust it and pass it to [`install_from`](Self::install_from).
     #[must_use]
@@ -70,6 +78,9 @@ impl PrometheusExporter {
                     Matcher::Suffix(CALL_DURATION_SUFFIX.to_owned()),
                     CALL_BUCKETS,
                 )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix(LAG_SUFFIX.to_owned()), LAG_BUCKETS)
             })
             .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"))
     }

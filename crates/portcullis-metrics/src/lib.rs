@@ -13,7 +13,10 @@
 //! - [`Admin`]: a tower service for the admin listener, with the regular
 //!   [upkeep](Admin::upkeep) its metrics need (the exporter folding histogram samples into
 //!   buckets). `portcullis-server` serves it on its own listener, outside every limit, and
-//!   runs that upkeep every [`UPKEEP_INTERVAL`] for as long as it serves.
+//!   runs that upkeep every [`UPKEEP_INTERVAL`] for as long as it serves. Its `/metrics`
+//!   ends with the process's metrics ([`process`]: descriptors against their limit, memory,
+//!   CPU, threads, read from `/proc` at each scrape) and the tokio runtime's ([`runtime`]:
+//!   workers, live tasks, global queue depth, parks, busy time and ratio).
 //!
 //! Every other portcullis crate owns its metric names and a `describe()`; `docs/metrics.md`
 //! gathers the whole catalogue. This crate does not serve the admin listener (portcullis-server
@@ -99,15 +102,19 @@ mod admin;
 #[cfg(feature = "prometheus")]
 mod exporter;
 pub mod http;
+pub mod process;
+pub mod runtime;
 
 pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
 pub use exporter::{
-    CALL_BUCKETS, CALL_DURATION_SUFFIX, DEFAULT_BUCKETS, InstallError, PrometheusExporter,
+    CALL_BUCKETS, CALL_DURATION_SUFFIX, DEFAULT_BUCKETS, InstallError, LAG_BUCKETS, LAG_SUFFIX,
+    PrometheusExporter,
 };
 #[cfg(feature = "axum")]
 pub use http::MatchedRouteLayer;
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};
+pub use process::ProcessStats;
 
 /// The bytes of the bodies this crate produces, from the `bytes` crate.
 pub use bytes::Bytes;

@@ -1,9 +1,11 @@
 //! The background work of the blocks a server holds, run for as long as it serves: TLS
-//! certificate watching and SIGHUP reloads, the admin service's upkeep.
+//! certificate watching and SIGHUP reloads, the admin service's upkeep, and the monitoring
+//! (health checks, the lag probe).
 //!
 //! Each task ends when the [`BlockTasks`] that started it is dropped, at the end of
 //! `serve`; none of it is the user's to remember.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use portcullis_shutdown::Lifecycle;
@@ -15,8 +17,9 @@ use crate::error::Error;
 
 /// The running background work of one server.
 pub(crate) struct BlockTasks {
-    _stop: DropGuard,
-    _tasks: Vec<AbortOnDropHandle<()>>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+    tasks: Vec<AbortOnDropHandle<()>>,
 }
 
 impl BlockTasks {
@@ -71,16 +74,29 @@ impl BlockTasks {
             })));
         }
         Ok(Self {
-            _stop: stop.drop_guard(),
-            _tasks: tasks,
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            tasks,
         })
+    }
+
+    /// Runs the future `make` returns, until the server stops (the token it is given is
+    /// cancelled then, and the task aborted if it is still running).
+    pub(crate) fn spawn<F>(&mut self, make: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let task = tokio::spawn(make(self.stop.clone()));
+        self.tasks.push(AbortOnDropHandle::new(task));
     }
 
     /// Nothing running (the application runs the blocks' work itself).
     pub(crate) fn none() -> Self {
+        let stop = CancellationToken::new();
         Self {
-            _stop: CancellationToken::new().drop_guard(),
-            _tasks: Vec::new(),
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            tasks: Vec::new(),
         }
     }
 }

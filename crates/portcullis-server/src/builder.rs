@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_health::{Check, HealthChecks};
 use portcullis_limit::{
     Bans, ConnLimiter, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, HandshakeLimiter, IpFilter,
 };
@@ -48,6 +49,7 @@ impl Server {
             filter: None,
             bans: None,
             reloaders: Vec::new(),
+            health: HealthChecks::new(),
         }
     }
 }
@@ -79,6 +81,7 @@ pub struct Builder {
     filter: Option<IpFilter>,
     pub(crate) bans: Option<Bans>,
     pub(crate) reloaders: Vec<Reloader>,
+    pub(crate) health: HealthChecks,
 }
 
 /// Something the application reloads on SIGHUP.
@@ -109,6 +112,7 @@ impl fmt::Debug for Builder {
             .field("filter", &self.filter)
             .field("bans", &self.bans)
             .field("reloaders", &self.reloaders.len())
+            .field("health", &self.health)
             .finish()
     }
 }
@@ -604,6 +608,25 @@ impl Builder {
     /// serves the bans' API at `/bans` and is itself never banned. Default: no bans.
     pub fn bans(mut self, bans: Bans) -> Self {
         self.bans = Some(bans);
+        self
+    }
+
+    /// Runs `checks` for as long as the server serves, and makes `/readyz` on the admin
+    /// listener answer from them: 503 until every critical check has succeeded once and
+    /// while one is down, 200 with non-critical checks down (degraded, listed by
+    /// `/readyz?verbose`). A probe only reads their cached state: it never runs a check and
+    /// never waits on a dependency. `/livez` never depends on them (it reads the event-loop
+    /// lag probe, see [`LIVENESS_LAG_LIMIT`](crate::LIVENESS_LAG_LIMIT)). Keep a clone of
+    /// `checks` to read their [`status`](HealthChecks::status) elsewhere; replaces the checks
+    /// of [`health_check`](Self::health_check). Default: none (ready whenever serving).
+    pub fn health_checks(mut self, checks: HealthChecks) -> Self {
+        self.health = checks;
+        self
+    }
+
+    /// Adds one check to those of [`health_checks`](Self::health_checks).
+    pub fn health_check(self, check: Check) -> Self {
+        self.health.add(check);
         self
     }
 

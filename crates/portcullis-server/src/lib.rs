@@ -121,6 +121,7 @@ mod info;
 mod io;
 mod loom;
 pub mod metrics;
+mod monitoring;
 mod per_core;
 mod policy;
 mod report;
@@ -134,6 +135,7 @@ pub use builder::{Builder, DEFAULT_DRAIN_TIMEOUT, Server};
 pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
 pub use host::HostProblem;
+pub use monitoring::LIVENESS_LAG_LIMIT;
 
 /// Internals public only for the fuzz targets (`fuzz/fuzz_targets/host.rs`): not part of the
 /// API, no stability promise.

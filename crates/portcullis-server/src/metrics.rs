@@ -120,6 +120,7 @@ pub fn describe_all() {
     portcullis_tls::metrics::describe();
     portcullis_shutdown::metrics::describe();
     portcullis_metrics::describe();
+    portcullis_health::metrics::describe();
 }
 
 /// Registers every series of this crate's closed label sets (the connection metrics), so

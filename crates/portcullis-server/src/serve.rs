@@ -29,6 +29,7 @@ use crate::builder::Builder;
 use crate::config::HttpConfig;
 use crate::error::Error;
 use crate::metrics::ServerMetrics;
+use crate::monitoring::Monitoring;
 use crate::policy::ConnPolicy;
 use crate::report::ServeReport;
 
@@ -65,21 +66,26 @@ impl Builder {
         for reload in std::mem::take(&mut self.reloaders) {
             lifecycle.on_reload(move || reload());
         }
-        let blocks = if self.run_block_tasks {
+        let mut blocks = if self.run_block_tasks {
             let upkeep = self.admin.as_ref().and_then(|(_, admin)| admin.upkeep_fn());
             BlockTasks::start(&lifecycle, conn.acceptors(), upkeep)?
         } else {
             BlockTasks::none()
         };
+        // The server's own: run whatever `run_block_tasks` says.
+        let monitoring = Monitoring::new(std::mem::take(&mut self.health), self.admin.is_some());
+        monitoring.start(&mut blocks);
+        let health = lifecycle.health().clone();
         let bans = self.bans.take();
         Ok(Prepared {
             listeners: self.listeners,
             http: self.http,
             conn,
             lifecycle,
-            admin: self
-                .admin
-                .map(|(listener, admin)| (listener, AdminService::new(admin, bans))),
+            admin: self.admin.map(|(listener, admin)| {
+                let admin = monitoring.compose(admin, &health);
+                (listener, AdminService::new(admin, bans))
+            }),
             blocks,
         })
     }

@@ -68,8 +68,10 @@
 //!
 //! # Crate features
 //!
-//! - `server` (default): `server`, and `listen`, `limit`, `tls`, `shutdown` and `metrics`
-//!   with it.
+//! - `server` (default): `server`, and `listen`, `limit`, `tls`, `shutdown`, `metrics` and
+//!   `health` with it.
+//! - `health`: `health`, dependency checks run in the background that `/readyz` only reads,
+//!   and the event-loop lag probe behind `/livez`.
 //! - `limit`: `limit` alone.
 //! - `tls`: `tls` alone, with the aws-lc-rs crypto provider (for ring, depend on `portcullis-tls`
 //!   with its `ring` feature instead).
@@ -106,6 +108,10 @@ pub use portcullis_shutdown as shutdown;
 #[cfg(feature = "metrics")]
 #[doc(inline)]
 pub use portcullis_metrics as metrics;
+
+#[cfg(feature = "health")]
+#[doc(inline)]
+pub use portcullis_health as health;
 
 #[cfg(feature = "tls")]
 #[doc(inline)]

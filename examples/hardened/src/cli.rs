@@ -105,6 +105,9 @@ struct Flags {
     /// Deadline of every Redis call: the longest a request waits for Redis before it is decided locally. [default: 5ms]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     redis_timeout: Option<Duration>,
+    /// A dependency /readyz waits for: tcp://HOST:PORT (the connection is accepted) or http://HOST:PORT/PATH (a 2xx answer), checked every 1s in the background; not ready until it has succeeded once, down after 3 failures, up after 2 successes; repeatable.
+    #[arg(long, value_name = "URL", value_parser = check_url)]
+    ready_requires: Vec<String>,
     /// TOML file with the same settings; keys are the flag names without the leading dashes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -134,6 +137,11 @@ fn at_least_one<T: FromStr>(value: &str) -> Result<T, String> {
         })
 }
 
+/// A URL of `--ready-requires`, checked as the server will read it.
+fn check_url(text: &str) -> Result<String, String> {
+    portcullis::health::checks::from_url(text).map(|_| text.to_owned())
+}
+
 /// A CIDR range, or a single address (a /32 or /128).
 fn cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
@@ -153,6 +161,9 @@ impl Flags {
         }
         if !self.ban_exempt.is_empty() {
             config.ban_exempt = self.ban_exempt;
+        }
+        if !self.ready_requires.is_empty() {
+            config.ready_requires = self.ready_requires;
         }
         // Added to the file's lists, which a SIGHUP re-reads (these stay).
         config.allow.extend(self.allow);

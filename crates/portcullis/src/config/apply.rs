@@ -166,10 +166,23 @@ impl ServerConfig {
         if let Some(bans) = self.bans() {
             builder = builder.bans(bans);
         }
+        for check in self.health_checks() {
+            builder = builder.health_check(check);
+        }
         if let Some(addr) = self.admin {
             builder = builder.admin(addr)?;
         }
         Ok(builder)
+    }
+
+    /// The checks of `ready-requires`, with the defaults of [`portcullis_health::Check`]
+    /// (every 1 s, 1 s timeout, down after 3 failures, up after 2 successes), each critical.
+    /// Only called once `settings_errors` found every URL valid.
+    fn health_checks(&self) -> Vec<portcullis_health::Check> {
+        self.ready_requires
+            .iter()
+            .filter_map(|url| portcullis_health::checks::from_url(url).ok())
+            .collect()
     }
 
     /// The connection filter of `allow` and `deny`, or `None` when both are empty.

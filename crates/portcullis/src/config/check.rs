@@ -19,6 +19,7 @@
 //! | `fleet-size`, `redis-timeout` | set without `redis` | they do nothing |
 //! | `redis` | without `fleet-size` | while Redis fails every instance limits at the whole rate |
 //! | `redis-timeout` | above 50 ms | every request may wait that long for a slow Redis before it is decided locally |
+//! | `ready-requires` | set without `admin` | `/readyz` is served only on the admin listener: nothing reads the checks |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -175,6 +176,11 @@ impl ServerConfig {
                 errors.push(Issue::plain("redis", why));
             }
         }
+        for url in &self.ready_requires {
+            if let Err(why) = portcullis_health::checks::from_url(url) {
+                errors.push(Issue::plain("ready-requires", why));
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => errors.push(Issue::about("tls-cert").text(" needs ").key("tls-key")),
             (None, Some(_)) => errors.push(Issue::about("tls-key").text(" needs ").key("tls-cert")),
@@ -203,6 +209,14 @@ impl ServerConfig {
         }
         if let Some(issue) = max_conns_warning(self.max_conns.get(), nofile) {
             warnings.push(issue);
+        }
+        if !self.ready_requires.is_empty() && self.admin.is_none() {
+            warnings.push(
+                Issue::about("ready-requires")
+                    .text(" is set without ")
+                    .key("admin")
+                    .text(": /readyz is served only on the admin listener, so nothing reads the checks; set an admin address"),
+            );
         }
         for net in self.trusted_proxy.iter().filter(|net| covers_everyone(net)) {
             warnings.push(Issue::about("trusted-proxy").text(format!(

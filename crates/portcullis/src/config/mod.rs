@@ -201,6 +201,12 @@ pub struct ServerConfig {
     /// Redis before it is decided locally. Default 5 ms.
     #[serde(deserialize_with = "de::duration")]
     pub redis_timeout: Duration,
+    /// `ready-requires`: dependencies `/readyz` waits for, each `tcp://HOST:PORT` (the
+    /// connection is accepted) or `http://HOST:PORT/PATH` (a 2xx answer), checked in the
+    /// background every second with a one-second timeout: not ready until each has
+    /// succeeded once, down after 3 failures in a row, up again after 2 successes. A probe
+    /// never runs a check, and `/livez` never depends on one. Default none.
+    pub ready_requires: Vec<String>,
     /// The file these settings were read from and its own `allow` and `deny` lists, for the
     /// SIGHUP reload of the filter.
     #[serde(skip)]
@@ -247,6 +253,7 @@ impl Default for ServerConfig {
             redis: None,
             fleet_size: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            ready_requires: Vec::new(),
             source: None,
         }
     }
@@ -282,6 +289,7 @@ impl ServerConfig {
         "redis",
         "fleet-size",
         "redis-timeout",
+        "ready-requires",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.

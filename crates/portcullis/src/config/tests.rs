@@ -59,12 +59,14 @@ fn every_key_parses() {
         redis = "redis://127.0.0.1:6379/"
         fleet-size = 4
         redis-timeout = "10ms"
+        ready-requires = ["tcp://127.0.0.1:5432", "http://127.0.0.1:8081/healthz"]
         "#,
     )
     .expect("parses");
     assert_eq!(config.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
     assert_eq!(config.fleet_size.map(NonZeroU32::get), Some(4));
     assert_eq!(config.redis_timeout, Duration::from_millis(10));
+    assert_eq!(config.ready_requires.len(), 2);
     assert_eq!(config.ban_for, Duration::from_secs(120));
     assert_eq!(config.ban_after.map(NonZeroU32::get), Some(10));
     assert_eq!(config.listen.len(), 2);
@@ -80,7 +82,7 @@ fn every_key_parses() {
     assert_eq!(config.acceptors.map(NonZeroUsize::get), Some(2));
     assert!(config.proxy_protocol && config.per_core);
     // Every key of the list is one the struct reads: a file setting all of them parses.
-    assert_eq!(ServerConfig::KEYS.len(), 27);
+    assert_eq!(ServerConfig::KEYS.len(), 28);
 }
 
 fn error(text: &str) -> ConfigError {
