@@ -12,3 +12,6 @@ mod edge_security {}
 
 #[cfg_attr(doctest, doc = include_str!("../../docs/fleet-limits.md"))]
 mod fleet_limits {}
+
+#[cfg_attr(doctest, doc = include_str!("../../docs/health.md"))]
+mod health {}

@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 
 /// Every metric name portcullis's crates define.
 fn emitted() -> BTreeSet<&'static str> {
+    use portcullis::health::metrics as health;
     use portcullis::limit::metrics as limit;
     use portcullis::listen::metrics as listen;
-    use portcullis::metrics::http;
+    use portcullis::metrics::{http, process, runtime};
     use portcullis::server::metrics as server;
     use portcullis::shutdown::metrics as shutdown;
     use portcullis::tls::metrics as tls;
@@ -53,6 +54,25 @@ fn emitted() -> BTreeSet<&'static str> {
         shutdown::SIGNALS_RECEIVED,
         http::REQUEST_DURATION,
         http::ACTIVE_REQUESTS,
+        process::PROCESS_OPEN_FDS,
+        process::PROCESS_MAX_FDS,
+        process::PROCESS_FDS_UTILIZATION,
+        process::PROCESS_RESIDENT_MEMORY,
+        process::PROCESS_VIRTUAL_MEMORY,
+        process::PROCESS_CPU_SECONDS,
+        process::PROCESS_START_TIME,
+        process::PROCESS_THREADS,
+        runtime::TOKIO_WORKERS,
+        runtime::TOKIO_LIVE_TASKS,
+        runtime::TOKIO_GLOBAL_QUEUE_DEPTH,
+        runtime::TOKIO_PARK_COUNT,
+        runtime::TOKIO_BUSY_DURATION,
+        runtime::TOKIO_BUSY_RATIO,
+        health::CHECK_UP,
+        health::CHECK_TRANSITIONS_TOTAL,
+        health::CHECK_DURATION,
+        health::EVENT_LOOP_LAG,
+        health::EVENT_LOOP_LAG_CURRENT,
     ])
 }
 
@@ -123,6 +143,7 @@ fn the_guides_name_only_catalogue_metrics() {
         ("tuning.md", 4),
         ("coming-from-axum.md", 3),
         ("fleet-limits.md", 7),
+        ("health.md", 6),
     ] {
         let used = mentioned(&doc(name));
         assert!(
