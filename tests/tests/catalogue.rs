@@ -69,6 +69,7 @@ fn emitted() -> BTreeSet<&'static str> {
         runtime::TOKIO_BUSY_DURATION,
         runtime::TOKIO_BUSY_RATIO,
         health::CHECK_UP,
+        health::CHECK_FAILED_OPEN,
         health::CHECK_TRANSITIONS_TOTAL,
         health::CHECK_DURATION,
         health::EVENT_LOOP_LAG,

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{CHECK_DURATION, CHECK_TRANSITIONS_TOTAL, CHECK_UP, LABEL_CHECK, LABEL_TO};
+use crate::metrics::{
+    CHECK_DURATION, CHECK_FAILED_OPEN, CHECK_TRANSITIONS_TOTAL, CHECK_UP, LABEL_CHECK, LABEL_TO,
+};
 
 /// How often a check runs by default: every second, start to start.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,6 +42,7 @@ pub struct Check {
     failures_to_down: u32,
     successes_to_up: u32,
     critical: bool,
+    fail_open_after: Option<Duration>,
 }
 
 impl Check {
@@ -63,6 +66,7 @@ impl Check {
             failures_to_down: DEFAULT_FAILURES_TO_DOWN,
             successes_to_up: DEFAULT_SUCCESSES_TO_UP,
             critical: true,
+            fail_open_after: None,
         }
     }
 
@@ -104,6 +108,19 @@ impl Check {
         self
     }
 
+    /// The guard against a cascade, for a critical check on a dependency other instances may
+    /// share: once the check has been down for `after`, it stops holding readiness back (the
+    /// instance is ready again, *degraded*, and the check is listed as failed open). An outage
+    /// that long is likely everyone's, and an instance out of rotation helps nobody then: with
+    /// every instance out, the load balancer has nothing left to send even the requests that
+    /// do not need the dependency. A check that never succeeded (pending) never fails open: a
+    /// new instance still waits for its dependency once. Default: never.
+    #[must_use]
+    pub fn fail_open_after(mut self, after: Duration) -> Self {
+        self.fail_open_after = Some(after);
+        self
+    }
+
     /// The check's name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -120,6 +137,7 @@ impl fmt::Debug for Check {
             .field("failures_to_down", &self.failures_to_down)
             .field("successes_to_up", &self.successes_to_up)
             .field("critical", &self.critical)
+            .field("fail_open_after", &self.fail_open_after)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +179,9 @@ pub struct CheckStatus {
     pub last_success: Option<SystemTime>,
     /// The error of its last failed run, if the last run failed.
     pub last_error: Option<String>,
+    /// Down for longer than its [`fail_open_after`](Check::fail_open_after): it no longer
+    /// holds readiness back.
+    pub failed_open: bool,
 }
 
 /// Every check at once: what `/readyz` answers.
@@ -185,10 +206,12 @@ impl Status {
                 "check {}: {}{}",
                 check.name,
                 check.state.as_str(),
-                if check.critical {
-                    ""
-                } else {
+                if !check.critical {
                     " (not critical)"
+                } else if check.failed_open {
+                    " (failed open: down too long to hold readiness back)"
+                } else {
+                    ""
                 }
             ));
             if let Some(success) = check.last_success {
@@ -214,6 +237,8 @@ struct Tracked {
     successes: u32,
     last_success: Option<SystemTime>,
     last_error: Option<String>,
+    /// When it last went from up to down.
+    down_since: Option<tokio::time::Instant>,
 }
 
 impl Tracked {
@@ -224,6 +249,15 @@ impl Tracked {
             successes: 0,
             last_success: None,
             last_error: None,
+            down_since: None,
+        }
+    }
+
+    /// Down for longer than `check`'s fail-open allowance.
+    fn failed_open(&self, check: &Check) -> bool {
+        match (self.state, self.down_since, check.fail_open_after) {
+            (CheckState::Down, Some(since), Some(after)) => since.elapsed() >= after,
+            _ => false,
         }
     }
 
@@ -251,6 +285,7 @@ impl Tracked {
                 self.last_error = Some(error);
                 if self.state == CheckState::Up && self.failures >= check.failures_to_down {
                     self.state = CheckState::Down;
+                    self.down_since = Some(tokio::time::Instant::now());
                 }
             }
         }
@@ -311,16 +346,17 @@ impl HealthChecks {
                     state: tracked.state,
                     last_success: tracked.last_success,
                     last_error: tracked.last_error.clone(),
+                    failed_open: tracked.failed_open(&entry.check),
                 }
             })
             .collect();
         Status {
             ready: checks
                 .iter()
-                .all(|check| !check.critical || check.state == CheckState::Up),
-            degraded: checks
-                .iter()
-                .any(|check| !check.critical && check.state != CheckState::Up),
+                .all(|check| !check.critical || check.state == CheckState::Up || check.failed_open),
+            degraded: checks.iter().any(|check| {
+                (!check.critical || check.failed_open) && check.state != CheckState::Up
+            }),
             checks,
         }
     }
@@ -370,12 +406,14 @@ async fn run_one(entry: Arc<Entry>, stop: CancellationToken) {
     let check = &entry.check;
     let name = check.name.to_string();
     let up = metrics::gauge!(CHECK_UP, LABEL_CHECK => name.clone());
+    let failed_open = metrics::gauge!(CHECK_FAILED_OPEN, LABEL_CHECK => name.clone());
     let duration = metrics::histogram!(CHECK_DURATION, LABEL_CHECK => name.clone());
     let to_up =
         metrics::counter!(CHECK_TRANSITIONS_TOTAL, LABEL_CHECK => name.clone(), LABEL_TO => "up");
     let to_down =
         metrics::counter!(CHECK_TRANSITIONS_TOTAL, LABEL_CHECK => name.clone(), LABEL_TO => "down");
     up.set(0.0);
+    failed_open.set(0.0);
     to_up.increment(0);
     to_down.increment(0);
     let mut ticks = tokio::time::interval(check.interval);
@@ -394,11 +432,12 @@ async fn run_one(entry: Arc<Entry>, stop: CancellationToken) {
         let result =
             result.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)));
         let failed = result.as_ref().err().cloned();
-        let changed = entry
-            .tracked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record(check, result);
+        let (changed, open) = {
+            let mut tracked = entry.tracked.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = tracked.record(check, result);
+            (changed, tracked.failed_open(check))
+        };
+        failed_open.set(if open { 1.0 } else { 0.0 });
         match changed {
             Some(CheckState::Up) => {
                 up.set(1.0);

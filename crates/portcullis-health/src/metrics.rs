@@ -6,6 +6,10 @@ use metrics::Unit;
 /// Gauge: 1 while a check is up, 0 while it is pending or down, by [`LABEL_CHECK`].
 pub const CHECK_UP: &str = "portcullis_health_check_up";
 
+/// Gauge: 1 while a critical check is down for longer than its `fail_open_after` and no
+/// longer holds readiness back, by [`LABEL_CHECK`].
+pub const CHECK_FAILED_OPEN: &str = "portcullis_health_check_failed_open";
+
 /// Counter: a check's state changes, by [`LABEL_CHECK`] and [`LABEL_TO`] (`up`, `down`).
 pub const CHECK_TRANSITIONS_TOTAL: &str = "portcullis_health_check_transitions_total";
 
@@ -31,6 +35,11 @@ pub fn describe() {
         CHECK_UP,
         Unit::Count,
         "1 while a dependency health check is up."
+    );
+    metrics::describe_gauge!(
+        CHECK_FAILED_OPEN,
+        Unit::Count,
+        "1 while a critical health check has been down so long that it no longer holds readiness back."
     );
     metrics::describe_counter!(
         CHECK_TRANSITIONS_TOTAL,

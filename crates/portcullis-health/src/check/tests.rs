@@ -123,6 +123,72 @@ async fn a_non_critical_check_down_degrades_but_stays_ready() {
     runner.await.expect("no panic");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_critical_check_down_too_long_fails_open_but_a_pending_one_never_does() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Current-thread runtime: the check's task records here too.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    // One snapshot per look: the debugging recorder resets what it reports.
+    let gauges = || {
+        let mut gauges = std::collections::HashMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            if let metrics_util::debugging::DebugValue::Gauge(v) = value {
+                gauges.insert(key.key().name().to_owned(), v.into_inner());
+            }
+        }
+        move |name: &str| gauges.get(name).copied()
+    };
+    let (healthy, runs) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let health = HealthChecks::new();
+    health.add(switchable(&healthy, &runs).fail_open_after(Duration::from_secs(30)));
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(health.run(stop.clone()));
+    // Pending for a minute: never fails open (a new instance waits for its dependency).
+    until_runs(&runs, 60).await;
+    assert_eq!(state(&health), CheckState::Pending);
+    assert!(!health.status().ready);
+    healthy.store(true, Ordering::SeqCst);
+    until_runs(&runs, 61).await;
+    assert!(health.status().ready);
+    // Down: not ready for 30 s, then ready again, degraded, and listed as failed open.
+    healthy.store(false, Ordering::SeqCst);
+    until_runs(&runs, 64).await;
+    assert_eq!(state(&health), CheckState::Down);
+    let down = runs.load(Ordering::SeqCst);
+    until_runs(&runs, down + 28).await;
+    let status = health.status();
+    assert!(!status.ready && !status.checks[0].failed_open, "{status:?}");
+    assert_eq!(gauges()(crate::metrics::CHECK_FAILED_OPEN), Some(0.0));
+    until_runs(&runs, down + 31).await;
+    let gauge = gauges();
+    assert_eq!(gauge(crate::metrics::CHECK_FAILED_OPEN), Some(1.0));
+    assert_eq!(gauge(crate::metrics::CHECK_UP), Some(0.0));
+    let status = health.status();
+    assert!(
+        status.ready && status.degraded && status.checks[0].failed_open,
+        "{status:?}"
+    );
+    assert!(
+        status.verbose().contains("check db: down (failed open"),
+        "{}",
+        status.verbose()
+    );
+    // Back up: an ordinary up check again.
+    healthy.store(true, Ordering::SeqCst);
+    until_runs(&runs, down + 33).await;
+    let status = health.status();
+    assert!(status.ready && !status.degraded && !status.checks[0].failed_open);
+    let gauge = gauges();
+    assert_eq!(gauge(crate::metrics::CHECK_FAILED_OPEN), Some(0.0));
+    assert_eq!(gauge(crate::metrics::CHECK_UP), Some(1.0));
+    stop.cancel();
+    runner.await.expect("no panic");
+}
+
 #[test]
 fn no_checks_is_ready() {
     let status = HealthChecks::new().status();
