@@ -6,6 +6,8 @@
 #   promtool  (Debian package prometheus) checks a live /metrics scrape
 #   redis-server, redis-cli  (Debian package redis-server) the fleet-limit tests start their
 #             own Redis on a loopback port, kill, stop and pause it
+#   initdb, postgres, pg_isready  (Debian package postgresql) the postgres example's tests
+#             make their own cluster in a temporary directory and stop and restart it
 # Missing tools are installed with apt-get when this runs as root or with sudo; otherwise it
 # stops at once and says which packages to install.
 set -euo pipefail
@@ -16,6 +18,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || [ -n "${PG_BIN:-}" ] || missing+=(postgresql)
 
 if ((${#missing[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then
