@@ -210,6 +210,29 @@ mod tests {
         assert_eq!(busy_ratio(second, second, 0), 0.0);
     }
 
+    /// Built with `RUSTFLAGS="--cfg tokio_unstable"` and the `tokio-unstable` feature (a CI
+    /// step), the unstable series are in the scrape too.
+    #[cfg(all(feature = "tokio-unstable", tokio_unstable))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_unstable_metrics_are_rendered_when_built_for_them() {
+        let mut out = String::new();
+        super::RuntimeStats::new(tokio::runtime::Handle::current()).render(&mut out);
+        for name in [
+            "tokio_steal_total",
+            "tokio_polls_total",
+            "tokio_local_schedule_total",
+            "tokio_overflow_total",
+            "tokio_noop_total",
+            "tokio_remote_schedules_total",
+            "tokio_budget_forced_yield_total",
+            "tokio_blocking_threads",
+            "tokio_idle_blocking_threads",
+            "tokio_blocking_queue_depth",
+        ] {
+            assert!(out.contains(&format!("\n{name} ")), "{name} in\n{out}");
+        }
+    }
+
     proptest! {
         #[test]
         fn busy_ratio_stays_within_zero_and_one(busy in any::<u64>(), elapsed in any::<u64>(), workers in 0usize..1024) {
