@@ -5,6 +5,8 @@
 //!   exporter, as a server does. The difference is the layer's cost per request.
 //! - `render/catalogue`: one scrape of every metric portcullis emits (all series of every crate
 //!   touched once, plus the HTTP series of a dozen routes).
+//! - `render/process`: what the admin service adds to every scrape on Linux: the process
+//!   metrics read from `/proc`; `render/runtime`: the tokio runtime's, for a two-worker runtime.
 //!
 //! `cargo bench -p portcullis-benches --bench metrics`
 
@@ -21,7 +23,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use portcullis_metrics::{HttpMetricsLayer, PrometheusExporter, Route};
+use portcullis_metrics::{Admin, HttpMetricsLayer, PrometheusExporter, Route};
 use tower::{Layer, Service};
 
 /// Polls a future that is ready at once (every future here is).
@@ -110,6 +112,31 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function("render/catalogue", |b| {
         b.iter(|| black_box(exporter.render()))
+    });
+
+    // The sections the admin service appends to the exporter's text: an empty renderer, so
+    // only they are measured.
+    let metrics_of = |admin: &mut Admin| {
+        let request = Request::get("/metrics")
+            .body(())
+            .unwrap_or_else(|_| unreachable!("a valid request"));
+        let response = now(admin.call(request)).unwrap_or_else(|e| match e {});
+        response.into_body().into_bytes()
+    };
+    let mut process = Admin::new().metrics(String::new);
+    c.bench_function("render/process", |b| {
+        b.iter(|| black_box(metrics_of(&mut process)))
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let mut tokio = Admin::new()
+        .metrics(String::new)
+        .process_metrics(false)
+        .runtime(runtime.handle().clone());
+    c.bench_function("render/runtime", |b| {
+        b.iter(|| black_box(metrics_of(&mut tokio)))
     });
 }
 
