@@ -619,6 +619,10 @@ impl Builder {
     /// lag probe, see [`LIVENESS_LAG_LIMIT`](crate::LIVENESS_LAG_LIMIT)). Keep a clone of
     /// `checks` to read their [`status`](HealthChecks::status) elsewhere; replaces the checks
     /// of [`health_check`](Self::health_check). Default: none (ready whenever serving).
+    ///
+    /// An [`Admin`] given a readiness check of its own ([`Admin::readiness`]) answers
+    /// `/readyz` from that alone. In per-core mode the checks and the lag probe run on the
+    /// runtime of the lifecycle and the admin listener.
     pub fn health_checks(mut self, checks: HealthChecks) -> Self {
         self.health = checks;
         self
