@@ -109,8 +109,11 @@ async fn the_server_runs_the_exporter_upkeep_without_any_scrape() {
         tokio::time::sleep(UPKEEP_INTERVAL + Duration::from_millis(1)).await;
         live.push(LIVE.load(Ordering::Relaxed));
     }
-    // The first round grows every buffer to its working size; from then on, flat.
-    let grown = live[1..].iter().map(|l| l - live[1]).max().unwrap_or(0);
+    // The first round grows every buffer to its working size; from then on, flat. A round may
+    // catch blocks the upkeep emptied but the epoch-based reclamation has not freed yet (a
+    // transient spike); without the upkeep the heap grows every round, so the smaller of the
+    // last two rounds tells.
+    let grown = live[ROUNDS - 1].min(live[ROUNDS - 2]) - live[1];
     assert!(
         grown < 64 * 1024,
         "live heap grew by {grown} bytes over {} requests with nobody scraping: {live:?}",
