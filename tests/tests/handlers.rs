@@ -75,7 +75,7 @@ async fn panicking_handler_over_http2_resets_nothing_but_its_request() {
 #[tokio::test]
 async fn a_plain_tower_service_and_its_errors() {
     // Not axum: a service_fn whose error becomes a 500 rather than a dropped connection.
-    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
         if request.uri().path() == "/fail" {
             return Err(std::io::Error::other("backend unavailable"));
         }
@@ -113,7 +113,7 @@ struct Reluctant {
     fail: bool,
 }
 
-impl tower::Service<http::Request<hyper::body::Incoming>> for Reluctant {
+impl tower::Service<http::Request<portcullis::server::RequestBody>> for Reluctant {
     type Response = http::Response<Full<Bytes>>;
     type Error = std::io::Error;
     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
@@ -140,7 +140,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Reluctant {
         }
     }
 
-    fn call(&mut self, _request: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, _request: http::Request<portcullis::server::RequestBody>) -> Self::Future {
         std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(
             b"ready\n",
         )))))
@@ -181,7 +181,7 @@ async fn services_that_are_not_ready_at_once_are_waited_for_and_readiness_errors
 #[tokio::test]
 async fn a_panic_while_calling_the_service_is_a_500_too() {
     // The closure itself panics when `call` runs it, before any future exists.
-    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| {
+    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| {
         assert_ne!(request.uri().path(), "/sync-panic", "panicking on purpose");
         std::future::ready(Ok::<_, Infallible>(http::Response::new(Full::new(
             Bytes::from_static(b"fine\n"),
@@ -200,7 +200,7 @@ async fn a_panic_while_calling_the_service_is_a_500_too() {
 
 #[tokio::test]
 async fn conn_info_can_be_turned_off() {
-    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
         let seen = request
             .extensions()
             .get::<portcullis::server::ConnInfo>()

@@ -27,7 +27,7 @@ fn routes() -> Router {
 /// the duration histogram's sample count per (method, status, route).
 fn requests_by_series<S, B>(app: S, requests: &[(&str, &str)]) -> Series
 where
-    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+    S: tower::Service<http::Request<portcullis::server::RequestBody>, Response = http::Response<B>>
         + Clone
         + Send
         + Sync

@@ -16,7 +16,7 @@ async fn serves_http_over_a_unix_socket() {
     let listener = ListenerConfig::default()
         .bind_unix(&path, Some(0o600))
         .expect("bind unix");
-    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
         let local = request
             .extensions()
             .get::<portcullis::server::ConnInfo>()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
+use crate::RequestBody;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use portcullis_limit::PeerAddr;
@@ -23,6 +23,7 @@ use crate::config::HttpConfig;
 use crate::connection::serve_connection;
 use crate::metrics::ServerMetrics;
 use crate::policy::ConnPolicy;
+use crate::rate::StreamTask;
 use crate::report::ServeReport;
 
 /// hyper's built-in HTTP/1 header count limit, and portcullis's default.
@@ -56,7 +57,8 @@ pub(crate) struct Shared<S> {
 }
 
 /// hyper's executor for HTTP/2 stream tasks: tracked like connections, so the drain waits for
-/// them, and stopped when the drain is forced.
+/// them, stopped when the drain is forced, and each ended (its stream reset) when its response
+/// stalls below the minimum rate.
 #[derive(Clone, Debug)]
 pub(crate) struct TrackedExecutor {
     tracker: TaskTracker,
@@ -73,11 +75,13 @@ where
         // Stream tasks are spawned from their connection's task: they keep its peer scope.
         let peer = PeerAddr::current();
         self.tracker.spawn(async move {
+            // The stream's own response rate is watched by its task (`rate/stream.rs`).
+            let stream = StreamTask::new(future);
             let run = async move {
                 tokio::select! {
                     biased;
                     () = lifecycle.reached(ShutdownPhase::Forced) => {}
-                    _ = future => {}
+                    () = stream => {}
                 }
             };
             match peer {
@@ -90,7 +94,7 @@ where
 
 impl<S, B> Core<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -206,7 +210,7 @@ fn hyper_builder(http: &HttpConfig, executor: TrackedExecutor) -> auto::Builder<
 
 async fn accept_loop<S, B>(mut listener: Listener, shared: Arc<Shared<S>>)
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,

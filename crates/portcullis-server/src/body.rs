@@ -3,6 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
+use crate::metrics::CloseReason;
+use crate::rate::{BodyShared, MinRate, StreamWatch};
 use crate::state::InFlight;
 
 pin_project! {
@@ -18,12 +21,16 @@ pin_project! {
     /// Wraps the application's body. The request counts as in flight until this body ends or
     /// is dropped, which is what keeps idle deadlines off a connection that is still
     /// streaming. A panic while producing the body ends the response with an error instead of
-    /// taking down the connection task.
+    /// taking down the connection task, and so does a request body that fell below its
+    /// minimum rate while this response was under way (the connection closes, or on HTTP/2
+    /// the stream is reset).
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
         in_flight: Option<InFlight>,
+        // Boxed: most responses have neither a request body nor an HTTP/2 stream to watch.
+        rated: Option<Box<Rated>>,
     }
 }
 
@@ -36,11 +43,22 @@ pin_project! {
     }
 }
 
+/// What a response is held to besides its own body: the request's body rate, and on HTTP/2
+/// the stream's response rate.
+#[derive(Debug)]
+struct Rated {
+    request: Option<Arc<BodyShared>>,
+    stream: Option<(Arc<StreamWatch>, MinRate)>,
+    /// A frame handed on that hyper has not asked past yet.
+    owed: bool,
+}
+
 impl<B> ResponseBody<B> {
     pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
         Self {
             kind: Kind::Inner { body },
             in_flight: Some(in_flight),
+            rated: None,
         }
     }
 
@@ -50,9 +68,40 @@ impl<B> ResponseBody<B> {
                 data: Some(Bytes::from_static(data)),
             },
             in_flight: Some(in_flight),
+            rated: None,
         }
     }
+
+    /// Ends the response with an error if `request`'s body falls below its rate; on HTTP/2,
+    /// reports each frame to the stream's watch (`stream`, with the response rate).
+    pub(crate) fn rated(
+        mut self,
+        request: Option<Arc<BodyShared>>,
+        stream: Option<(Arc<StreamWatch>, MinRate)>,
+    ) -> Self {
+        if request.is_some() || stream.is_some() {
+            self.rated = Some(Box::new(Rated {
+                request,
+                stream,
+                owed: false,
+            }));
+        }
+        self
+    }
 }
+
+/// The error a [`ResponseBody`] yields when the request's body fell below its minimum rate
+/// while the response was under way.
+#[derive(Debug)]
+pub struct RequestBodyTooSlow(());
+
+impl std::fmt::Display for RequestBodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body fell below its minimum rate; response cut short")
+    }
+}
+
+impl std::error::Error for RequestBodyTooSlow {}
 
 /// The error a [`ResponseBody`] yields when the application's body panicked.
 #[derive(Debug)]
@@ -79,6 +128,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(rated) = this.rated.as_deref_mut() {
+            if let Some(request) = &rated.request
+                && request.is_violated()
+            {
+                if rated.stream.is_none() {
+                    request.conn.hint_close(CloseReason::MinBodyRate);
+                }
+                *this.rated = None;
+                *this.in_flight = None;
+                this.kind.set(Kind::Fixed { data: None });
+                return Poll::Ready(Some(Err(BoxError::from(RequestBodyTooSlow(())))));
+            }
+            if let Some((watch, _)) = &rated.stream
+                && std::mem::take(&mut rated.owed)
+            {
+                watch.taken();
+            }
+        }
         let polled = match this.kind.as_mut().project() {
             KindProj::Inner { body } => {
                 match catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx))) {
@@ -97,6 +164,27 @@ where
             }
             KindProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Some(rated) = this.rated.as_deref_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some((watch, rate)), Some(data)) = (&rated.stream, frame.data_ref())
+                        && !data.is_empty()
+                    {
+                        watch.handed_on(data.len() as u64, *rate);
+                        rated.owed = true;
+                    }
+                }
+                Poll::Pending => {
+                    // Hear of the request body falling below its rate while waiting.
+                    if let Some(request) = &rated.request
+                        && request.poll_violated(cx.waker())
+                    {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Poll::Ready(_) => {}
+            }
+        }
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // The response is complete (or failed): the request no longer holds the
             // connection busy, even if hyper keeps this body around a little longer.

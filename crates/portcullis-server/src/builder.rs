@@ -351,7 +351,7 @@ impl Builder {
     /// use portcullis_shutdown::Shutdown;
     ///
     /// let shutdown = Shutdown::from_signals()?.drain_delay(Duration::from_secs(5));
-    /// let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+    /// let service = tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
     ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
     /// });
     /// let report = portcullis_server::Server::builder()

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::rate::{DEFAULT_MIN_RATE, MinRate};
+
 /// HTTP settings applied to every connection a [`Server`](crate::Server) serves.
 ///
 /// Every default is chosen for a server exposed to untrusted clients; the reason for each is
@@ -22,9 +24,11 @@ use std::time::Duration;
 ///
 /// A timeout of `Duration::MAX` means "never"; a zero timeout closes connections at once.
 ///
-/// Not covered by a deadline: a request in flight (reading its body, running the handler,
-/// writing the response). The drain deadline bounds it at shutdown; the application bounds it
-/// otherwise (for example with `tower::timeout`).
+/// A request in flight has no deadline of its own: its body and its response are held to
+/// minimum data rates instead ([`min_body_rate`](Self::min_body_rate),
+/// [`min_response_rate`](Self::min_response_rate)), and the handler's own time is the
+/// application's to bound (for example with `tower::timeout`). The drain deadline bounds
+/// everything at shutdown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct HttpConfig {
@@ -36,6 +40,8 @@ pub struct HttpConfig {
     pub(crate) h2_max_pending_accept_reset_streams: usize,
     pub(crate) h2_max_local_error_reset_streams: usize,
     pub(crate) h2_max_header_list_size: u32,
+    pub(crate) min_body_rate: MinRate,
+    pub(crate) min_response_rate: MinRate,
 }
 
 /// Default for [`HttpConfig::header_timeout`].
@@ -54,6 +60,8 @@ impl Default for HttpConfig {
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 256,
             h2_max_header_list_size: 64 * 1024,
+            min_body_rate: DEFAULT_MIN_RATE,
+            min_response_rate: DEFAULT_MIN_RATE,
         }
     }
 }
@@ -145,6 +153,37 @@ impl HttpConfig {
     /// HTTP/1.
     pub fn h2_max_header_list_size(mut self, bytes: u32) -> Self {
         self.h2_max_header_list_size = bytes;
+        self
+    }
+
+    /// The minimum rate of request bodies: once the application has waited `grace` for a
+    /// body, the bytes received over the time it waited must stay at or above the rate
+    /// (see [`RequestBody`](crate::RequestBody) for how time counts). Below it the request is
+    /// answered 408 (when no response has started) and the connection closed, or on HTTP/2
+    /// the stream reset; counted as `min_body_rate`. [`MinRate::OFF`] turns it off; a route
+    /// can have its own ([`MinRateLayer`](crate::MinRateLayer)).
+    ///
+    /// Default 240 B/s after 5 s ([`DEFAULT_MIN_RATE`](crate::DEFAULT_MIN_RATE), Kestrel's):
+    /// a body trickled at a few bytes per second (R-U-Dead-Yet) holds its connection for about
+    /// six seconds instead of forever, while the slowest real links send twenty times faster.
+    pub fn min_body_rate(mut self, rate: MinRate) -> Self {
+        self.min_body_rate = rate;
+        self
+    }
+
+    /// The minimum rate at which clients must take responses: a write the socket does not
+    /// take at once must be taken within the grace period, or longer at the rate for its
+    /// size (bytes joining it extend it at the rate). Below it the connection is closed; an
+    /// HTTP/2 stream whose own flow-control window keeps its response from leaving is reset
+    /// instead. Counted as `min_response_rate`. [`MinRate::OFF`] turns it off; a route can
+    /// have its own ([`MinRateLayer`](crate::MinRateLayer)).
+    ///
+    /// Default 240 B/s after 5 s ([`DEFAULT_MIN_RATE`](crate::DEFAULT_MIN_RATE)): a client
+    /// that stops reading holds its connection, its task and its buffers for seconds, not
+    /// forever; enforced on the connection's writes because hyper stops polling a response
+    /// body while the socket is full, so a timer on the body would never fire.
+    pub fn min_response_rate(mut self, rate: MinRate) -> Self {
+        self.min_response_rate = rate;
         self
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
+use crate::RequestBody;
 use hyper_util::rt::TokioIo;
 use portcullis_limit::{BanReason, ConnPermit, PeerAddr};
 use portcullis_listen::proxy::Prefixed;
@@ -69,7 +69,7 @@ pub(crate) async fn serve_connection<S, B>(
     permit: ConnPermit,
     started: Instant,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -96,7 +96,7 @@ async fn stages<S, B>(
     mut permit: ConnPermit,
 ) -> Result<CloseReason, CloseReason>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -223,7 +223,7 @@ async fn http<S, B>(
     client_certificates: Option<ClientCertificates>,
 ) -> CloseReason
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -239,6 +239,7 @@ where
     let io = TokioIo::new(
         TrackedIo::new(stream, Arc::clone(&state))
             .agreed(agreed)
+            .min_response_rate(shared.http.min_response_rate)
             .holding(permit),
     );
     let bans = shared
@@ -259,6 +260,7 @@ where
         peer_addr,
         client_certificates,
     )
+    .min_rates(shared.http.min_body_rate, shared.http.min_response_rate)
     .bans(bans);
     // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
     // `SocketAddr`, so its requests carry no `ConnectInfo`.

@@ -176,10 +176,12 @@ where
         }
         match this.conn.as_mut().poll(cx) {
             Poll::Ready(Ok(_)) => {
-                return Poll::Ready(this.closing.unwrap_or(CloseReason::Complete));
+                let reason = this.closing.or_else(|| this.state.close_hint());
+                return Poll::Ready(reason.unwrap_or(CloseReason::Complete));
             }
             Poll::Ready(Err(error)) => {
-                if let Some(reason) = *this.closing {
+                // A request that decided the close (a body below its rate) names the reason.
+                if let Some(reason) = this.closing.or_else(|| this.state.close_hint()) {
                     return Poll::Ready(reason);
                 }
                 tracing::debug!(%error, "connection ended with an error");

@@ -11,6 +11,7 @@ use portcullis_listen::proxy::Prefixed;
 use portcullis_tls::tokio_rustls::server::TlsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::rate::{FrameScanner, H2Event, MinRate, WriteStall};
 use crate::state::ConnState;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -23,12 +24,18 @@ enum Protocol {
     Http2,
 }
 
-/// Wraps a connection's byte stream; every successful read updates the connection phase.
+/// Wraps a connection's byte stream: every successful read updates the connection phase, and
+/// a write the socket does not take at once is held to the minimum response rate. On HTTP/2
+/// it also follows the connection window (`rate/h2_window.rs`).
 #[derive(Debug)]
 pub(crate) struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     protocol: Protocol,
+    stall: WriteStall,
+    min_response_rate: MinRate,
+    /// HTTP/2 only: the frames read, and the frames written.
+    frames: Option<Box<[FrameScanner; 2]>>,
     /// The protocol TLS ALPN agreed on: the first bytes must be that protocol.
     agreed: Option<Agreed>,
     /// The connection's place under the connection caps, released with the I/O.
@@ -48,9 +55,18 @@ impl<T> TrackedIo<T> {
             inner,
             state,
             protocol: Protocol::Sniffing(0),
+            stall: WriteStall::default(),
+            min_response_rate: MinRate::OFF,
+            frames: None,
             agreed: None,
             _permit: None,
         }
+    }
+
+    /// Holds the writes to `rate` (unless a request in flight asks for its own).
+    pub(crate) fn min_response_rate(mut self, rate: MinRate) -> Self {
+        self.min_response_rate = rate;
+        self
     }
 
     /// Holds `permit` for as long as this I/O lives, upgrades included.
@@ -77,7 +93,7 @@ impl<T> TrackedIo<T> {
     fn on_read(&mut self, bytes: &[u8]) {
         match self.protocol {
             Protocol::Http1 => self.state.on_http1_read(),
-            Protocol::Http2 => {}
+            Protocol::Http2 => self.read_frames(bytes),
             Protocol::Sniffing(matched) => {
                 let wanted = &H2_PREFACE[matched..];
                 let n = wanted.len().min(bytes.len());
@@ -86,11 +102,60 @@ impl<T> TrackedIo<T> {
                 } else if matched + n == H2_PREFACE.len() {
                     self.protocol = Protocol::Http2;
                     self.state.on_http2_preface();
+                    self.frames = Some(Box::default());
+                    self.read_frames(&bytes[n..]);
                 } else {
                     self.protocol = Protocol::Sniffing(matched + n);
                 }
             }
         }
+    }
+
+    /// HTTP/2 frames from the client: DATA uses up the connection window.
+    fn read_frames(&mut self, bytes: &[u8]) {
+        if let Some(frames) = &mut self.frames {
+            let state = &self.state;
+            frames[0].feed(bytes, |event| {
+                if let H2Event::Data(length) = event {
+                    state.h2_window_used(length);
+                }
+            });
+        }
+    }
+
+    /// HTTP/2 frames the server wrote: WINDOW_UPDATE on stream 0 gives window back.
+    fn wrote_frames<'a>(&mut self, mut taken: usize, slices: impl Iterator<Item = &'a [u8]>) {
+        let Some(frames) = &mut self.frames else {
+            return;
+        };
+        let state = &self.state;
+        for slice in slices {
+            if taken == 0 {
+                break;
+            }
+            let piece = &slice[..slice.len().min(taken)];
+            taken -= piece.len();
+            frames[1].feed(piece, |event| {
+                if let H2Event::ConnWindowUpdate(increment) = event {
+                    state.h2_window_granted(increment);
+                }
+            });
+        }
+    }
+
+    /// A write of `presented` bytes returned `polled`.
+    fn wrote(&mut self, presented: usize, polled: &Poll<io::Result<usize>>) {
+        let taken = match polled {
+            Poll::Ready(Ok(n)) => Some(*n as u64),
+            Poll::Ready(Err(_)) => return,
+            Poll::Pending => None,
+        };
+        self.stall.wrote(
+            &self.state,
+            self.min_response_rate,
+            presented as u64,
+            taken,
+        );
     }
 }
 
@@ -127,7 +192,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(buf.len(), &polled);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.wrote_frames(n, std::iter::once(buf));
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -135,7 +206,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let presented = bufs.iter().map(|b| b.len()).sum();
+        this.wrote(presented, &polled);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.wrote_frames(n, bufs.iter().map(|b| &**b));
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -143,7 +221,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        if !matches!(polled, Poll::Ready(Err(_))) {
+            this.stall
+                .flushed(&this.state, this.min_response_rate, polled.is_ready());
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -2,7 +2,7 @@
 //! building blocks over hyper.
 //!
 //! `portcullis-server` takes listeners and an application service (an axum `Router` or any
-//! `tower::Service<http::Request<hyper::body::Incoming>>`) and serves it with every
+//! `tower::Service<http::Request<portcullis_server::RequestBody>>`) and serves it with every
 //! connection phase under a deadline:
 //!
 //! ```text
@@ -16,6 +16,7 @@
 //!  -> hyper-util auto       HTTP/1.1 or HTTP/2 (h2c prior knowledge), timer installed
 //!  -> portcullis deadlines  greeting / request head: header timeout; between requests: idle
 //!  -> application service   panics and errors become a 500 for that request only
+//!  -> minimum data rates    the request body (408 below it) and the connection's writes
 //! lifecycle                 portcullis-shutdown: readiness off -> delay -> drain -> deadline
 //! admin listener            /metrics /livez /readyz (and /bans), outside every limit and ban,
 //!                           up through the drain
@@ -36,7 +37,7 @@
 //! use portcullis_shutdown::Shutdown;
 //!
 //! # async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
-//! let service = tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
+//! let service = tower::service_fn(|_request: Request<portcullis_server::RequestBody>| async {
 //!     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("hello\n"))))
 //! });
 //! let report = Server::builder()
@@ -60,6 +61,11 @@
 //! timer is switched off because it would close idle keep-alive connections at the header
 //! timeout. Every close is counted by reason (see [`metrics`]).
 //!
+//! After the head, minimum data rates take over (Kestrel's model; see [`MinRate`]): the
+//! application reads a [`RequestBody`] that counts the bytes against the time it waited for
+//! them, and the I/O wrapper gives each write the socket does not take at once a deadline
+//! that grows with its size. A route can have rates of its own ([`MinRateLayer`]).
+//!
 //! The server's phase is portcullis-shutdown's [`Lifecycle`](portcullis_shutdown::Lifecycle):
 //! one atomic that every connection reads on each poll, with a wake-up per phase. The
 //! per-connection state shared with HTTP/2 stream tasks is checked with loom
@@ -73,16 +79,16 @@
 //! The code reads in pipeline order: `builder` (what to serve), `serve` and `per_core`
 //! (the lifecycle around one runtime or one per core), `accept` (accept loops and the
 //! drain), `connection` (the stages of one connection), `driver` and `state` (its
-//! deadlines), `service` and `body` (the application's side), `blocks` (their background
-//! work), `admin`.
+//! deadlines), `rate` (the minimum data rates), `service` and `body` (the application's
+//! side), `blocks` (their background work), `admin`.
 //!
 //! # Dependencies in the public API
 //!
 //! The other portcullis crates' types appear throughout (`Listener`, `ListenerConfig`,
 //! `ConnLimiter`, `TlsAcceptor`, `Admin`, `Shutdown`...). Besides those and std's:
 //!
-//! - **hyper**: the application service takes `http::Request<`[`Incoming`]`>` (re-exported
-//!   from `hyper::body`).
+//! - **hyper**: [`RequestBody`] wraps `hyper::body::Incoming`; [`BodyError::Hyper`] carries
+//!   a `hyper::Error`.
 //! - **http**, **http-body** and **bytes**: responses are `http::Response<B>` with
 //!   `B: http_body::Body<Data = `[`Bytes`]`>` (`Bytes` re-exported); [`ResponseBody`]
 //!   implements `Body`.
@@ -124,24 +130,30 @@ pub mod metrics;
 mod monitoring;
 mod per_core;
 mod policy;
+mod rate;
 mod report;
 mod serve;
 mod service;
 mod state;
 
 pub use admin::ADMIN_DRAIN_TIMEOUT;
-pub use body::{BodyPanicked, ResponseBody};
+pub use body::{BodyPanicked, RequestBodyTooSlow, ResponseBody};
 pub use builder::{Builder, DEFAULT_DRAIN_TIMEOUT, Server};
 pub use config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HttpConfig};
 pub use error::Error;
 pub use host::HostProblem;
 pub use monitoring::LIVENESS_LAG_LIMIT;
+pub use rate::{
+    BodyError, DEFAULT_MIN_RATE, MinRate, MinRateFuture, MinRateLayer, MinRateService,
+    RATE_TICK, RequestBody,
+};
 
-/// Internals public only for the fuzz targets (`fuzz/fuzz_targets/host.rs`): not part of the
+/// Internals public only for the fuzz targets (`fuzz/fuzz_targets/`): not part of the
 /// API, no stability promise.
 #[doc(hidden)]
 pub mod internal {
     pub use crate::host::split as split_host;
+    pub use crate::rate::{FrameScanner as H2FrameScanner, H2Event};
 }
 pub use info::ConnInfo;
 pub use portcullis_shutdown::{DrainProgress, ShutdownPhase};
@@ -149,8 +161,6 @@ pub use report::ServeReport;
 
 /// The data of response bodies, from the `bytes` crate.
 pub use bytes::Bytes;
-/// The body of the requests the application service receives, from `hyper::body`.
-pub use hyper::body::Incoming;
 /// The shutdown token and the tracked tasks' types, from tokio-util.
 pub use portcullis_shutdown::{CancellationToken, TaskTracker};
 

@@ -29,9 +29,9 @@ impl std::fmt::Debug for AtomicWaker {
     }
 }
 #[cfg(all(test, portcullis_loom))]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(all(test, portcullis_loom)))]
 pub(crate) use futures_util::task::AtomicWaker;
 #[cfg(not(all(test, portcullis_loom)))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

@@ -11,7 +11,9 @@ pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
 /// Counter: connections closed, by `reason`: `complete` (the client or the protocol ended
 /// it, or the drain closed it gracefully), `header_timeout`, `idle_timeout`, `drain_forced`
 /// (still open at the drain deadline, when the drain was forced, or when the serving future
-/// was dropped), `error` (an I/O or protocol error).
+/// was dropped), `error` (an I/O or protocol error), `refused`, `malformed`, `min_body_rate`
+/// (a request body arrived below its minimum rate), `min_response_rate` (the client took a
+/// response below its minimum rate).
 pub const CONNECTIONS_CLOSED: &str = "portcullis_connections_closed_total";
 /// Histogram: how long connections stayed open, in seconds.
 pub const CONNECTION_DURATION: &str = "portcullis_connection_duration_seconds";
@@ -24,6 +26,11 @@ pub const HANDLER_ERRORS: &str = "portcullis_handler_errors_total";
 /// `reason`: one of [`HostProblem::as_str`](crate::HostProblem::as_str) (`host_missing`,
 /// `host_repeated`, `host_invalid`, `host_mismatch`).
 pub const REQUESTS_REJECTED: &str = "portcullis_requests_rejected_total";
+/// Counter: HTTP/2 streams the server reset while their connection stayed open, by `reason`:
+/// `min_body_rate` (answered 408, then reset) or `min_response_rate` (its response stalled on
+/// the stream's flow-control window). On HTTP/1 the same cases close the connection and are
+/// counted in [`CONNECTIONS_CLOSED`].
+pub const STREAMS_RESET: &str = "portcullis_streams_reset_total";
 
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
@@ -46,11 +53,16 @@ pub enum CloseReason {
     Refused = 5,
     /// The client sent what is not HTTP (hyper answered 400, 414 or 431 and closed).
     Malformed = 6,
+    /// A request body arrived below its minimum rate (answered 408 if no response had
+    /// started).
+    MinBodyRate = 7,
+    /// The client took a response (or the server's writes) below the minimum rate.
+    MinResponseRate = 8,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Complete,
         CloseReason::HeaderTimeout,
         CloseReason::IdleTimeout,
@@ -58,6 +70,8 @@ impl CloseReason {
         CloseReason::Error,
         CloseReason::Refused,
         CloseReason::Malformed,
+        CloseReason::MinBodyRate,
+        CloseReason::MinResponseRate,
     ];
 
     /// The label value.
@@ -71,6 +85,8 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Refused => "refused",
             CloseReason::Malformed => "malformed",
+            CloseReason::MinBodyRate => "min_body_rate",
+            CloseReason::MinResponseRate => "min_response_rate",
         }
     }
 }
@@ -85,7 +101,7 @@ pub fn describe() {
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused, malformed."
+        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused, malformed, min_body_rate, min_response_rate."
     );
     metrics::describe_histogram!(
         CONNECTION_DURATION,
@@ -107,6 +123,11 @@ pub fn describe() {
         Unit::Count,
         "Requests answered 400 by the server before the application (RFC 9112 Host rules), by reason."
     );
+    metrics::describe_counter!(
+        STREAMS_RESET,
+        Unit::Count,
+        "HTTP/2 streams reset by the server below a minimum data rate, by reason: min_body_rate, min_response_rate."
+    );
 }
 
 /// Registers unit and help text of every metric portcullis emits: this crate's, and those of
@@ -127,6 +148,7 @@ pub fn describe_all() {
 /// that they are exported (as 0) before their first event.
 pub fn register() {
     let _ = ServerMetrics::resolve();
+    let _ = metrics::counter!(STREAMS_RESET, "reason" => CloseReason::MinResponseRate.as_str());
 }
 
 /// Registers every series of the closed label sets of every portcullis crate (each crate's
@@ -148,6 +170,8 @@ pub fn register_all() {
 #[derive(Clone, Debug)]
 pub(crate) struct ServerMetrics {
     pub(crate) active: Gauge,
+    /// HTTP/2 streams answered 408 (and reset) for a body below its rate.
+    pub(crate) streams_reset_body: Counter,
     closed: [Counter; CloseReason::ALL.len()],
     pub(crate) duration: Histogram,
     pub(crate) panics: Counter,
@@ -160,6 +184,7 @@ impl ServerMetrics {
     pub(crate) fn noop() -> Self {
         Self {
             active: Gauge::noop(),
+            streams_reset_body: Counter::noop(),
             closed: CloseReason::ALL.map(|_| Counter::noop()),
             duration: Histogram::noop(),
             panics: Counter::noop(),
@@ -171,6 +196,7 @@ impl ServerMetrics {
     pub(crate) fn resolve() -> Self {
         Self {
             active: metrics::gauge!(CONNECTIONS_ACTIVE),
+            streams_reset_body: metrics::counter!(STREAMS_RESET, "reason" => CloseReason::MinBodyRate.as_str()),
             closed: CloseReason::ALL
                 .map(|reason| metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str())),
             duration: metrics::histogram!(CONNECTION_DURATION),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
+use crate::RequestBody;
 use portcullis_listen::Listener;
 use portcullis_shutdown::Lifecycle;
 use tokio::time::Instant;
@@ -92,7 +92,7 @@ impl Builder {
 
     /// Serves `service` on every listener until the shutdown begins, then drains.
     ///
-    /// `service` is any tower service over `http::Request<hyper::body::Incoming>`, an axum
+    /// `service` is any tower service over `http::Request<RequestBody>`, an axum
     /// `Router` included. It is cloned for every request. A panic in it, and an error it
     /// returns, become a 500 answer for that one request; a panic while producing a response
     /// body cuts that response short. The connection and the server live on either way.
@@ -116,7 +116,7 @@ impl Builder {
     /// background work stops.
     pub async fn serve<S, B>(self, service: S) -> Result<ServeReport, Error>
     where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body<Data = Bytes> + Send + 'static,

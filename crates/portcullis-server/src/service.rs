@@ -25,11 +25,13 @@ use crate::HostProblem;
 use crate::body::ResponseBody;
 use crate::host::HostCache;
 use crate::info::ConnInfo;
-use crate::metrics::ServerMetrics;
+use crate::metrics::{CloseReason, ServerMetrics};
+use crate::rate::{BodyRate, BodyShared, MinRate, RequestBody, ResponseRate, StreamWatch};
 use crate::state::{ConnState, InFlight};
 
 const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
 const BANNED_BODY: &[u8] = b"too many requests: this client is banned for a while\n";
+const SLOW_BODY: &[u8] = b"request timeout: the request body arrived too slowly\n";
 
 /// The bans as one connection applies them to its requests.
 #[derive(Debug)]
@@ -65,6 +67,9 @@ pub(crate) struct ConnService<S> {
     bans: Option<Arc<ConnBans>>,
     /// The connection's last valid `Host`.
     host: HostCache,
+    /// The server's minimum body and response rates.
+    min_body_rate: MinRate,
+    min_response_rate: MinRate,
     /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
     /// one a trusted PROXY header names, or the TCP peer), built once per connection.
     #[cfg(feature = "axum")]
@@ -89,9 +94,19 @@ impl<S> ConnService<S> {
             client_certificates,
             bans: None,
             host: HostCache::default(),
+            min_body_rate: MinRate::OFF,
+            min_response_rate: MinRate::OFF,
             #[cfg(feature = "axum")]
             connect_info: None,
         }
+    }
+
+    /// Holds request bodies to `body` and, on HTTP/2, each stream's response to `response`
+    /// (the connection's writes are held to it by the I/O).
+    pub(crate) fn min_rates(mut self, body: MinRate, response: MinRate) -> Self {
+        self.min_body_rate = body;
+        self.min_response_rate = response;
+        self
     }
 
     /// Applies `bans` to every request: answers with their status (or a [`Strike`]
@@ -112,7 +127,7 @@ impl<S> ConnService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -163,6 +178,19 @@ where
             request.extensions_mut().insert(connect_info);
         }
         let in_flight = self.state.request_started();
+        let http2 = request.version() == http::Version::HTTP_2;
+        // A request with a body gets its timing (and the handle `MinRateLayer` uses); one
+        // without (most GETs) costs nothing more.
+        let (request, body) = if request.body().is_end_stream() {
+            (request.map(RequestBody::untracked), None)
+        } else {
+            let shared = BodyShared::new(Arc::clone(&self.state), self.min_body_rate);
+            let mut request = request.map(|b| RequestBody::tracked(b, Arc::clone(&shared)));
+            request
+                .extensions_mut()
+                .insert(BodyRate(Arc::clone(&shared)));
+            (request, Some(shared))
+        };
         let mut service = self.inner.clone();
         // Most services are always ready: ask once without a real waker and call at once,
         // so the future hyper stores is just the application's. A service that is not ready
@@ -186,6 +214,8 @@ where
             in_flight: Some(in_flight),
             metrics: Arc::clone(&self.metrics),
             strike,
+            body,
+            stream_rate: http2.then_some(self.min_response_rate),
         }
     }
 }
@@ -194,13 +224,15 @@ impl<S> ConnService<S> {
     /// A request the server answers itself, without calling the application.
     fn answer<B>(&self, refusal: Refusal) -> ResponseFuture<S, B>
     where
-        S: Service<Request<Incoming>, Response = Response<B>>,
+        S: Service<Request<RequestBody>, Response = Response<B>>,
     {
         ResponseFuture {
             call: Call::Refused { refusal },
             in_flight: Some(self.state.request_started()),
             metrics: Arc::clone(&self.metrics),
             strike: None,
+            body: None,
+            stream_rate: None,
         }
     }
 
@@ -233,18 +265,18 @@ pin_project! {
     #[project = CallProj]
     pub(crate) enum Call<S>
     where
-        S: Service<Request<Incoming>>,
+        S: Service<Request<RequestBody>>,
     {
         Called { #[pin] future: S::Future },
         // Rare (the service was not ready at once), so boxed: the common future stays small.
-        NotReady { oneshot: Pin<Box<Oneshot<S, Request<Incoming>>>> },
+        NotReady { oneshot: Pin<Box<Oneshot<S, Request<RequestBody>>>> },
         Failed,
         // Answered by the server itself.
         Refused { refusal: Refusal },
     }
 }
 
-impl<S: Service<Request<Incoming>>> From<Failed> for Call<S> {
+impl<S: Service<Request<RequestBody>>> From<Failed> for Call<S> {
     fn from(_: Failed) -> Self {
         Call::Failed
     }
@@ -254,7 +286,7 @@ pin_project! {
     /// Drives the application's future for one request.
     pub(crate) struct ResponseFuture<S, B>
     where
-        S: Service<Request<Incoming>, Response = Response<B>>,
+        S: Service<Request<RequestBody>, Response = Response<B>>,
     {
         #[pin]
         call: Call<S>,
@@ -262,24 +294,28 @@ pin_project! {
         metrics: Arc<ServerMetrics>,
         // With bans: where a refusal of this request's client is counted.
         strike: Option<(Arc<ConnBans>, IpAddr)>,
+        // A request with a body: its timing.
+        body: Option<Arc<BodyShared>>,
+        // HTTP/2: the response rate of the stream, unless the response asks for its own.
+        stream_rate: Option<MinRate>,
     }
 }
 
 impl<S, B> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<RequestBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
 {
     type Output = Result<Response<ResponseBody<B>>, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if this.in_flight.is_none() {
             // Polled after completion: a contract violation by the caller. Stay pending
             // rather than poll the finished call again.
             return Poll::Pending;
         }
-        let polled = match this.call.project() {
+        let polled = match this.call.as_mut().project() {
             CallProj::Called { future } => {
                 catch_unwind(AssertUnwindSafe(|| future.poll(cx).map_err(Some)))
             }
@@ -296,7 +332,15 @@ where
             }
         };
         let outcome = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Pending) => match this.body.as_ref() {
+                // The body fell below its rate while the application waited: answer now,
+                // and drop the application's future (and with it the body).
+                Some(body) if body.poll_violated(cx.waker()) => {
+                    this.call.set(Call::Failed);
+                    Err(())
+                }
+                _ => return Poll::Pending,
+            },
             Ok(Poll::Ready(Ok(response))) => Ok(response),
             Ok(Poll::Ready(Err(None))) => Err(()),
             Ok(Poll::Ready(Err(Some(error)))) => {
@@ -315,6 +359,14 @@ where
         let Some(in_flight) = this.in_flight.take() else {
             return Poll::Pending;
         };
+        if let Some(body) = this.body.as_ref().filter(|body| body.is_violated()) {
+            return Poll::Ready(Ok(slow_body(
+                body,
+                in_flight,
+                this.stream_rate.is_some(),
+                this.metrics,
+            )));
+        }
         Poll::Ready(Ok(match outcome {
             Ok(response) => {
                 if let Some((conn, client)) = this.strike.take() {
@@ -327,11 +379,46 @@ where
                         conn.bans.strike(client, reason);
                     }
                 }
-                response.map(|body| ResponseBody::new(body, in_flight))
+                let own_rate = response.extensions().get::<ResponseRate>().map(|r| r.0);
+                if let (Some(rate), Some(state)) = (own_rate, in_flight.state()) {
+                    state.override_write_rate(rate);
+                }
+                // HTTP/2: the stream's response is held to its rate by the stream's task.
+                let stream = this
+                    .stream_rate
+                    .and_then(|rate| Some((StreamWatch::current()?, own_rate.unwrap_or(rate))));
+                let body = this.body.take();
+                response.map(|inner| ResponseBody::new(inner, in_flight).rated(body, stream))
             }
             Err(()) => internal_error(in_flight),
         }))
     }
+}
+
+/// The answer to a request whose body fell below its rate: 408, then the connection closes
+/// (HTTP/1) or the stream is reset (HTTP/2: the request's body is dropped unfinished once the
+/// answer is sent).
+fn slow_body<B>(
+    body: &BodyShared,
+    in_flight: InFlight,
+    http2: bool,
+    metrics: &ServerMetrics,
+) -> Response<ResponseBody<B>> {
+    tracing::debug!("request body below its minimum rate; answering 408");
+    let mut response = Response::new(ResponseBody::fixed(SLOW_BODY, in_flight));
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if http2 {
+        metrics.streams_reset_body.increment(1);
+    } else {
+        headers.insert(http::header::CONNECTION, crate::host::CLOSE);
+        body.conn.hint_close(CloseReason::MinBodyRate);
+    }
+    response
 }
 
 fn internal_error<B>(in_flight: InFlight) -> Response<ResponseBody<B>> {

@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Answers `PEER via PROXY` from the request's extensions.
 async fn whoami(
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<portcullis_server::RequestBody>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let peer = request
         .extensions()
@@ -290,7 +290,7 @@ async fn the_rate_limit_finds_the_client_without_the_extension() {
 
 /// Answers `101 Switching Protocols` and keeps the upgraded connection open, echoing.
 async fn upgrade(
-    mut request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<portcullis_server::RequestBody>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {

@@ -27,7 +27,7 @@ fn closes_are_counted_by_reason() {
             let addr = listener.local_addr().as_inet().expect("inet");
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let service =
-                tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+                tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
                         Bytes::from_static(b"hi"),
                     )))

@@ -48,7 +48,7 @@ fn per_core_threads_share_the_connections_and_drain_together() {
                 let _ = rx.await;
             })
             .serve_per_core(cores, || {
-                tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+                tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
                     let name = std::thread::current().name().unwrap_or("?").to_owned();
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
                         name,
@@ -111,7 +111,7 @@ fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
             })
             .serve_per_core(cores, move || {
                 let entered = entered_tx.lock().expect("lock").clone();
-                tower::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                tower::service_fn(move |_request: http::Request<portcullis_server::RequestBody>| {
                     let _ = entered.send(());
                     async {
                         // Hung handler: never answers by itself.
@@ -170,7 +170,7 @@ fn per_core_waits_for_tasks_handlers_spawned_on_their_core() {
                 })
                 .serve_per_core(cores, move || {
                     let (token, tasks, finished) = (token.clone(), tasks.clone(), finished.clone());
-                    tower::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    tower::service_fn(move |_request: http::Request<portcullis_server::RequestBody>| {
                         // A background job started by the handler, on this core's runtime,
                         // that needs 300 ms to finish once the shutdown begins.
                         let (token, finished) = (token.clone(), finished.clone());

@@ -16,7 +16,7 @@ type Phases = mpsc::UnboundedReceiver<(ShutdownPhase, Instant)>;
 
 type Answer = Result<http::Response<Full<Bytes>>, std::convert::Infallible>;
 
-fn answer(_request: http::Request<hyper::body::Incoming>) -> std::future::Ready<Answer> {
+fn answer(_request: http::Request<portcullis_server::RequestBody>) -> std::future::Ready<Answer> {
     std::future::ready(Ok(http::Response::new(Full::new(Bytes::new()))))
 }
 

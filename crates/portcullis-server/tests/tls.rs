@@ -81,7 +81,7 @@ async fn the_verified_client_chain_reaches_the_handler() {
         .build()
         .expect("acceptor");
     let expected = client_pair.der.clone();
-    let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+    let service = tower::service_fn(move |request: http::Request<portcullis_server::RequestBody>| {
         let expected = expected.clone();
         async move {
             let seen = request
@@ -163,7 +163,7 @@ async fn one_server_serves_a_plain_and_a_tls_listener() {
     let secure = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let plain_addr = plain.local_addr().as_inet().expect("inet");
     let secure_addr = secure.local_addr().as_inet().expect("inet");
-    let service = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+    let service = tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -36,7 +36,7 @@
 //!             .trusted_proxies(["10.0.0.0/8".parse()?])
 //!             .layer(), // 429 + Retry-After + RateLimit fields
 //!     )
-//!     .service_fn(|_request: http::Request<portcullis::server::Incoming>| async {
+//!     .service_fn(|_request: http::Request<portcullis::server::RequestBody>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(
 //!             http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
 //!         ))

@@ -12,7 +12,8 @@ use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
+use portcullis::server::RequestBody;
 
 /// Largest request body any route accepts.
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -47,7 +48,7 @@ pub(crate) fn template(_method: &Method, uri: &http::Uri) -> Option<&'static str
 }
 
 /// Serves one request.
-pub(crate) fn route(request: Request<Incoming>) -> RouteFuture {
+pub(crate) fn route(request: Request<RequestBody>) -> RouteFuture {
     if declared_length(&request).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return ready(too_large());
     }
@@ -134,7 +135,7 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-async fn echo(request: Request<Incoming>) -> Response<AppBody> {
+async fn echo(request: Request<RequestBody>) -> Response<AppBody> {
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
     match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()

@@ -204,7 +204,7 @@ impl Running {
         service: S,
     ) -> Self
     where
-        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        S: tower::Service<http::Request<portcullis::server::RequestBody>, Response = http::Response<B>>
             + Clone
             + Send
             + Sync
@@ -225,7 +225,7 @@ impl Running {
         service: S,
     ) -> Self
     where
-        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        S: tower::Service<http::Request<portcullis::server::RequestBody>, Response = http::Response<B>>
             + Clone
             + Send
             + Sync

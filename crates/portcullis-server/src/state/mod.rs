@@ -12,6 +12,7 @@
 //! | head | HTTP/1, bytes of a new request read while idle | first byte + header timeout |
 //! | busy | at least one request in flight | none |
 //! | idle | no request in flight | end of last request + idle timeout |
+//! | stalled write | any phase, the socket has not taken a write | its allowance at the minimum response rate (see `rate`), when earlier |
 //!
 //! The in-flight count may change on another thread (HTTP/2 streams run on their own tasks),
 //! so the state is atomic and the driver's waker is woken when a connection becomes idle.
@@ -21,9 +22,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::loom::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Ordering};
+use crate::loom::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, AtomicWaker, Ordering};
 
 use crate::metrics::CloseReason;
+use crate::rate::{MinRate, NO_RATE};
 
 const NONE: u64 = u64::MAX;
 /// A request head started but its start time was not read yet (see `on_http1_read`).
@@ -54,6 +56,17 @@ pub(crate) struct ConnState {
     waker: AtomicWaker,
     /// The task that drives the connection (the one that created this state), if known.
     driver_task: Option<tokio::task::Id>,
+    /// When the write the socket has not taken must be taken, or `NONE`. Written and read on
+    /// the driver's task only (the connection's I/O is polled there).
+    write_deadline: AtomicU64,
+    /// The response rate a request in flight asked for (packed, `NO_RATE` when none):
+    /// replaces the connection's for its writes until no request is left.
+    write_rate: AtomicU64,
+    /// HTTP/2: the connection window the client has left, in bytes (may go below zero by a
+    /// frame in flight).
+    h2_window: AtomicI64,
+    /// Why the connection is closing, when a request decided it (`reason as usize + 1`, or 0).
+    close_hint: AtomicUsize,
 }
 
 /// A point in a connection's life, on its own cheap clock: nanoseconds since it was accepted.
@@ -87,6 +100,10 @@ impl ConnState {
             head_since: AtomicU64::new(NONE),
             waker: AtomicWaker::new(),
             driver_task: tokio::task::try_id(),
+            write_deadline: AtomicU64::new(NONE),
+            write_rate: AtomicU64::new(NO_RATE),
+            h2_window: AtomicI64::new(crate::rate::H2_INITIAL_WINDOW),
+            close_hint: AtomicUsize::new(0),
         })
     }
 
@@ -137,8 +154,14 @@ impl ConnState {
         // never computes an idle deadline from a stale time.
         let now = self.nanos_since_origin(Instant::now());
         self.idle_since.fetch_max(now, Ordering::Release);
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !self.on_driver_task() {
-            self.waker.wake();
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // No request left: the connection's own response rate again.
+            if self.write_rate.load(Ordering::Relaxed) != NO_RATE {
+                self.write_rate.store(NO_RATE, Ordering::Relaxed);
+            }
+            if !self.on_driver_task() {
+                self.waker.wake();
+            }
         }
     }
 
@@ -155,8 +178,91 @@ impl ConnState {
         self.waker.register(waker);
     }
 
-    /// The deadline in force now, if any.
+    /// The deadline in force now, if any: the phase's, or a stalled write's when earlier.
     pub(crate) fn deadline(&self, header_timeout: Nanos, idle_timeout: Nanos) -> Option<Deadline> {
+        let phase = self.phase_deadline(header_timeout, idle_timeout);
+        let write = self.write_deadline.load(Ordering::Relaxed);
+        if write == NONE {
+            return phase;
+        }
+        match phase {
+            Some(phase) if phase.at <= write => Some(phase),
+            _ => Some(Deadline {
+                at: write,
+                reason: CloseReason::MinResponseRate,
+            }),
+        }
+    }
+
+    /// A write the socket did not take must be taken by `at`.
+    pub(crate) fn set_write_deadline(&self, at: Nanos) {
+        self.write_deadline.store(at.min(NONE - 1), Ordering::Relaxed);
+    }
+
+    /// Bytes joined the stalled write: `by` more.
+    pub(crate) fn extend_write_deadline(&self, by: Nanos) {
+        let at = self.write_deadline.load(Ordering::Relaxed);
+        if at != NONE {
+            self.set_write_deadline(at.saturating_add(by));
+        }
+    }
+
+    /// The socket took everything it was given.
+    pub(crate) fn clear_write_deadline(&self) {
+        self.write_deadline.store(NONE, Ordering::Relaxed);
+    }
+
+    /// The response rate the connection's writes are held to: a request's own, or `default`.
+    pub(crate) fn write_rate(&self, default: MinRate) -> MinRate {
+        MinRate::unpack(self.write_rate.load(Ordering::Relaxed)).unwrap_or(default)
+    }
+
+    /// A request in flight asked for its own response rate: the lowest such rate holds until
+    /// the connection has no request left.
+    pub(crate) fn override_write_rate(&self, rate: MinRate) {
+        let packed = rate.pack();
+        let _ = self
+            .write_rate
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                let lower = MinRate::unpack(current)
+                    .is_none_or(|current| rate.bytes_per_second() < current.bytes_per_second());
+                lower.then_some(packed)
+            });
+    }
+
+    /// HTTP/2: the client sent a DATA frame of `bytes`.
+    pub(crate) fn h2_window_used(&self, bytes: u32) {
+        self.h2_window
+            .fetch_sub(i64::from(bytes), Ordering::Relaxed);
+    }
+
+    /// HTTP/2: the server gave `bytes` of connection window back.
+    pub(crate) fn h2_window_granted(&self, bytes: u32) {
+        self.h2_window
+            .fetch_add(i64::from(bytes), Ordering::Relaxed);
+    }
+
+    /// HTTP/2: whether the client may not send any DATA now. Always false on HTTP/1.
+    pub(crate) fn h2_window_exhausted(&self) -> bool {
+        self.h2_window.load(Ordering::Relaxed) <= 0
+    }
+
+    /// A request decided why the connection closes (a body below its rate, say).
+    pub(crate) fn hint_close(&self, reason: CloseReason) {
+        self.close_hint
+            .store(reason as usize + 1, Ordering::Relaxed);
+    }
+
+    /// The reason a request gave for the close, if any.
+    pub(crate) fn close_hint(&self) -> Option<CloseReason> {
+        match self.close_hint.load(Ordering::Relaxed) {
+            0 => None,
+            n => CloseReason::ALL.get(n - 1).copied(),
+        }
+    }
+
+    /// The deadline of the connection's phase, if any.
+    fn phase_deadline(&self, header_timeout: Nanos, idle_timeout: Nanos) -> Option<Deadline> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -209,6 +315,11 @@ impl ConnState {
 pub(crate) struct InFlight(Option<Arc<ConnState>>);
 
 impl InFlight {
+    /// The connection's state, until the request ends.
+    pub(crate) fn state(&self) -> Option<&Arc<ConnState>> {
+        self.0.as_ref()
+    }
+
     /// Ends the request now rather than at drop.
     pub(crate) fn end(&mut self) {
         if let Some(state) = self.0.take() {

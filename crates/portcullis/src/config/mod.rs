@@ -51,7 +51,7 @@
 //! if let Some(error) = report.errors.first() {
 //!     return Err(error.to_string().into());
 //! }
-//! let service = tower::service_fn(|_request: http::Request<portcullis::server::Incoming>| async {
+//! let service = tower::service_fn(|_request: http::Request<portcullis::server::RequestBody>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 //! });
 //! let builder = Server::builder().graceful(Shutdown::from_signals()?);
