@@ -60,7 +60,9 @@ const ROUNDS: usize = 5;
 const REQUESTS_PER_ROUND: usize = 20_000;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
 
-async fn hello(_: Request<portcullis::server::RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(
+    _: Request<portcullis::server::RequestBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
 }
 

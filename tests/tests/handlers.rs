@@ -75,17 +75,19 @@ async fn panicking_handler_over_http2_resets_nothing_but_its_request() {
 #[tokio::test]
 async fn a_plain_tower_service_and_its_errors() {
     // Not axum: a service_fn whose error becomes a 500 rather than a dropped connection.
-    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
-        if request.uri().path() == "/fail" {
-            return Err(std::io::Error::other("backend unavailable"));
-        }
-        let info = request
-            .extensions()
-            .get::<portcullis::server::ConnInfo>()
-            .map(|info| info.peer.to_string())
-            .unwrap_or_default();
-        Ok(http::Response::new(Full::new(Bytes::from(info))))
-    });
+    let service = tower::service_fn(
+        |request: http::Request<portcullis::server::RequestBody>| async move {
+            if request.uri().path() == "/fail" {
+                return Err(std::io::Error::other("backend unavailable"));
+            }
+            let info = request
+                .extensions()
+                .get::<portcullis::server::ConnInfo>()
+                .map(|info| info.peer.to_string())
+                .unwrap_or_default();
+            Ok(http::Response::new(Full::new(Bytes::from(info))))
+        },
+    );
     let server = Running::start(|b| b, service);
     let addr = server.addr();
     let mut sender = http1(addr).await;
@@ -200,15 +202,17 @@ async fn a_panic_while_calling_the_service_is_a_500_too() {
 
 #[tokio::test]
 async fn conn_info_can_be_turned_off() {
-    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
-        let seen = request
-            .extensions()
-            .get::<portcullis::server::ConnInfo>()
-            .is_some();
-        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-            seen.to_string(),
-        ))))
-    });
+    let service = tower::service_fn(
+        |request: http::Request<portcullis::server::RequestBody>| async move {
+            let seen = request
+                .extensions()
+                .get::<portcullis::server::ConnInfo>()
+                .is_some();
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                seen.to_string(),
+            ))))
+        },
+    );
     let server = Running::start(|b| b.conn_info(false), service);
     let addr = server.addr();
     let mut sender = http1(addr).await;

@@ -16,14 +16,16 @@ async fn serves_http_over_a_unix_socket() {
     let listener = ListenerConfig::default()
         .bind_unix(&path, Some(0o600))
         .expect("bind unix");
-    let service = tower::service_fn(|request: http::Request<portcullis::server::RequestBody>| async move {
-        let local = request
-            .extensions()
-            .get::<portcullis::server::ConnInfo>()
-            .map(|info| info.local.to_string())
-            .unwrap_or_default();
-        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(local))))
-    });
+    let service = tower::service_fn(
+        |request: http::Request<portcullis::server::RequestBody>| async move {
+            let local = request
+                .extensions()
+                .get::<portcullis::server::ConnInfo>()
+                .map(|info| info.local.to_string())
+                .unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(local))))
+        },
+    );
     let server = Running::start_on(listener, |b| b, service);
 
     let stream = tokio::net::UnixStream::connect(&path)

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use crate::RequestBody;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use portcullis_limit::PeerAddr;

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use crate::RequestBody;
 use hyper_util::rt::TokioIo;
 use portcullis_limit::{BanReason, ConnPermit, PeerAddr};
 use portcullis_listen::proxy::Prefixed;

@@ -150,12 +150,8 @@ impl<T> TrackedIo<T> {
             Poll::Ready(Err(_)) => return,
             Poll::Pending => None,
         };
-        self.stall.wrote(
-            &self.state,
-            self.min_response_rate,
-            presented as u64,
-            taken,
-        );
+        self.stall
+            .wrote(&self.state, self.min_response_rate, presented as u64, taken);
     }
 }
 

@@ -144,8 +144,8 @@ pub use error::Error;
 pub use host::HostProblem;
 pub use monitoring::LIVENESS_LAG_LIMIT;
 pub use rate::{
-    BodyError, DEFAULT_MIN_RATE, MinRate, MinRateFuture, MinRateLayer, MinRateService,
-    RATE_TICK, RequestBody,
+    BodyError, DEFAULT_MIN_RATE, MinRate, MinRateFuture, MinRateLayer, MinRateService, RATE_TICK,
+    RequestBody,
 };
 
 /// Internals public only for the fuzz targets (`fuzz/fuzz_targets/`): not part of the

@@ -10,10 +10,10 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use crate::RequestBody;
 use portcullis_listen::DetachedListener;
 use portcullis_shutdown::{Lifecycle, ShutdownPhase};
 use tokio::time::Instant;

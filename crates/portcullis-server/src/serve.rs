@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use crate::RequestBody;
 use portcullis_listen::Listener;
 use portcullis_shutdown::Lifecycle;
 use tokio::time::Instant;

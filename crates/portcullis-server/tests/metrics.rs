@@ -26,12 +26,13 @@ fn closes_are_counted_by_reason() {
             let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
             let addr = listener.local_addr().as_inet().expect("inet");
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let service =
-                tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
+            let service = tower::service_fn(
+                |_request: http::Request<portcullis_server::RequestBody>| async {
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
                         Bytes::from_static(b"hi"),
                     )))
-                });
+                },
+            );
             let server = tokio::spawn(
                 Server::builder()
                     .listener(listener)

@@ -48,12 +48,14 @@ fn per_core_threads_share_the_connections_and_drain_together() {
                 let _ = rx.await;
             })
             .serve_per_core(cores, || {
-                tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
-                    let name = std::thread::current().name().unwrap_or("?").to_owned();
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                        name,
-                    ))))
-                })
+                tower::service_fn(
+                    |_request: http::Request<portcullis_server::RequestBody>| async {
+                        let name = std::thread::current().name().unwrap_or("?").to_owned();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(name),
+                        )))
+                    },
+                )
             })
     });
 
@@ -111,16 +113,18 @@ fn per_core_forced_drain_cuts_a_hung_request_on_every_core() {
             })
             .serve_per_core(cores, move || {
                 let entered = entered_tx.lock().expect("lock").clone();
-                tower::service_fn(move |_request: http::Request<portcullis_server::RequestBody>| {
-                    let _ = entered.send(());
-                    async {
-                        // Hung handler: never answers by itself.
-                        std::future::pending::<()>().await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::new(),
-                        )))
-                    }
-                })
+                tower::service_fn(
+                    move |_request: http::Request<portcullis_server::RequestBody>| {
+                        let _ = entered.send(());
+                        async {
+                            // Hung handler: never answers by itself.
+                            std::future::pending::<()>().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::new(),
+                            )))
+                        }
+                    },
+                )
             })
     });
     // Several hung requests, so that both cores very likely hold one.
@@ -170,21 +174,23 @@ fn per_core_waits_for_tasks_handlers_spawned_on_their_core() {
                 })
                 .serve_per_core(cores, move || {
                     let (token, tasks, finished) = (token.clone(), tasks.clone(), finished.clone());
-                    tower::service_fn(move |_request: http::Request<portcullis_server::RequestBody>| {
-                        // A background job started by the handler, on this core's runtime,
-                        // that needs 300 ms to finish once the shutdown begins.
-                        let (token, finished) = (token.clone(), finished.clone());
-                        tasks.spawn(async move {
-                            token.cancelled().await;
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            finished.store(true, std::sync::atomic::Ordering::SeqCst);
-                        });
-                        async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from_static(b"ok"),
-                            )))
-                        }
-                    })
+                    tower::service_fn(
+                        move |_request: http::Request<portcullis_server::RequestBody>| {
+                            // A background job started by the handler, on this core's runtime,
+                            // that needs 300 ms to finish once the shutdown begins.
+                            let (token, finished) = (token.clone(), finished.clone());
+                            tasks.spawn(async move {
+                                token.cancelled().await;
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                            });
+                            async {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from_static(b"ok"),
+                                )))
+                            }
+                        },
+                    )
                 })
         })
     };

@@ -81,21 +81,23 @@ async fn the_verified_client_chain_reaches_the_handler() {
         .build()
         .expect("acceptor");
     let expected = client_pair.der.clone();
-    let service = tower::service_fn(move |request: http::Request<portcullis_server::RequestBody>| {
-        let expected = expected.clone();
-        async move {
-            let seen = request
-                .extensions()
-                .get::<ClientCertificates>()
-                .map(|c| (c.chain().len(), c.end_entity() == Some(&expected)));
-            let body = match seen {
-                Some((n, true)) => format!("{n} certificate(s), the client's"),
-                Some((n, false)) => format!("{n} certificate(s), not the client's"),
-                None => "no certificates".to_owned(),
-            };
-            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-        }
-    });
+    let service = tower::service_fn(
+        move |request: http::Request<portcullis_server::RequestBody>| {
+            let expected = expected.clone();
+            async move {
+                let seen = request
+                    .extensions()
+                    .get::<ClientCertificates>()
+                    .map(|c| (c.chain().len(), c.end_entity() == Some(&expected)));
+                let body = match seen {
+                    Some((n, true)) => format!("{n} certificate(s), the client's"),
+                    Some((n, false)) => format!("{n} certificate(s), not the client's"),
+                    None => "no certificates".to_owned(),
+                };
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+            }
+        },
+    );
     let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().as_inet().expect("inet");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -163,9 +165,11 @@ async fn one_server_serves_a_plain_and_a_tls_listener() {
     let secure = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let plain_addr = plain.local_addr().as_inet().expect("inet");
     let secure_addr = secure.local_addr().as_inet().expect("inet");
-    let service = tower::service_fn(|_request: http::Request<portcullis_server::RequestBody>| async {
-        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
-    });
+    let service = tower::service_fn(
+        |_request: http::Request<portcullis_server::RequestBody>| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+        },
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()

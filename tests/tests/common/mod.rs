@@ -204,8 +204,10 @@ impl Running {
         service: S,
     ) -> Self
     where
-        S: tower::Service<http::Request<portcullis::server::RequestBody>, Response = http::Response<B>>
-            + Clone
+        S: tower::Service<
+                http::Request<portcullis::server::RequestBody>,
+                Response = http::Response<B>,
+            > + Clone
             + Send
             + Sync
             + 'static,
@@ -225,8 +227,10 @@ impl Running {
         service: S,
     ) -> Self
     where
-        S: tower::Service<http::Request<portcullis::server::RequestBody>, Response = http::Response<B>>
-            + Clone
+        S: tower::Service<
+                http::Request<portcullis::server::RequestBody>,
+                Response = http::Response<B>,
+            > + Clone
             + Send
             + Sync
             + 'static,

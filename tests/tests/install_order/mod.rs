@@ -13,7 +13,9 @@ use tower::ServiceBuilder;
 
 use crate::common::{Running, http_get};
 
-async fn hello(_: Request<portcullis::server::RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(
+    _: Request<portcullis::server::RequestBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
 }
 

@@ -41,8 +41,8 @@ use crate::state::{Nanos, nanos};
 pub use layer::{MinRateFuture, MinRateLayer, MinRateService};
 pub use request::{BodyError, RequestBody};
 
-pub use h2_window::{Event as H2Event, FrameScanner};
 pub(crate) use h2_window::INITIAL_WINDOW as H2_INITIAL_WINDOW;
+pub use h2_window::{Event as H2Event, FrameScanner};
 pub(crate) use layer::{BodyRate, ResponseRate};
 pub(crate) use request::BodyShared;
 pub(crate) use stream::{StreamTask, StreamWatch};

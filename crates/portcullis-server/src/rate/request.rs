@@ -189,10 +189,11 @@ impl Tracking {
             let now = Instant::now();
             if self.since.is_none() {
                 self.since = Some(now);
-                let next = now + RATE_TICK;
-                match &mut self.tick {
-                    Some(tick) => tick.as_mut().reset(next),
-                    None => self.tick = Some(Box::pin(tokio::time::sleep_until(next))),
+                // The ticks keep their own pace: frames arriving between two do not push the
+                // next check back (a client sending a byte just before each would never be
+                // checked).
+                if self.tick.is_none() {
+                    self.tick = Some(Box::pin(tokio::time::sleep_until(now + RATE_TICK)));
                 }
             }
             let Some(tick) = &mut self.tick else {
@@ -279,5 +280,103 @@ impl fmt::Debug for RequestBody {
             .field("inner", &self.inner)
             .field("timed", &self.tracking.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: MinRate = MinRate::new(100, Duration::from_secs(2));
+
+    fn tracking(state: &Arc<ConnState>) -> Tracking {
+        Tracking {
+            shared: BodyShared::new(Arc::clone(state), MIN),
+            received: 0,
+            waited: 0,
+            since: None,
+            tick: None,
+        }
+    }
+
+    fn poll(tracking: &mut Tracking) -> Poll<BodyError> {
+        tracking.poll_wait(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starved_server_counts_one_tick_per_tick() {
+        let state = ConnState::new(Instant::now());
+        let mut body = tracking(&state);
+        assert!(poll(&mut body).is_pending());
+        // The runtime did not run this task for 10 s: only one tick counts.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            poll(&mut body).is_pending(),
+            "1 s waited is within the grace"
+        );
+        assert_eq!(body.waited, nanos(RATE_TICK));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_past_the_grace_below_the_rate_fails_the_body() {
+        let state = ConnState::new(Instant::now());
+        let mut body = tracking(&state);
+        assert!(poll(&mut body).is_pending());
+        for _ in 0..2 {
+            tokio::time::advance(RATE_TICK).await;
+            assert!(poll(&mut body).is_pending());
+        }
+        tokio::time::advance(RATE_TICK).await;
+        match poll(&mut body) {
+            Poll::Ready(BodyError::BelowMinRate {
+                received,
+                waited,
+                min,
+            }) => {
+                assert_eq!((received, waited, min), (0, Duration::from_secs(3), MIN));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(body.shared.is_violated());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_between_ticks_do_not_push_the_check_back() {
+        let state = ConnState::new(Instant::now());
+        let mut body = tracking(&state);
+        let mut failed = None;
+        // A byte every 500 ms: 2 B/s, far below 100 B/s.
+        for step in 1..=20 {
+            assert!(poll(&mut body).is_pending());
+            tokio::time::advance(Duration::from_millis(500)).await;
+            body.count(Instant::now());
+            body.since = None;
+            body.received += 1;
+            if poll(&mut body).is_ready() {
+                failed = Some(step);
+                break;
+            }
+        }
+        assert!(
+            failed.is_some_and(|step| step <= 6),
+            "checked at {failed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_does_not_count_while_the_http2_connection_window_is_used_up() {
+        let state = ConnState::new(Instant::now());
+        state.h2_window_used(65_535);
+        let mut body = tracking(&state);
+        assert!(poll(&mut body).is_pending());
+        for _ in 0..10 {
+            tokio::time::advance(RATE_TICK).await;
+            assert!(poll(&mut body).is_pending(), "the client may not send");
+        }
+        assert_eq!(body.waited, 0);
+        state.h2_window_granted(1);
+        tokio::time::advance(RATE_TICK).await;
+        assert!(poll(&mut body).is_pending());
+        assert_eq!(body.waited, nanos(RATE_TICK));
     }
 }

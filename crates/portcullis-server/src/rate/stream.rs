@@ -138,7 +138,11 @@ mod tests {
             std::future::pending::<()>().await;
         });
         task.await;
-        assert_eq!(started.elapsed(), Duration::from_secs(10), "1000 B at 100 B/s");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "1000 B at 100 B/s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

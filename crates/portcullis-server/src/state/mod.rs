@@ -196,7 +196,8 @@ impl ConnState {
 
     /// A write the socket did not take must be taken by `at`.
     pub(crate) fn set_write_deadline(&self, at: Nanos) {
-        self.write_deadline.store(at.min(NONE - 1), Ordering::Relaxed);
+        self.write_deadline
+            .store(at.min(NONE - 1), Ordering::Relaxed);
     }
 
     /// Bytes joined the stalled write: `by` more.
