@@ -15,3 +15,6 @@ mod fleet_limits {}
 
 #[cfg_attr(doctest, doc = include_str!("../../docs/health.md"))]
 mod health {}
+
+#[cfg_attr(doctest, doc = include_str!("../../docs/slow-clients.md"))]
+mod slow_clients {}

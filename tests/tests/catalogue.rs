@@ -49,6 +49,7 @@ fn emitted() -> BTreeSet<&'static str> {
         server::HANDLER_PANICS,
         server::HANDLER_ERRORS,
         server::REQUESTS_REJECTED,
+        server::STREAMS_RESET,
         shutdown::SHUTDOWN_PHASE,
         shutdown::DRAIN_DURATION,
         shutdown::SIGNALS_RECEIVED,

@@ -57,6 +57,15 @@ struct Flags {
     /// Deadline for the TLS handshake of a new connection; 0s: off. [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     handshake_timeout: Option<Duration>,
+    /// Minimum rate of a request body, over the time the application waits for it (B/s; also written 240B/s); below it 408 and the connection closed; 0: off. [default: 240]
+    #[arg(long, value_name = "B/s", value_parser = byte_rate)]
+    min_body_rate: Option<u32>,
+    /// Minimum rate at which clients must take responses (B/s): a write the socket does not take gets the grace, longer at this rate for its size; 0: off. [default: 240]
+    #[arg(long, value_name = "B/s", value_parser = byte_rate)]
+    min_response_rate: Option<u32>,
+    /// Grace period of both minimum rates. [default: 5s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    min_rate_grace: Option<Duration>,
     /// Per-client request rate limit, answered 429 past it: N/s, N/m or N/h (also N/sec, N/second, N/min, N/minute, N/hour), optionally followed by "burst B"; off unless given.
     #[arg(long, value_name = "N/s", value_parser = quota)]
     rate: Option<Quota>,
@@ -120,6 +129,14 @@ fn duration(value: &str) -> Result<Duration, String> {
     parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// Bytes per second: `240`, or `240B/s`.
+fn byte_rate(value: &str) -> Result<u32, String> {
+    let digits = value.trim().trim_end_matches("B/s").trim_end();
+    digits.parse().map_err(|_| {
+        format!("invalid rate {value:?}: expected bytes per second, such as 240 or 240B/s")
+    })
+}
+
 fn quota(value: &str) -> Result<Quota, String> {
     value
         .parse()
@@ -177,6 +194,9 @@ impl Flags {
             drain_delay,
             drain_timeout,
             handshake_timeout,
+            min_body_rate,
+            min_response_rate,
+            min_rate_grace,
             max_conns,
             ban_window,
             ban_for,

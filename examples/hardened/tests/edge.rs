@@ -134,31 +134,7 @@ async fn admin_call(admin: SocketAddr, method: &str, path: &str) -> u16 {
         .unwrap_or_else(|| panic!("not an HTTP answer: {response:?}"))
 }
 
-/// The value of the series `name{labels}` (exactly as exported) on `/metrics`, 0 if absent.
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let scrape = admin_get(admin, "/metrics").await;
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
-}
-
-/// Scrapes until `series` reaches `at_least`: for what the server records after the client
-/// saw the connection close. Bounded by a 20 s deadline.
-async fn metric_reaches(admin: SocketAddr, series: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let value = metric(admin, series).await;
-        if value >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {value}, still below {at_least} after 20 s"
-        );
-        tokio::task::yield_now().await;
-    }
-}
+use common::{metric, metric_reaches};
 
 #[tokio::test]
 async fn denied_and_not_allowed_clients_get_no_byte_and_allowed_ones_are_served() {

@@ -31,16 +31,21 @@ pub(crate) struct ResponseRate(pub(crate) MinRate);
 /// Outside a portcullis server the layer does nothing.
 ///
 /// ```
+/// use std::convert::Infallible;
 /// use std::time::Duration;
-/// use axum::{Router, routing::post};
-/// use portcullis_server::{MinRate, MinRateLayer};
+/// use http::{Request, Response};
+/// use portcullis_server::{MinRate, MinRateLayer, RequestBody};
 ///
-/// let app: Router = Router::new().route(
-///     "/upload",
-///     post(|body: axum::body::Bytes| async move { body.len().to_string() })
-///         .layer(MinRateLayer::new().body(MinRate::new(64, Duration::from_secs(30)))),
-/// );
+/// // An upload service for slow links: 32 B/s is enough, after 30 s.
+/// let upload = tower::ServiceBuilder::new()
+///     .layer(MinRateLayer::new().body(MinRate::new(32, Duration::from_secs(30))))
+///     .service_fn(|_request: Request<RequestBody>| async {
+///         Ok::<_, Infallible>(Response::new(String::from("stored\n")))
+///     });
+/// # let _ = upload;
 /// ```
+///
+/// With axum, put it on the route: `post(upload).layer(MinRateLayer::new().body(..))`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub struct MinRateLayer {

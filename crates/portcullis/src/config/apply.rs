@@ -13,7 +13,7 @@ use portcullis_limit::{
 };
 use portcullis_listen::ListenerConfig;
 use portcullis_listen::proxy::ProxyProtocol;
-use portcullis_server::{Builder, HttpConfig};
+use portcullis_server::{Builder, HttpConfig, MinRate};
 use portcullis_tls::{TlsAcceptor, TlsConfig, TlsError};
 
 use super::{Issue, ServerConfig};
@@ -216,12 +216,15 @@ impl ServerConfig {
         Some(policy.build())
     }
 
-    /// The HTTP settings: `header-timeout` and `idle-timeout` (zero: never), the rest
-    /// [`HttpConfig`]'s defaults.
+    /// The HTTP settings: `header-timeout` and `idle-timeout` (zero: never), the minimum
+    /// rates (`min-body-rate`, `min-response-rate`, zero: off, after `min-rate-grace`), the
+    /// rest [`HttpConfig`]'s defaults.
     pub fn http_config(&self) -> HttpConfig {
         HttpConfig::default()
             .header_timeout(or_never(self.header_timeout, Duration::MAX))
             .idle_timeout(or_never(self.idle_timeout, Duration::MAX))
+            .min_body_rate(MinRate::new(self.min_body_rate, self.min_rate_grace))
+            .min_response_rate(MinRate::new(self.min_response_rate, self.min_rate_grace))
     }
 
     /// The connection caps: `max-conns`, and `max-conns-per-ip` with the trusted proxies

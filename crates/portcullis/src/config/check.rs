@@ -7,6 +7,7 @@
 //! | setting | warned when | why |
 //! |---|---|---|
 //! | `header-timeout`, `idle-timeout`, `handshake-timeout` | `0s` (off) | a client holds a connection (a descriptor, memory) for as long as it likes |
+//! | `min-body-rate`, `min-response-rate` | `0` (off) | a client trickling a body, or not reading its response, holds a connection for as long as it likes |
 //! | `max-conns` | above half of the soft `RLIMIT_NOFILE` | descriptors run out before the cap refuses anyone: accepts fail for everyone |
 //! | `trusted-proxy` | covers every IPv4 or IPv6 address | any client names its own address: per-client limits and logs believe it |
 //! | `drain-delay` + `drain-timeout` | above 30 s | Kubernetes' default grace period: the process is killed mid-drain |
@@ -206,6 +207,19 @@ impl ServerConfig {
         if self.handshake_timeout.is_zero() && self.tls_cert.is_some() {
             let why = "a client can stall its TLS handshake forever, holding a connection";
             warnings.push(off("handshake-timeout", "10s", why));
+        }
+        let rate_off = |setting, why: &str| {
+            Issue::about(setting).text(format!(
+                " is off (0): {why}; set it to a few hundred bytes per second (the default is 240)"
+            ))
+        };
+        if self.min_body_rate == 0 {
+            let why = "a client can trickle a request body a byte at a time, holding a connection";
+            warnings.push(rate_off("min-body-rate", why));
+        }
+        if self.min_response_rate == 0 {
+            let why = "a client that stops reading a response holds its connection and buffers";
+            warnings.push(rate_off("min-response-rate", why));
         }
         if let Some(issue) = max_conns_warning(self.max_conns.get(), nofile) {
             warnings.push(issue);

@@ -129,6 +129,19 @@ pub struct ServerConfig {
     /// 10 s; zero turns it off.
     #[serde(deserialize_with = "de::duration")]
     pub handshake_timeout: Duration,
+    /// `min-body-rate`: the minimum rate of a request body in bytes per second, over the time
+    /// the application waits for it, once `min-rate-grace` has passed
+    /// ([`HttpConfig::min_body_rate`](crate::server::HttpConfig::min_body_rate)). Default 240;
+    /// zero turns it off.
+    pub min_body_rate: u32,
+    /// `min-response-rate`: the minimum rate in bytes per second at which clients must take
+    /// responses, once `min-rate-grace` has passed
+    /// ([`HttpConfig::min_response_rate`](crate::server::HttpConfig::min_response_rate)).
+    /// Default 240; zero turns it off.
+    pub min_response_rate: u32,
+    /// `min-rate-grace`: the grace period of both minimum rates. Default 5 s.
+    #[serde(deserialize_with = "de::duration")]
+    pub min_rate_grace: Duration,
     /// `rate`: the per-client request rate (`"100/s"`, `"600/m"`, `"1000/h"`, optionally
     /// `"100/s burst 20"`; see [`Quota`]). Default none (no rate limit).
     #[serde(deserialize_with = "de::quota")]
@@ -234,6 +247,9 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             handshake_timeout: portcullis_tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            min_body_rate: portcullis_server::DEFAULT_MIN_RATE.bytes_per_second(),
+            min_response_rate: portcullis_server::DEFAULT_MIN_RATE.bytes_per_second(),
+            min_rate_grace: portcullis_server::DEFAULT_MIN_RATE.grace(),
             rate: None,
             burst: None,
             max_conns: NonZeroUsize::new(portcullis_limit::DEFAULT_MAX_CONNECTIONS)
@@ -271,6 +287,9 @@ impl ServerConfig {
         "tls-cert",
         "tls-key",
         "handshake-timeout",
+        "min-body-rate",
+        "min-response-rate",
+        "min-rate-grace",
         "rate",
         "burst",
         "max-conns",

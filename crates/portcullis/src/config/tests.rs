@@ -41,6 +41,9 @@ fn every_key_parses() {
         tls-cert = "cert.pem"
         tls-key = "key.pem"
         handshake-timeout = "250ms"
+        min-body-rate = 100
+        min-response-rate = 0
+        min-rate-grace = "10s"
         rate = "600/m"
         burst = 20
         max-conns = 5000
@@ -82,7 +85,27 @@ fn every_key_parses() {
     assert_eq!(config.acceptors.map(NonZeroUsize::get), Some(2));
     assert!(config.proxy_protocol && config.per_core);
     // Every key of the list is one the struct reads: a file setting all of them parses.
-    assert_eq!(ServerConfig::KEYS.len(), 28);
+    assert_eq!(
+        (
+            config.min_body_rate,
+            config.min_response_rate,
+            config.min_rate_grace
+        ),
+        (100, 0, Duration::from_secs(10))
+    );
+    let http = config.http_config();
+    assert_eq!(
+        http,
+        portcullis_server::HttpConfig::default()
+            .header_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(30))
+            .min_body_rate(portcullis_server::MinRate::new(
+                100,
+                Duration::from_secs(10)
+            ))
+            .min_response_rate(portcullis_server::MinRate::OFF)
+    );
+    assert_eq!(ServerConfig::KEYS.len(), 31);
 }
 
 fn error(text: &str) -> ConfigError {

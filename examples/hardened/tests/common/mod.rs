@@ -158,3 +158,29 @@ pub async fn get(addr: SocketAddr, path: &str) -> String {
     )
     .await
 }
+
+/// The value of the series `name{labels}` (exactly as exported) on `/metrics`, 0 if absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let scrape = get(admin, "/metrics").await;
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+/// Scrapes until `series` reaches `at_least`: for what the server records after the client
+/// saw the connection close. Bounded by a 20 s deadline.
+pub async fn metric_reaches(admin: SocketAddr, series: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = metric(admin, series).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} is {value}, still below {at_least} after 20 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
