@@ -90,6 +90,9 @@ impl MinRate {
     /// At least `bytes_per_second` once `grace` has passed; a rate of 0 is [`OFF`](Self::OFF).
     #[must_use]
     pub const fn new(bytes_per_second: u32, grace: Duration) -> Self {
+        if bytes_per_second == 0 {
+            return Self::OFF;
+        }
         Self {
             bytes_per_second,
             grace,
