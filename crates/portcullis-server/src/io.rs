@@ -1,6 +1,7 @@
 //! The I/O wrapper that reports read activity to the connection's [`ConnState`].
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +16,13 @@ use crate::rate::{FrameScanner, H2Event, MinRate, WriteStall};
 use crate::state::ConnState;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper's first read buffer (8 KiB). Reads give it at most one byte less: hyper doubles its
+/// buffer after every read that fills it, up to the head limit (64 KiB), and never shrinks
+/// it, so one large upload would leave an idle connection holding 64 KiB for the rest of its
+/// life. A body then arrives in reads of up to 8 KiB (nginx reads bodies in 8 or 16 KiB
+/// buffers), copied once more; a request head larger than 8 KiB still grows the buffer.
+const READ_CHUNK: usize = 8 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -163,7 +171,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = if buf.remaining() >= READ_CHUNK {
+            // Through a smaller buffer: see `READ_CHUNK`.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK - 1];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
+            let result = Pin::new(&mut this.inner).poll_read(cx, &mut chunk);
+            buf.put_slice(chunk.filled());
+            result
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled();
             if filled.len() > before {

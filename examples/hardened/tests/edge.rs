@@ -9,7 +9,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Hardened;
 use portcullis::tls::rustls::pki_types::ServerName;
