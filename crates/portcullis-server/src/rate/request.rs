@@ -283,7 +283,7 @@ impl fmt::Debug for RequestBody {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(portcullis_loom)))]
 mod tests {
     use super::*;
 
@@ -380,3 +380,7 @@ mod tests {
         assert_eq!(body.waited, nanos(RATE_TICK));
     }
 }
+
+#[cfg(all(test, portcullis_loom))]
+#[path = "tests/loom_body.rs"]
+mod loom_body;
