@@ -54,14 +54,6 @@ struct Rated {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
-        Self {
-            kind: Kind::Inner { body },
-            in_flight: Some(in_flight),
-            rated: None,
-        }
-    }
-
     pub(crate) fn fixed(data: &'static [u8], in_flight: InFlight) -> Self {
         Self {
             kind: Kind::Fixed {
@@ -72,21 +64,28 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    /// Ends the response with an error if `request`'s body falls below its rate; on HTTP/2,
-    /// reports each frame to the stream's watch (`stream`, with the response rate).
+    /// A response held to `request`'s body rate (it ends with an error if that body falls
+    /// below it) and, on HTTP/2, reporting each frame to the stream's watch (`stream`, with
+    /// the response rate).
+    #[inline]
     pub(crate) fn rated(
-        mut self,
+        body: B,
+        in_flight: InFlight,
         request: Option<Arc<BodyShared>>,
         stream: Option<(Arc<StreamWatch>, MinRate)>,
     ) -> Self {
-        if request.is_some() || stream.is_some() {
-            self.rated = Some(Box::new(Rated {
+        let rated = (request.is_some() || stream.is_some()).then(|| {
+            Box::new(Rated {
                 request,
                 stream,
                 owed: false,
-            }));
+            })
+        });
+        Self {
+            kind: Kind::Inner { body },
+            in_flight: Some(in_flight),
+            rated,
         }
-        self
     }
 }
 

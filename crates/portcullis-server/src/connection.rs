@@ -233,13 +233,12 @@ where
     let peer_addr = scope.filter(|_| shared.conn.peer).map(PeerAddr);
     // The connection's own deadlines (greeting, header, idle) start now that PROXY and TLS
     // are done; the accept instant still dates the connection for its duration metric.
-    let state = ConnState::new(Instant::now());
+    let state = ConnState::with_response_rate(Instant::now(), shared.http.min_response_rate);
     // The caps' place travels with the I/O: an upgraded connection (a WebSocket, say) keeps
     // holding it after hyper hands the socket to the application.
     let io = TokioIo::new(
         TrackedIo::new(stream, Arc::clone(&state))
             .agreed(agreed)
-            .min_response_rate(shared.http.min_response_rate)
             .holding(permit),
     );
     let bans = shared
@@ -260,7 +259,7 @@ where
         peer_addr,
         client_certificates,
     )
-    .min_rates(shared.http.min_body_rate, shared.http.min_response_rate)
+    .min_body_rate(shared.http.min_body_rate)
     .bans(bans);
     // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
     // `SocketAddr`, so its requests carry no `ConnectInfo`.

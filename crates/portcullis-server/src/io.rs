@@ -12,16 +12,18 @@ use portcullis_listen::proxy::Prefixed;
 use portcullis_tls::tokio_rustls::server::TlsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::rate::{FrameScanner, H2Event, MinRate, WriteStall};
+use crate::rate::{FrameScanner, H2Event, WriteStall};
 use crate::state::ConnState;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// hyper's first read buffer (8 KiB). Reads give it at most one byte less: hyper doubles its
-/// buffer after every read that fills it, up to the head limit (64 KiB), and never shrinks
-/// it, so one large upload would leave an idle connection holding 64 KiB for the rest of its
-/// life. A body then arrives in reads of up to 8 KiB (nginx reads bodies in 8 or 16 KiB
-/// buffers), copied once more; a request head larger than 8 KiB still grows the buffer.
+/// hyper's first read buffer (8 KiB). While a request with a body is in flight, reads give
+/// it at most one byte less: hyper doubles its buffer after every read that fills it, up to
+/// the head limit (64 KiB), and never shrinks it, so one large upload would leave an idle
+/// connection holding 64 KiB for the rest of its life. A body then arrives in reads of up to
+/// 8 KiB (nginx reads bodies in 8 or 16 KiB buffers), copied once more. Not covered: the read
+/// that brings a head and the start of its body together can still fill the buffer once
+/// (16 KiB then), and a request head larger than 8 KiB grows it to hold the head.
 const READ_CHUNK: usize = 8 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +43,6 @@ pub(crate) struct TrackedIo<T> {
     state: Arc<ConnState>,
     protocol: Protocol,
     stall: WriteStall,
-    min_response_rate: MinRate,
     /// HTTP/2 only: the frames read, and the frames written.
     frames: Option<Box<[FrameScanner; 2]>>,
     /// The protocol TLS ALPN agreed on: the first bytes must be that protocol.
@@ -64,17 +65,10 @@ impl<T> TrackedIo<T> {
             state,
             protocol: Protocol::Sniffing(0),
             stall: WriteStall::default(),
-            min_response_rate: MinRate::OFF,
             frames: None,
             agreed: None,
             _permit: None,
         }
-    }
-
-    /// Holds the writes to `rate` (unless a request in flight asks for its own).
-    pub(crate) fn min_response_rate(mut self, rate: MinRate) -> Self {
-        self.min_response_rate = rate;
-        self
     }
 
     /// Holds `permit` for as long as this I/O lives, upgrades included.
@@ -151,15 +145,23 @@ impl<T> TrackedIo<T> {
         }
     }
 
-    /// A write of `presented` bytes returned `polled`.
-    fn wrote(&mut self, presented: usize, polled: &Poll<io::Result<usize>>) {
+    /// Whether a write that went through needs looking at: a stalled write is being timed, or
+    /// HTTP/2 frames are being followed.
+    fn watching(&self) -> bool {
+        self.stall.is_timing() || self.frames.is_some()
+    }
+
+    /// A write of `presented()` bytes returned `polled`. A write taken whole while nothing
+    /// is owed (every write of a client that reads) costs one comparison.
+    fn wrote(&mut self, presented: impl FnOnce() -> usize, polled: &Poll<io::Result<usize>>) {
         let taken = match polled {
+            Poll::Ready(Ok(_)) if !self.stall.is_timing() => return,
             Poll::Ready(Ok(n)) => Some(*n as u64),
             Poll::Ready(Err(_)) => return,
             Poll::Pending => None,
         };
-        self.stall
-            .wrote(&self.state, self.min_response_rate, presented as u64, taken);
+        let presented = presented() as u64;
+        self.stall.wrote(&self.state, presented, taken);
     }
 }
 
@@ -171,13 +173,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let result = if buf.remaining() >= READ_CHUNK {
-            // Through a smaller buffer: see `READ_CHUNK`.
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK - 1];
-            let mut chunk = ReadBuf::uninit(&mut chunk);
-            let result = Pin::new(&mut this.inner).poll_read(cx, &mut chunk);
-            buf.put_slice(chunk.filled());
-            result
+        // Reads go straight to hyper (a keep-alive GET pays nothing) unless a request with a
+        // body is in flight: then through the smaller buffer.
+        let result = if buf.remaining() >= READ_CHUNK && this.state.is_body_in_flight() {
+            read_in_chunks(Pin::new(&mut this.inner), cx, buf)
         } else {
             Pin::new(&mut this.inner).poll_read(cx, buf)
         };
@@ -199,6 +198,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
+/// Reads through a buffer of `READ_CHUNK - 1` bytes. Out of line: its 8 KiB stack frame
+/// (and the probe of its pages) stays off the path of every other read.
+#[inline(never)]
+fn read_in_chunks<T: AsyncRead>(
+    inner: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK - 1];
+    let mut chunk = ReadBuf::uninit(&mut chunk);
+    let result = inner.poll_read(cx, &mut chunk);
+    buf.put_slice(chunk.filled());
+    result
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -207,7 +221,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.wrote(buf.len(), &polled);
+        if polled.is_ready() && !this.watching() {
+            return polled;
+        }
+        this.wrote(|| buf.len(), &polled);
         if let Poll::Ready(Ok(n)) = polled {
             this.wrote_frames(n, std::iter::once(buf));
         }
@@ -221,8 +238,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        let presented = bufs.iter().map(|b| b.len()).sum();
-        this.wrote(presented, &polled);
+        if polled.is_ready() && !this.watching() {
+            return polled;
+        }
+        this.wrote(|| bufs.iter().map(|b| b.len()).sum(), &polled);
         if let Poll::Ready(Ok(n)) = polled {
             this.wrote_frames(n, bufs.iter().map(|b| &**b));
         }
@@ -236,9 +255,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        if polled.is_ready() && !this.stall.is_timing() {
+            return polled;
+        }
         if !matches!(polled, Poll::Ready(Err(_))) {
-            this.stall
-                .flushed(&this.state, this.min_response_rate, polled.is_ready());
+            this.stall.flushed(&this.state, polled.is_ready());
         }
         polled
     }

@@ -67,9 +67,8 @@ pub(crate) struct ConnService<S> {
     bans: Option<Arc<ConnBans>>,
     /// The connection's last valid `Host`.
     host: HostCache,
-    /// The server's minimum body and response rates.
+    /// The server's minimum body rate.
     min_body_rate: MinRate,
-    min_response_rate: MinRate,
     /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
     /// one a trusted PROXY header names, or the TCP peer), built once per connection.
     #[cfg(feature = "axum")]
@@ -95,17 +94,14 @@ impl<S> ConnService<S> {
             bans: None,
             host: HostCache::default(),
             min_body_rate: MinRate::OFF,
-            min_response_rate: MinRate::OFF,
             #[cfg(feature = "axum")]
             connect_info: None,
         }
     }
 
-    /// Holds request bodies to `body` and, on HTTP/2, each stream's response to `response`
-    /// (the connection's writes are held to it by the I/O).
-    pub(crate) fn min_rates(mut self, body: MinRate, response: MinRate) -> Self {
-        self.min_body_rate = body;
-        self.min_response_rate = response;
+    /// Holds request bodies to `rate` (the responses' rate is the connection's, in its state).
+    pub(crate) fn min_body_rate(mut self, rate: MinRate) -> Self {
+        self.min_body_rate = rate;
         self
     }
 
@@ -184,6 +180,7 @@ where
         let (request, body) = if request.body().is_end_stream() {
             (request.map(RequestBody::untracked), None)
         } else {
+            self.state.body_started();
             let shared = BodyShared::new(Arc::clone(&self.state), self.min_body_rate);
             let mut request = request.map(|b| RequestBody::tracked(b, Arc::clone(&shared)));
             request
@@ -215,7 +212,7 @@ where
             metrics: Arc::clone(&self.metrics),
             strike,
             body,
-            stream_rate: http2.then_some(self.min_response_rate),
+            http2,
         }
     }
 }
@@ -232,7 +229,7 @@ impl<S> ConnService<S> {
             metrics: Arc::clone(&self.metrics),
             strike: None,
             body: None,
-            stream_rate: None,
+            http2: false,
         }
     }
 
@@ -296,8 +293,8 @@ pin_project! {
         strike: Option<(Arc<ConnBans>, IpAddr)>,
         // A request with a body: its timing.
         body: Option<Arc<BodyShared>>,
-        // HTTP/2: the response rate of the stream, unless the response asks for its own.
-        stream_rate: Option<MinRate>,
+        // HTTP/2: the stream's response is held to the response rate by its task.
+        http2: bool,
     }
 }
 
@@ -360,12 +357,7 @@ where
             return Poll::Pending;
         };
         if let Some(body) = this.body.as_ref().filter(|body| body.is_violated()) {
-            return Poll::Ready(Ok(slow_body(
-                body,
-                in_flight,
-                this.stream_rate.is_some(),
-                this.metrics,
-            )));
+            return Poll::Ready(Ok(slow_body(body, in_flight, *this.http2, this.metrics)));
         }
         Poll::Ready(Ok(match outcome {
             Ok(response) => {
@@ -384,11 +376,13 @@ where
                     state.override_write_rate(rate);
                 }
                 // HTTP/2: the stream's response is held to its rate by the stream's task.
-                let stream = this
-                    .stream_rate
-                    .and_then(|rate| Some((StreamWatch::current()?, own_rate.unwrap_or(rate))));
+                let stream = match (*this.http2, in_flight.state()) {
+                    (true, Some(state)) => StreamWatch::current()
+                        .map(|watch| (watch, own_rate.unwrap_or(state.response_rate()))),
+                    _ => None,
+                };
                 let body = this.body.take();
-                response.map(|inner| ResponseBody::new(inner, in_flight).rated(body, stream))
+                response.map(|inner| ResponseBody::rated(inner, in_flight, body, stream))
             }
             Err(()) => internal_error(in_flight),
         }))

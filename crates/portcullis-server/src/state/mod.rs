@@ -67,6 +67,11 @@ pub(crate) struct ConnState {
     h2_window: AtomicI64,
     /// Why the connection is closing, when a request decided it (`reason as usize + 1`, or 0).
     close_hint: AtomicUsize,
+    /// The connection's minimum response rate, unless a request asks for its own.
+    response_rate: MinRate,
+    /// A request with a body is in flight (until no request is left): its reads go through
+    /// a smaller buffer (`io.rs`).
+    body_in_flight: AtomicBool,
 }
 
 /// A point in a connection's life, on its own cheap clock: nanoseconds since it was accepted.
@@ -91,7 +96,14 @@ pub(crate) struct Deadline {
 }
 
 impl ConnState {
+    /// A connection without a minimum response rate (the tests').
+    #[cfg(test)]
     pub(crate) fn new(origin: Instant) -> Arc<Self> {
+        Self::with_response_rate(origin, MinRate::OFF)
+    }
+
+    /// A connection whose responses are held to `rate`.
+    pub(crate) fn with_response_rate(origin: Instant, rate: MinRate) -> Arc<Self> {
         Arc::new(Self {
             origin,
             greeted: AtomicBool::new(false),
@@ -104,6 +116,8 @@ impl ConnState {
             write_rate: AtomicU64::new(NO_RATE),
             h2_window: AtomicI64::new(crate::rate::H2_INITIAL_WINDOW),
             close_hint: AtomicUsize::new(0),
+            response_rate: rate,
+            body_in_flight: AtomicBool::new(false),
         })
     }
 
@@ -117,7 +131,19 @@ impl ConnState {
         self.greeted.load(Ordering::Acquire)
     }
 
+    /// A request with a body started.
+    pub(crate) fn body_started(&self) {
+        self.body_in_flight.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a request with a body is in flight.
+    #[inline]
+    pub(crate) fn is_body_in_flight(&self) -> bool {
+        self.body_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Whether a request is in flight.
+    #[inline]
     pub(crate) fn is_busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
     }
@@ -158,6 +184,9 @@ impl ConnState {
             // No request left: the connection's own response rate again.
             if self.write_rate.load(Ordering::Relaxed) != NO_RATE {
                 self.write_rate.store(NO_RATE, Ordering::Relaxed);
+            }
+            if self.body_in_flight.load(Ordering::Relaxed) {
+                self.body_in_flight.store(false, Ordering::Relaxed);
             }
             if !self.on_driver_task() {
                 self.waker.wake();
@@ -213,9 +242,15 @@ impl ConnState {
         self.write_deadline.store(NONE, Ordering::Relaxed);
     }
 
-    /// The response rate the connection's writes are held to: a request's own, or `default`.
-    pub(crate) fn write_rate(&self, default: MinRate) -> MinRate {
-        MinRate::unpack(self.write_rate.load(Ordering::Relaxed)).unwrap_or(default)
+    /// The response rate the connection's writes are held to: a request's own, or the
+    /// connection's.
+    pub(crate) fn write_rate(&self) -> MinRate {
+        MinRate::unpack(self.write_rate.load(Ordering::Relaxed)).unwrap_or(self.response_rate)
+    }
+
+    /// The connection's minimum response rate.
+    pub(crate) fn response_rate(&self) -> MinRate {
+        self.response_rate
     }
 
     /// A request in flight asked for its own response rate: the lowest such rate holds until
