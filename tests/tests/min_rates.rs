@@ -436,8 +436,10 @@ async fn h2_hello(client: &mut H2Client) {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn an_http2_client_that_stops_reading_is_closed() {
-    let server = Server::start(quick());
+async fn http2_clients_that_stop_reading_are_closed() {
+    // 1 MiB/s: the echo's writes of its 6 MiB get a few seconds once the buffers are full.
+    let server =
+        Server::start(quick().min_response_rate(MinRate::new(1024 * 1024, Duration::from_secs(1))));
     let shut = Arc::new(AtomicBool::new(false));
     let (mut client, connection) =
         h2_client(server.addr(), 16 * 1024 * 1024, Arc::clone(&shut)).await;
@@ -449,7 +451,29 @@ async fn an_http2_client_that_stops_reading_is_closed() {
     shut.store(true, Ordering::SeqCst);
     server.metric_reaches(CLOSED_RESPONSE, 1.0).await;
     connection.abort();
+
+    // A large echo over HTTP/2, its answer never read.
+    let shut = Arc::new(AtomicBool::new(false));
+    let (mut client, connection) =
+        h2_client(server.addr(), 16 * 1024 * 1024, Arc::clone(&shut)).await;
+    let (response, mut send) = client
+        .send_request(request("POST", "/echo"), false)
+        .expect("send");
+    send.reserve_capacity(ECHO);
+    send.send_data(Bytes::from(vec![b'e'; ECHO]), true)
+        .expect("data");
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("answered within 20 s")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    shut.store(true, Ordering::SeqCst);
+    server.metric_reaches(CLOSED_RESPONSE, 2.0).await;
+    connection.abort();
 }
+
+/// The HTTP/2 echo: more than loopback's socket buffers hold.
+const ECHO: usize = 6 * 1024 * 1024;
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_stream_stalled_on_its_window_is_reset_and_its_connection_lives_on() {
