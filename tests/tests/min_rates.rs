@@ -65,6 +65,10 @@ fn app(release: Arc<Notify>) -> Router {
         )
         .route("/big", get(|| async { big_body() }))
         .route(
+            "/whole",
+            get(|| async { Bytes::from(vec![b'w'; 256 * 1024]) }),
+        )
+        .route(
             "/echo-free",
             post(|body: Bytes| async move { body }).layer(off),
         )
@@ -504,6 +508,21 @@ async fn an_http2_stream_stalled_on_its_window_is_reset_and_its_connection_lives
     // The connection is still serving.
     h2_hello(&mut client).await;
     assert_eq!(server.metric(CLOSED_RESPONSE), 0.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_http2_response_stuck_whole_behind_a_shut_window_closes_its_connection() {
+    let server = Server::start(quick());
+    let shut = Arc::new(AtomicBool::new(false));
+    // `/whole` is one 256 KiB frame: hyper hands it to h2 at once and its stream task ends,
+    // so nothing but the connection's backlog sees it wait for a window kept at 1 KiB.
+    let (mut client, _connection) = h2_client(server.addr(), 1024, shut).await;
+    let (response, _) = client
+        .send_request(request("GET", "/whole"), true)
+        .expect("send");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), 200);
+    server.metric_reaches(CLOSED_RESPONSE, 1.0).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, STREAMS_RESET};
 use crate::rate::{BodyShared, MinRate, StreamWatch};
 use crate::state::InFlight;
 
@@ -133,6 +133,10 @@ where
             {
                 if rated.stream.is_none() {
                     request.conn.hint_close(CloseReason::MinBodyRate);
+                } else {
+                    // HTTP/2: hyper resets the stream when its body fails.
+                    metrics::counter!(STREAMS_RESET, "reason" => CloseReason::MinBodyRate.as_str())
+                        .increment(1);
                 }
                 *this.rated = None;
                 *this.in_flight = None;
@@ -171,6 +175,9 @@ where
                     {
                         watch.handed_on(data.len() as u64, *rate);
                         rated.owed = true;
+                        if let Some(state) = this.in_flight.as_ref().and_then(InFlight::state) {
+                            state.h2_handed(data.len() as u64);
+                        }
                     }
                 }
                 Poll::Pending => {

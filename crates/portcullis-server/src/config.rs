@@ -173,9 +173,11 @@ impl HttpConfig {
 
     /// The minimum rate at which clients must take responses: a write the socket does not
     /// take at once must be taken within the grace period, or longer at the rate for its
-    /// size (bytes joining it extend it at the rate). Below it the connection is closed; an
-    /// HTTP/2 stream whose own flow-control window keeps its response from leaving is reset
-    /// instead. Counted as `min_response_rate`. [`MinRate::OFF`] turns it off; a route can
+    /// size (bytes joining it extend it at the rate), never under one second. Below it the
+    /// connection is closed. On HTTP/2 a stream whose body stalls on its own flow-control
+    /// window is reset instead, and response data waiting in h2's buffers for window the
+    /// client keeps shut must leave at the rate too, or the connection is closed. Counted as
+    /// `min_response_rate`. [`MinRate::OFF`] turns it off; a route can
     /// have its own ([`MinRateLayer`](crate::MinRateLayer)).
     ///
     /// Default 240 B/s after 5 s ([`DEFAULT_MIN_RATE`](crate::DEFAULT_MIN_RATE)): a client

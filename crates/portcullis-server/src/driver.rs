@@ -199,7 +199,7 @@ where
         this.state.register(cx.waker());
         let deadline = match *this.closing {
             Some(reason) => {
-                if this.state.is_busy() {
+                let graceful = if this.state.is_busy() {
                     // Requests still in flight finish; the drain deadline bounds them.
                     *this.grace_until = None;
                     None
@@ -209,6 +209,12 @@ where
                         .grace_until
                         .get_or_insert_with(|| state.now().saturating_add(GRACE));
                     Some(Deadline { at, reason })
+                };
+                // A client that stopped reading is not waited for while closing either.
+                match (graceful, this.state.stall_deadline()) {
+                    (Some(g), Some(s)) if s.at < g.at => Some(s),
+                    (None, stalled) => stalled,
+                    (graceful, _) => graceful,
                 }
             }
             None => {

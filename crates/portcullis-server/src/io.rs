@@ -137,10 +137,9 @@ impl<T> TrackedIo<T> {
             }
             let piece = &slice[..slice.len().min(taken)];
             taken -= piece.len();
-            frames[1].feed(piece, |event| {
-                if let H2Event::ConnWindowUpdate(increment) = event {
-                    state.h2_window_granted(increment);
-                }
+            frames[1].feed(piece, |event| match event {
+                H2Event::ConnWindowUpdate(increment) => state.h2_window_granted(increment),
+                H2Event::Data(length) => state.h2_sent(length),
             });
         }
     }

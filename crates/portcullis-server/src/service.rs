@@ -372,13 +372,18 @@ where
                     }
                 }
                 let own_rate = response.extensions().get::<ResponseRate>().map(|r| r.0);
-                if let (Some(rate), Some(state)) = (own_rate, in_flight.state()) {
+                // HTTP/1: the route's rate holds the connection's writes of this response. On
+                // HTTP/2 it holds its stream only: the connection carries other streams.
+                if let (Some(rate), Some(state), false) = (own_rate, in_flight.state(), *this.http2)
+                {
                     state.override_write_rate(rate);
                 }
                 // HTTP/2: the stream's response is held to its rate by the stream's task.
                 let stream = match (*this.http2, in_flight.state()) {
-                    (true, Some(state)) => StreamWatch::current()
-                        .map(|watch| (watch, own_rate.unwrap_or(state.response_rate()))),
+                    (true, Some(state)) => StreamWatch::current().map(|watch| {
+                        watch.bind(state);
+                        (watch, own_rate.unwrap_or(state.response_rate()))
+                    }),
                     _ => None,
                 };
                 let body = this.body.take();

@@ -25,9 +25,10 @@ pub(crate) struct ResponseRate(pub(crate) MinRate);
 /// a longer grace for an upload route or a download for slow links, [`MinRate::OFF`] for a
 /// route that streams at its own pace.
 ///
-/// The body rate applies from the moment the request passes the layer; the response rate to
-/// the response it answers with (on HTTP/2, to the connection's writes as well while that
-/// response is in flight: the lowest such rate until the connection has no request left).
+/// The body rate applies from the moment the request passes the layer. The response rate
+/// applies to the response it answers with: on HTTP/1 to the connection's writes until that
+/// response is written, on HTTP/2 to its stream (the connection's writes carry other streams
+/// and keep the server's rate).
 /// Outside a portcullis server the layer does nothing.
 ///
 /// ```

@@ -123,9 +123,13 @@ impl MinRate {
         u64::try_from(u128::from(bytes) * 1_000_000_000 / rate).unwrap_or(u64::MAX)
     }
 
-    /// How long a write of `bytes` may take: the grace period, or longer at the rate.
+    /// How long a write of `bytes` may take: the grace period, or longer at the rate, and
+    /// never under one [`RATE_TICK`] (a grace of zero does not cut a socket that pushes back
+    /// for a moment).
     pub(crate) fn allowance(self, bytes: u64) -> Nanos {
-        self.at_rate(bytes).max(nanos(self.grace))
+        self.at_rate(bytes)
+            .max(nanos(self.grace))
+            .max(nanos(RATE_TICK))
     }
 
     /// Whether `bytes` over `waited` is below the rate, once `waited` is past the grace.

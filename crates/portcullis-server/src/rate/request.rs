@@ -26,7 +26,8 @@ pin_project! {
     /// Time counts only while the application awaits a frame, by at most one
     /// [`RATE_TICK`] per tick, and not while an HTTP/2 client may not send (the connection
     /// window the server advertised is used up). Once past the grace period with fewer bytes
-    /// than the rate asks for, the next poll yields [`BodyError::BelowMinRate`], the request is
+    /// than the rate asks for, the check at the next tick fails the poll with
+    /// [`BodyError::BelowMinRate`], the request is
     /// answered 408 if no response has started, and the connection closes (HTTP/1) or the
     /// stream is reset (HTTP/2).
     ///

@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::loom::{AtomicU64, Ordering};
 use crate::metrics::{CloseReason, STREAMS_RESET};
-use crate::state::{Nanos, later};
+use crate::state::{ConnState, Nanos, later};
 
 use super::MinRate;
 
@@ -32,6 +32,8 @@ pub(crate) struct StreamWatch {
     /// When the frame the body last handed on must have left, on `origin`'s clock; `NONE`
     /// while nothing is owed.
     deadline: AtomicU64,
+    /// The stream's connection, told when the stream is reset.
+    conn: std::sync::OnceLock<Arc<ConnState>>,
 }
 
 impl StreamWatch {
@@ -51,6 +53,11 @@ impl StreamWatch {
         }
         let at = self.now().saturating_add(rate.allowance(bytes));
         self.deadline.store(at.min(NONE - 1), Ordering::Relaxed);
+    }
+
+    /// The stream's response belongs to `conn`.
+    pub(crate) fn bind(&self, conn: &Arc<ConnState>) {
+        let _ = self.conn.set(Arc::clone(conn));
     }
 
     /// hyper asked the body for more: what it handed on has left.
@@ -77,6 +84,7 @@ impl<F: Future> StreamTask<F> {
         let watch = Arc::new(StreamWatch {
             origin: Instant::now(),
             deadline: AtomicU64::new(NONE),
+            conn: std::sync::OnceLock::new(),
         });
         Self {
             future: STREAM.scope(Arc::clone(&watch), future),
@@ -104,6 +112,10 @@ impl<F: Future> Future for StreamTask<F> {
                 tracing::debug!("HTTP/2 stream below the minimum response rate; resetting it");
                 metrics::counter!(STREAMS_RESET, "reason" => CloseReason::MinResponseRate.as_str())
                     .increment(1);
+                // h2 drops what the stream still had buffered.
+                if let Some(conn) = this.watch.conn.get() {
+                    conn.h2_stream_reset();
+                }
                 return Poll::Ready(());
             }
             let at = later(this.watch.origin, std::time::Duration::from_nanos(deadline));

@@ -30,6 +30,9 @@ impl WriteStall {
                 self.owed = self.owed.saturating_sub(taken);
                 if self.owed == 0 {
                     state.clear_write_deadline();
+                } else if taken > 0 {
+                    let rate = state.write_rate();
+                    state.cap_write_deadline(state.now().saturating_add(rate.allowance(self.owed)));
                 }
             }
             None if self.owed == 0 => {
@@ -95,13 +98,19 @@ mod tests {
         stall.wrote(&state, 1000, None);
         let at = write_deadline(&state).expect("stalled").at;
         assert_eq!(at, nanos(Duration::from_secs(10)), "1000 B at 100 B/s");
-        // Half taken, then 500 more bytes join: 5 s more, no second grace.
+        // Half taken at 3 s: the bytes taken earn nothing, what is left gets its own
+        // allowance from now (3 s + 5 s).
         tokio::time::advance(Duration::from_secs(3)).await;
         stall.wrote(&state, 1000, Some(500));
+        assert_eq!(
+            write_deadline(&state).map(|d| d.at),
+            Some(nanos(Duration::from_secs(8)))
+        );
+        // 500 more bytes join: 5 s more, no second grace.
         stall.wrote(&state, 1000, None);
         assert_eq!(
             write_deadline(&state).map(|d| d.at),
-            Some(nanos(Duration::from_secs(15)))
+            Some(nanos(Duration::from_secs(13)))
         );
         stall.wrote(&state, 1000, Some(1000));
         assert_eq!(write_deadline(&state), None, "all taken: nothing owed");

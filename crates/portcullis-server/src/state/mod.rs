@@ -72,6 +72,17 @@ pub(crate) struct ConnState {
     /// A request with a body is in flight (until no request is left): its reads go through
     /// a smaller buffer (`io.rs`).
     body_in_flight: AtomicBool,
+    /// The connection speaks HTTP/2.
+    http2: AtomicBool,
+    /// HTTP/2: DATA bytes the response bodies handed to h2 (stream tasks add), and DATA bytes
+    /// written to the socket (the connection's I/O adds). The difference waits in h2's buffers
+    /// for flow-control window the client does not give.
+    h2_handed: AtomicU64,
+    h2_sent: AtomicU64,
+    /// HTTP/2: when that backlog must be gone, or `NONE`; and the handed bytes it accounts for.
+    /// Written and read by the driver only.
+    h2_backlog_deadline: AtomicU64,
+    h2_backlog_seen: AtomicU64,
 }
 
 /// A point in a connection's life, on its own cheap clock: nanoseconds since it was accepted.
@@ -118,6 +129,11 @@ impl ConnState {
             close_hint: AtomicUsize::new(0),
             response_rate: rate,
             body_in_flight: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            h2_handed: AtomicU64::new(0),
+            h2_sent: AtomicU64::new(0),
+            h2_backlog_deadline: AtomicU64::new(NONE),
+            h2_backlog_seen: AtomicU64::new(0),
         })
     }
 
@@ -164,6 +180,7 @@ impl ConnState {
     pub(crate) fn on_http2_preface(&self) {
         let now = self.nanos_since_origin(Instant::now());
         self.idle_since.store(now, Ordering::Relaxed);
+        self.http2.store(true, Ordering::Relaxed);
         self.greeted.store(true, Ordering::Release);
     }
 
@@ -171,6 +188,11 @@ impl ConnState {
     pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(NONE, Ordering::Relaxed);
+        // The previous response's own rate held until it was written (its tail is written
+        // after its request ended); a new request starts with the connection's.
+        if self.write_rate.load(Ordering::Relaxed) != NO_RATE {
+            self.write_rate.store(NO_RATE, Ordering::Relaxed);
+        }
         self.greeted.store(true, Ordering::Release);
         InFlight(Some(Arc::clone(self)))
     }
@@ -181,10 +203,6 @@ impl ConnState {
         let now = self.nanos_since_origin(Instant::now());
         self.idle_since.fetch_max(now, Ordering::Release);
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // No request left: the connection's own response rate again.
-            if self.write_rate.load(Ordering::Relaxed) != NO_RATE {
-                self.write_rate.store(NO_RATE, Ordering::Relaxed);
-            }
             if self.body_in_flight.load(Ordering::Relaxed) {
                 self.body_in_flight.store(false, Ordering::Relaxed);
             }
@@ -210,16 +228,86 @@ impl ConnState {
     /// The deadline in force now, if any: the phase's, or a stalled write's when earlier.
     pub(crate) fn deadline(&self, header_timeout: Nanos, idle_timeout: Nanos) -> Option<Deadline> {
         let phase = self.phase_deadline(header_timeout, idle_timeout);
-        let write = self.write_deadline.load(Ordering::Relaxed);
-        if write == NONE {
+        let Some(stalled) = self.stall_deadline() else {
             return phase;
-        }
+        };
         match phase {
-            Some(phase) if phase.at <= write => Some(phase),
-            _ => Some(Deadline {
-                at: write,
-                reason: CloseReason::MinResponseRate,
-            }),
+            // A response still being written is not idle: its write deadline governs.
+            Some(phase) if phase.at <= stalled.at && phase.reason != CloseReason::IdleTimeout => {
+                Some(phase)
+            }
+            _ => Some(stalled),
+        }
+    }
+
+    /// The deadline of what the client has not taken yet: a write the socket did not take,
+    /// or (HTTP/2) response data waiting in h2's buffers for window the client does not give.
+    pub(crate) fn stall_deadline(&self) -> Option<Deadline> {
+        let mut at = self.write_deadline.load(Ordering::Relaxed);
+        if self.http2.load(Ordering::Relaxed) {
+            at = at.min(self.h2_backlog());
+        }
+        (at != NONE).then_some(Deadline {
+            at,
+            reason: CloseReason::MinResponseRate,
+        })
+    }
+
+    /// HTTP/2: the bodies handed `bytes` of DATA to h2.
+    pub(crate) fn h2_handed(&self, bytes: u64) {
+        self.h2_handed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: a stalled stream was reset, and h2 dropped the data it had buffered. Which of
+    /// the backlog was that stream's is not known: the whole backlog is forgiven (the other
+    /// streams' data still waiting is timed again from the next byte handed on).
+    pub(crate) fn h2_stream_reset(&self) {
+        let handed = self.h2_handed.load(Ordering::Relaxed);
+        self.h2_sent.fetch_max(handed, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: `bytes` of DATA went to the socket.
+    pub(crate) fn h2_sent(&self, bytes: u32) {
+        self.h2_sent.fetch_add(u64::from(bytes), Ordering::Relaxed);
+    }
+
+    /// HTTP/2: when the data waiting in h2's buffers must be gone. The backlog gets the
+    /// allowance of its size when it appears, and each byte handed on while it lasts extends
+    /// it at the rate (sent bytes earn nothing), as a stalled write does; the deadline ends
+    /// with the backlog. The stream tasks reset a stream whose body they see stall
+    /// (`rate/stream.rs`); this bounds what they cannot see: a last frame, or a frame before a
+    /// body that waits, stuck on a window the client keeps shut. The connection's own rate
+    /// applies (a route's own response rate holds for its stream only).
+    fn h2_backlog(&self) -> Nanos {
+        let handed = self.h2_handed.load(Ordering::Relaxed);
+        let sent = self.h2_sent.load(Ordering::Relaxed);
+        let at = self.h2_backlog_deadline.load(Ordering::Relaxed);
+        let rate = self.response_rate;
+        if handed <= sent || rate.is_off() {
+            if at != NONE {
+                self.h2_backlog_deadline.store(NONE, Ordering::Relaxed);
+            }
+            self.h2_backlog_seen.store(handed, Ordering::Relaxed);
+            return NONE;
+        }
+        let at = if at == NONE {
+            self.now().saturating_add(rate.allowance(handed - sent))
+        } else {
+            let seen = self.h2_backlog_seen.load(Ordering::Relaxed);
+            at.saturating_add(rate.at_rate(handed.saturating_sub(seen)))
+        };
+        let at = at.min(NONE - 1);
+        self.h2_backlog_seen.store(handed, Ordering::Relaxed);
+        self.h2_backlog_deadline.store(at, Ordering::Relaxed);
+        at
+    }
+
+    /// Some of a stalled write was taken: what is left may take at most its own allowance
+    /// from now (bytes already taken earn nothing).
+    pub(crate) fn cap_write_deadline(&self, at: Nanos) {
+        let current = self.write_deadline.load(Ordering::Relaxed);
+        if current != NONE && at < current {
+            self.set_write_deadline(at);
         }
     }
 
