@@ -242,6 +242,7 @@ impl ConnState {
 
     /// The deadline of what the client has not taken yet: a write the socket did not take,
     /// or (HTTP/2) response data waiting in h2's buffers for window the client does not give.
+    #[inline]
     pub(crate) fn stall_deadline(&self) -> Option<Deadline> {
         let mut at = self.write_deadline.load(Ordering::Relaxed);
         if self.http2.load(Ordering::Relaxed) {
@@ -277,7 +278,9 @@ impl ConnState {
     /// with the backlog. The stream tasks reset a stream whose body they see stall
     /// (`rate/stream.rs`); this bounds what they cannot see: a last frame, or a frame before a
     /// body that waits, stuck on a window the client keeps shut. The connection's own rate
-    /// applies (a route's own response rate holds for its stream only).
+    /// applies (a route's own response rate holds for its stream only). Out of line: HTTP/1
+    /// never calls it.
+    #[inline(never)]
     fn h2_backlog(&self) -> Nanos {
         let handed = self.h2_handed.load(Ordering::Relaxed);
         let sent = self.h2_sent.load(Ordering::Relaxed);
