@@ -7,10 +7,9 @@
 #![allow(unsafe_code)]
 
 mod common;
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,38 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceBuilder;
 
-/// Bytes allocated and not yet freed, by anyone in this process.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is only
-// arithmetic on the sizes the caller passes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout, as `GlobalAlloc::alloc` requires.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 const ROUNDS: usize = 4;
 const REQUESTS_PER_ROUND: usize = 100_000;
@@ -109,7 +78,7 @@ async fn the_server_runs_the_exporter_upkeep_without_any_scrape() {
         requests(&mut stream, REQUESTS_PER_ROUND).await;
         // Past the next upkeep tick of the server's own task.
         tokio::time::sleep(UPKEEP_INTERVAL + Duration::from_millis(1)).await;
-        live.push(LIVE.load(Ordering::Relaxed));
+        live.push(counting::live());
     }
     // The first rounds grow every buffer to its working size; from then on, flat. A round may
     // catch a block of the exporter's buckets emptied by the upkeep and not reclaimed yet (a

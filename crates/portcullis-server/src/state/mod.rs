@@ -59,8 +59,8 @@ pub(crate) struct ConnState {
     /// When the write the socket has not taken must be taken, or `NONE`. Written and read on
     /// the driver's task only (the connection's I/O is polled there).
     write_deadline: AtomicU64,
-    /// The response rate a request in flight asked for (packed, `NO_RATE` when none):
-    /// replaces the connection's for its writes until no request is left.
+    /// The response rate an HTTP/1 response asked for (packed, `NO_RATE` when none): replaces
+    /// the connection's for its writes until the next request starts.
     write_rate: AtomicU64,
     /// HTTP/2: the connection window the client has left, in bytes (may go below zero by a
     /// frame in flight).
@@ -344,8 +344,9 @@ impl ConnState {
         self.response_rate
     }
 
-    /// A request in flight asked for its own response rate: the lowest such rate holds until
-    /// the connection has no request left.
+    /// An HTTP/1 response asked for its own response rate: it holds the connection's writes
+    /// until the next request starts (the response's tail is written after its request
+    /// ended). Of two, the lower rate wins.
     pub(crate) fn override_write_rate(&self, rate: MinRate) {
         let packed = rate.pack();
         let _ = self
