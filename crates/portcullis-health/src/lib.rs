@@ -1,5 +1,5 @@
-//! Dependency health for portcullis servers: checks that run in the background, and the
-//! event-loop lag.
+//! Dependency health for portcullis servers: checks that run in the background, the
+//! event-loop lag, and the overload manager.
 //!
 //! - [`HealthChecks`] holds the checks an application registers ([`Check`]: a name, an async
 //!   probe, an interval, a timeout, the failures that take it down and the successes that
@@ -12,9 +12,15 @@
 //!   instrumentation), records it as a histogram and a gauge, and tells liveness whether the
 //!   loop still answers.
 //!
-//! portcullis-server runs both for as long as it serves (`Builder::health_checks`), and its
-//! admin listener answers `/readyz` from them: 503 while any critical check is down, 200 with
-//! non-critical checks down (degraded, listed by `/readyz?verbose`).
+//! - [`OverloadManager`] samples monitors of descriptors, memory, event-loop lag and open
+//!   connections ([`Monitor`]), each a pressure from 0 to 1, and publishes the actions
+//!   they trigger ([`Action`], [`Trigger`], configured by [`Overload`]) as one word the
+//!   server's connections read with one atomic load ([`OverloadSignal`]). See [`overload`].
+//!
+//! portcullis-server runs all three for as long as it serves (`Builder::health_checks`,
+//! `Builder::overload`), and its admin listener answers `/readyz` from them: 503 while any
+//! critical check is down or the server sheds load, 200 with non-critical checks down
+//! (degraded, listed by `/readyz?verbose`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -48,10 +54,15 @@ mod check;
 pub mod checks;
 mod lag;
 pub mod metrics;
+pub mod overload;
 
 pub use check::{
     Check, CheckState, CheckStatus, DEFAULT_FAILURES_TO_DOWN, DEFAULT_INTERVAL,
     DEFAULT_SUCCESSES_TO_UP, DEFAULT_TIMEOUT, HealthChecks, Status,
 };
 pub use lag::{DEFAULT_LAG_INTERVAL, LagProbe};
+pub use overload::{
+    Action, Actions, Monitor, Overload, OverloadManager, OverloadSignal, OverloadStatus,
+    OverloadWatch, Trigger,
+};
 pub use tokio_util::sync::CancellationToken;
