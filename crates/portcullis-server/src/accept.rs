@@ -11,6 +11,7 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
+use portcullis_health::{OverloadManager, OverloadSignal};
 use portcullis_limit::PeerAddr;
 use portcullis_listen::Listener;
 use portcullis_shutdown::{Lifecycle, ShutdownPhase};
@@ -54,6 +55,11 @@ pub(crate) struct Shared<S> {
     pub(crate) drained: AtomicU64,
     /// Connections closed by force.
     pub(crate) forced: AtomicU64,
+    /// The overload manager, told of every accept (none on the admin listener).
+    pub(crate) overload: Option<OverloadManager>,
+    /// The actions its connections, requests and accept loops follow (one that never
+    /// changes without a manager).
+    pub(crate) actions: OverloadSignal,
 }
 
 /// hyper's executor for HTTP/2 stream tasks: tracked like connections, so the drain waits for
@@ -101,7 +107,8 @@ where
     B::Error: Into<BoxError>,
 {
     /// A core whose connections watch `lifecycle` and are counted in `open`; `leader` is
-    /// forced at its drain deadline.
+    /// forced at its drain deadline. `overload` is told of every accept, and its actions
+    /// are followed.
     pub(crate) fn new(
         service: S,
         http: &HttpConfig,
@@ -109,6 +116,7 @@ where
         (lifecycle, leader): (Lifecycle, Lifecycle),
         open: Arc<AtomicU64>,
         metrics: ServerMetrics,
+        overload: Option<OverloadManager>,
     ) -> Self {
         let tracker = TaskTracker::new();
         let executor = TrackedExecutor {
@@ -129,6 +137,10 @@ where
                 connections: AtomicU64::new(0),
                 drained: AtomicU64::new(0),
                 forced: AtomicU64::new(0),
+                actions: overload
+                    .as_ref()
+                    .map_or_else(OverloadSignal::new, |o| o.signal().clone()),
+                overload,
             }),
         }
     }
@@ -219,6 +231,17 @@ where
     let lifecycle = shared.lifecycle.clone();
     let mut stop = std::pin::pin!(lifecycle.reached(ShutdownPhase::Drain));
     loop {
+        // The overload manager's last resort: leave new clients in the kernel's backlog
+        // until the pressure is off. One atomic load per accept otherwise.
+        let actions = shared.actions.current();
+        if actions.accepting_paused() {
+            tracing::debug!(listener = %listener.local_addr(), "overload: accepting paused");
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                _ = shared.actions.changed(actions) => continue,
+            }
+        }
         let accepted = tokio::select! {
             biased;
             () = &mut stop => break,
@@ -232,6 +255,9 @@ where
         // Never await anything per connection here: everything a connection waits for
         // (a PROXY header, protocol detection, its requests) happens in its own task.
         shared.connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(overload) = &shared.overload {
+            overload.on_accept();
+        }
         let task = serve_connection(Arc::clone(&shared), accepted, permit, Instant::now());
         shared.tracker.spawn(task);
     }

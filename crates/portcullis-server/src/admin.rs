@@ -89,6 +89,7 @@ impl AdminServer {
             (lifecycle.clone(), lifecycle.clone()),
             std::sync::Arc::default(),
             ServerMetrics::noop(),
+            None,
         );
         let accept_loops = core.start(vec![listener]);
         Self {

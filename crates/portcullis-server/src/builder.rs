@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_health::{Check, HealthChecks};
+use portcullis_health::{Check, HealthChecks, Overload};
 use portcullis_limit::{
     Bans, ConnLimiter, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, HandshakeLimiter, IpFilter,
 };
@@ -50,6 +50,7 @@ impl Server {
             bans: None,
             reloaders: Vec::new(),
             health: HealthChecks::new(),
+            overload: Overload::default(),
         }
     }
 }
@@ -82,6 +83,7 @@ pub struct Builder {
     pub(crate) bans: Option<Bans>,
     pub(crate) reloaders: Vec<Reloader>,
     pub(crate) health: HealthChecks,
+    pub(crate) overload: Overload,
 }
 
 /// Something the application reloads on SIGHUP.
@@ -113,6 +115,7 @@ impl fmt::Debug for Builder {
             .field("bans", &self.bans)
             .field("reloaders", &self.reloaders.len())
             .field("health", &self.health)
+            .field("overload", &self.overload)
             .finish()
     }
 }
@@ -625,6 +628,24 @@ impl Builder {
     /// runtime of the lifecycle and the admin listener.
     pub fn health_checks(mut self, checks: HealthChecks) -> Self {
         self.health = checks;
+        self
+    }
+
+    /// The overload manager: how the server protects itself when descriptors, memory, its
+    /// event loop or its connection cap run short (the monitors, triggers and actions of
+    /// [`portcullis_health::overload`]). It samples on its own tick (no syscall on any
+    /// request's path) for as long as the server serves; its actions never touch the admin
+    /// listener, and `/readyz` answers 503 while it sheds requests or stops accepting.
+    ///
+    /// Default: [`Overload::default`], whose descriptor ladder reclaims idle keep-alive
+    /// connections (longest idle first) at 90 % of the soft `RLIMIT_NOFILE`, so that idle
+    /// clients holding every descriptor cannot lock new ones out; memory is watched against
+    /// the cgroup's `memory.max` when there is one. [`Overload::off`] turns it off.
+    ///
+    /// In per-core mode the manager runs on the runtime of the lifecycle, and the event-loop
+    /// lag it measures is that runtime's.
+    pub fn overload(mut self, overload: Overload) -> Self {
+        self.overload = overload;
         self
     }
 

@@ -260,6 +260,7 @@ where
         client_certificates,
     )
     .min_body_rate(shared.http.min_body_rate)
+    .overload(shared.actions.clone())
     .bans(bans);
     // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
     // `SocketAddr`, so its requests carry no `ConnectInfo`.
@@ -272,6 +273,7 @@ where
         shared.http.header_timeout,
         shared.http.idle_timeout,
         shared.lifecycle.watch(),
+        shared.actions.watch(),
     );
     // The peer scope serves the rate limit layer without a per-request extension.
     let reason = match scope {

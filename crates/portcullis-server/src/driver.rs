@@ -11,6 +11,7 @@ use tokio::time::Sleep;
 
 use crate::metrics::CloseReason;
 use crate::state::{ConnState, Deadline, Nanos, nanos};
+use portcullis_health::{Actions, OverloadWatch};
 use portcullis_shutdown::PhaseWatch;
 
 /// How long a connection that portcullis asked to close gracefully may stay open once it has no
@@ -79,6 +80,9 @@ pin_project! {
         idle_timeout: Nanos,
         #[pin]
         phase: PhaseWatch,
+        // The overload manager's actions: shorter timeouts, idle connections reclaimed, no
+        // keep-alive.
+        overload: OverloadWatch,
         // Set when the drain began: until then a connection with no request yet may still
         // send its first one.
         drain_greeting_limit: Option<Nanos>,
@@ -96,6 +100,7 @@ impl<C> Driver<C> {
         header_timeout: Duration,
         idle_timeout: Duration,
         phase: PhaseWatch,
+        overload: OverloadWatch,
     ) -> Self {
         // Armed at the greeting deadline, the first one the connection has.
         let armed = nanos(header_timeout);
@@ -108,6 +113,7 @@ impl<C> Driver<C> {
             header_timeout: nanos(header_timeout),
             idle_timeout: nanos(idle_timeout),
             phase,
+            overload,
             drain_greeting_limit: None,
             closing: None,
             grace_until: None,
@@ -125,8 +131,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut this = self.project();
         loop {
-            // One atomic load per poll while nothing changes.
+            // One atomic load each per poll while nothing changes.
             let phase = this.phase.current();
+            let actions = this.overload.current();
             if phase.is_forced() {
                 return Poll::Ready(CloseReason::DrainForced);
             }
@@ -139,7 +146,8 @@ where
             // About to sleep: make sure a phase change wakes this task. A connection that
             // finishes within one poll never registers.
             while this.phase.as_mut().poll_change(cx).is_ready() {}
-            if this.phase.current() == phase {
+            while this.overload.poll_change(cx).is_ready() {}
+            if this.phase.current() == phase && this.overload.current() == actions {
                 return Poll::Pending;
             }
         }
@@ -197,6 +205,20 @@ where
         // Register before reading the state, so an HTTP/2 stream ending on another thread
         // after the read still wakes this task.
         this.state.register(cx.waker());
+        let actions = this.overload.current();
+        // Overload: a connection with a request in flight is not kept alive after it (HTTP/1
+        // also gets `Connection: close` from the service; HTTP/2 gets GOAWAY). Loop to let the
+        // connection act on it.
+        if actions.keep_alive_off()
+            && this.closing.is_none()
+            && this.state.is_greeted()
+            && this.state.is_busy()
+        {
+            *this.closing = Some(CloseReason::Overload);
+            this.conn.as_mut().graceful_shutdown();
+            continue;
+        }
+        let mut idle_timeout = *this.idle_timeout;
         let deadline = match *this.closing {
             Some(reason) => {
                 let graceful = if this.state.is_busy() {
@@ -218,9 +240,12 @@ where
                 }
             }
             None => {
-                let deadline = this
-                    .state
-                    .deadline(*this.header_timeout, *this.idle_timeout);
+                let mut header_timeout = *this.header_timeout;
+                if !actions.is_none() {
+                    (header_timeout, idle_timeout) =
+                        shortened(actions, header_timeout, idle_timeout);
+                }
+                let deadline = this.state.deadline(header_timeout, idle_timeout);
                 match (*this.drain_greeting_limit, deadline) {
                     (Some(limit), Some(d)) if limit < d.at && !this.state.is_greeted() => {
                         Some(Deadline {
@@ -272,9 +297,14 @@ where
             CloseReason::IdleTimeout => {
                 // Idle: close politely (HTTP/2 GOAWAY; an idle HTTP/1 connection closes at
                 // once), with a short grace before dropping it. Loop to let the connection
-                // act on it.
+                // act on it. Idle only for the timeout the overload manager shortened: it
+                // reclaimed the connection.
                 tracing::trace!("closing idle connection");
-                *this.closing = Some(CloseReason::IdleTimeout);
+                *this.closing = Some(if idle_timeout < *this.idle_timeout {
+                    CloseReason::Overload
+                } else {
+                    CloseReason::IdleTimeout
+                });
                 this.conn.as_mut().graceful_shutdown();
             }
             reason => {
@@ -285,9 +315,19 @@ where
     }
 }
 
+/// The header and idle timeouts the overload manager's `actions` leave.
+#[inline(never)]
+fn shortened(actions: Actions, header: Nanos, idle: Nanos) -> (Nanos, Nanos) {
+    (
+        nanos(actions.header_timeout(Duration::from_nanos(header))),
+        nanos(actions.idle_timeout(Duration::from_nanos(idle))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_health::OverloadSignal;
     use portcullis_shutdown::{Lifecycle, ShutdownPhase};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
@@ -350,7 +390,14 @@ mod tests {
             honours_shutdown,
             burn_budget: false,
         };
-        let driver = Driver::new(conn, Arc::clone(&state), HEADER, IDLE, phase.watch());
+        let driver = Driver::new(
+            conn,
+            Arc::clone(&state),
+            HEADER,
+            IDLE,
+            phase.watch(),
+            OverloadSignal::new().watch(),
+        );
         (driver, state, shutdowns, phase)
     }
 
@@ -452,6 +499,85 @@ mod tests {
         assert_eq!(task.await.expect("driver"), CloseReason::DrainForced);
     }
 
+    /// A driver like `driver(true)` that follows `signal`.
+    fn overloaded(signal: &OverloadSignal) -> (Driver<FakeConn>, Arc<ConnState>, Arc<AtomicUsize>) {
+        let (mut driver, state, shutdowns, _phase) = driver(true);
+        driver.overload = signal.watch();
+        (driver, state, shutdowns)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reclaim_closes_idle_connections_longest_idle_first() {
+        let signal = OverloadSignal::new();
+        let (old, old_state, _) = overloaded(&signal);
+        drop(old_state.request_started());
+        let old = tokio::spawn(old);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (young, young_state, _) = overloaded(&signal);
+        drop(young_state.request_started());
+        let young = tokio::spawn(young);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Round 1: idle longer than IDLE / 4 = 15 s: only the old one.
+        let reclaimed = Instant::now();
+        signal.set(Actions::new(true, 1, false, false, 0));
+        assert_eq!(old.await.expect("driver"), CloseReason::Overload);
+        assert_eq!(reclaimed.elapsed(), Duration::ZERO, "closed at once");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!young.is_finished(), "idle for 2 s only");
+        // The last round: every idle connection.
+        signal.set(Actions::new(true, 4, false, false, 0));
+        assert_eq!(young.await.expect("driver"), CloseReason::Overload);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_keep_alive_a_busy_connection_closes_after_its_request() {
+        let signal = OverloadSignal::new();
+        let (driver, state, shutdowns) = overloaded(&signal);
+        let request = state.request_started();
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal.set(Actions::new(true, 0, false, false, 0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            shutdowns.load(Ordering::SeqCst),
+            1,
+            "asked to finish gracefully"
+        );
+        assert!(!task.is_finished(), "the request in flight finishes");
+        drop(request);
+        assert_eq!(task.await.expect("driver"), CloseReason::Overload);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrunk_timeouts_apply_to_sleeping_connections_and_recover() {
+        let signal = OverloadSignal::new();
+        let (driver, state, _) = overloaded(&signal);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Half way: the 60 s idle timeout becomes 30 s.
+        signal.set(Actions::new(
+            false,
+            0,
+            false,
+            false,
+            portcullis_health::overload::SCALE_STEPS / 2,
+        ));
+        assert_eq!(task.await.expect("driver"), CloseReason::Overload);
+        assert_eq!(idle_from.elapsed(), IDLE / 2);
+
+        // Back to normal before the shortened deadline: the configured one holds again.
+        let (driver, state, _) = overloaded(&signal);
+        drop(state.request_started());
+        let idle_from = Instant::now();
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal.set(Actions::NONE);
+        assert_eq!(task.await.expect("driver"), CloseReason::IdleTimeout);
+        assert_eq!(idle_from.elapsed(), IDLE);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn huge_timeouts_do_not_overflow() {
         let state = ConnState::new(Instant::now());
@@ -462,7 +588,14 @@ mod tests {
             burn_budget: false,
         };
         let never = Lifecycle::new();
-        let driver = Driver::new(conn, state, Duration::MAX, Duration::MAX, never.watch());
+        let driver = Driver::new(
+            conn,
+            state,
+            Duration::MAX,
+            Duration::MAX,
+            never.watch(),
+            OverloadSignal::new().watch(),
+        );
         let result = tokio::time::timeout(Duration::from_secs(3600), driver).await;
         assert!(result.is_err(), "no deadline within the hour");
     }

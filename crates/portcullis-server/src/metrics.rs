@@ -13,7 +13,8 @@ pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
 /// (still open at the drain deadline, when the drain was forced, or when the serving future
 /// was dropped), `error` (an I/O or protocol error), `refused`, `malformed`, `min_body_rate`
 /// (a request body arrived below its minimum rate), `min_response_rate` (the client took a
-/// response below its minimum rate).
+/// response below its minimum rate), `overload` (the overload manager reclaimed it: idle
+/// past the shortened idle timeout, or told to stop keeping alive).
 pub const CONNECTIONS_CLOSED: &str = "portcullis_connections_closed_total";
 /// Histogram: how long connections stayed open, in seconds.
 pub const CONNECTION_DURATION: &str = "portcullis_connection_duration_seconds";
@@ -31,6 +32,10 @@ pub const REQUESTS_REJECTED: &str = "portcullis_requests_rejected_total";
 /// the stream's flow-control window). On HTTP/1 the same cases close the connection and are
 /// counted in [`CONNECTIONS_CLOSED`].
 pub const STREAMS_RESET: &str = "portcullis_streams_reset_total";
+
+/// Counter: requests answered 503 (with `Retry-After`) before the application because the
+/// overload manager sheds load (see [`Builder::overload`](crate::Builder::overload)).
+pub const REQUESTS_SHED: &str = "portcullis_requests_shed_total";
 
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
@@ -58,11 +63,14 @@ pub enum CloseReason {
     MinBodyRate = 7,
     /// The client took a response (or the server's writes) below the minimum rate.
     MinResponseRate = 8,
+    /// The overload manager reclaimed it: idle past the idle timeout it shortened, or a
+    /// connection it stopped keeping alive.
+    Overload = 9,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Complete,
         CloseReason::HeaderTimeout,
         CloseReason::IdleTimeout,
@@ -72,6 +80,7 @@ impl CloseReason {
         CloseReason::Malformed,
         CloseReason::MinBodyRate,
         CloseReason::MinResponseRate,
+        CloseReason::Overload,
     ];
 
     /// The label value.
@@ -87,6 +96,7 @@ impl CloseReason {
             CloseReason::Malformed => "malformed",
             CloseReason::MinBodyRate => "min_body_rate",
             CloseReason::MinResponseRate => "min_response_rate",
+            CloseReason::Overload => "overload",
         }
     }
 }
@@ -101,7 +111,7 @@ pub fn describe() {
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused, malformed, min_body_rate, min_response_rate."
+        "Connections closed, by reason: complete, header_timeout, idle_timeout, drain_forced, error, refused, malformed, min_body_rate, min_response_rate, overload."
     );
     metrics::describe_histogram!(
         CONNECTION_DURATION,
@@ -122,6 +132,11 @@ pub fn describe() {
         REQUESTS_REJECTED,
         Unit::Count,
         "Requests answered 400 by the server before the application (RFC 9112 Host rules), by reason."
+    );
+    metrics::describe_counter!(
+        REQUESTS_SHED,
+        Unit::Count,
+        "Requests answered 503 before the application because the overload manager sheds load."
     );
     metrics::describe_counter!(
         STREAMS_RESET,
@@ -176,6 +191,8 @@ pub(crate) struct ServerMetrics {
     pub(crate) duration: Histogram,
     pub(crate) panics: Counter,
     pub(crate) errors: Counter,
+    /// Requests shed under overload.
+    pub(crate) shed: Counter,
     rejected: [Counter; HostProblem::ALL.len()],
 }
 
@@ -189,6 +206,7 @@ impl ServerMetrics {
             duration: Histogram::noop(),
             panics: Counter::noop(),
             errors: Counter::noop(),
+            shed: Counter::noop(),
             rejected: HostProblem::ALL.map(|_| Counter::noop()),
         }
     }
@@ -202,6 +220,7 @@ impl ServerMetrics {
             duration: metrics::histogram!(CONNECTION_DURATION),
             panics: metrics::counter!(HANDLER_PANICS),
             errors: metrics::counter!(HANDLER_ERRORS),
+            shed: metrics::counter!(REQUESTS_SHED),
             rejected: HostProblem::ALL
                 .map(|problem| metrics::counter!(REQUESTS_REJECTED, "reason" => problem.as_str())),
         }

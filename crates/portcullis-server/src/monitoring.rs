@@ -4,7 +4,7 @@
 //!
 //! | probe | answers 200 when |
 //! |---|---|
-//! | `/readyz` | the lifecycle is serving (not starting, not draining) *and* every critical check is up |
+//! | `/readyz` | the lifecycle is serving (not starting, not draining) *and* every critical check is up *and* the overload manager neither sheds requests nor stopped accepting |
 //! | `/readyz?verbose` | the same status; the body lists the server's state and every check |
 //! | `/livez` | the lifecycle is live *and* the lag probe ran within [`LIVENESS_LAG_LIMIT`] |
 //!
@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use portcullis_health::{DEFAULT_LAG_INTERVAL, HealthChecks, LagProbe};
+use portcullis_health::{DEFAULT_LAG_INTERVAL, HealthChecks, LagProbe, OverloadManager};
 use portcullis_metrics::Admin;
 use portcullis_shutdown::Health;
 
@@ -31,13 +31,19 @@ pub(crate) struct Monitoring {
     checks: HealthChecks,
     /// Only with an admin listener: nobody else reads it.
     lag: Option<LagProbe>,
+    overload: Option<OverloadManager>,
 }
 
 impl Monitoring {
-    pub(crate) fn new(checks: HealthChecks, admin: bool) -> Self {
+    pub(crate) fn new(
+        checks: HealthChecks,
+        admin: bool,
+        overload: Option<OverloadManager>,
+    ) -> Self {
         Self {
             checks,
             lag: admin.then(|| LagProbe::new(DEFAULT_LAG_INTERVAL)),
+            overload,
         }
     }
 
@@ -51,6 +57,10 @@ impl Monitoring {
             let lag = lag.clone();
             blocks.spawn(move |stop| async move { lag.run(stop).await });
         }
+        if let Some(overload) = &self.overload {
+            let overload = overload.clone();
+            blocks.spawn(move |stop| async move { overload.run(stop).await });
+        }
     }
 
     /// `admin` with the server's probes where it has none of its own, and the current
@@ -58,9 +68,15 @@ impl Monitoring {
     pub(crate) fn compose(&self, mut admin: Admin, health: &Health) -> Admin {
         if !admin.has_readiness() {
             let (serving, checks) = (health.clone(), self.checks.clone());
-            admin = admin.readiness(move || serving.is_ready() && checks.status().ready);
+            let overload = self.overload.clone();
+            admin = admin.readiness(move || {
+                serving.is_ready()
+                    && checks.status().ready
+                    && overload.as_ref().is_none_or(|o| !o.status().is_refusing())
+            });
             let (serving, checks) = (health.clone(), self.checks.clone());
-            admin = admin.readiness_details(move || details(&serving, &checks));
+            let overload = self.overload.clone();
+            admin = admin.readiness_details(move || details(&serving, &checks, overload.as_ref()));
         }
         if !admin.has_liveness() {
             let (alive, lag) = (health.clone(), self.lag.clone());
@@ -81,9 +97,11 @@ impl Monitoring {
 }
 
 /// The body of `/readyz?verbose`.
-fn details(health: &Health, checks: &HealthChecks) -> String {
+fn details(health: &Health, checks: &HealthChecks, overload: Option<&OverloadManager>) -> String {
     let status = checks.status();
-    let ready = health.is_ready() && status.ready;
+    let overload = overload.map(OverloadManager::status);
+    let refusing = overload.as_ref().is_some_and(|o| o.is_refusing());
+    let ready = health.is_ready() && status.ready && !refusing;
     let mut out = format!(
         "{}\nserver: {}\n",
         if !ready {
@@ -93,12 +111,17 @@ fn details(health: &Health, checks: &HealthChecks) -> String {
         } else {
             "ready"
         },
-        if health.is_ready() {
-            "serving"
-        } else {
+        if !health.is_ready() {
             "not serving (starting or draining)"
+        } else if refusing {
+            "overloaded (shedding requests or not accepting)"
+        } else {
+            "serving"
         },
     );
     out.push_str(&status.verbose());
+    if let Some(overload) = overload {
+        out.push_str(&overload.verbose());
+    }
     out
 }

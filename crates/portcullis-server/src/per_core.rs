@@ -140,6 +140,7 @@ impl Builder {
             lifecycle,
             admin,
             blocks,
+            overload,
         } = {
             let _on_waiter = waiter.enter();
             self.prepare()?
@@ -187,6 +188,7 @@ impl Builder {
             let http = http.clone();
             let conn = conn.clone();
             let open = Arc::clone(&open[index]);
+            let overload = overload.clone();
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-core-{index}"))
@@ -213,6 +215,7 @@ impl Builder {
                             (follower.clone(), leader),
                             open,
                             ServerMetrics::resolve(),
+                            overload,
                         );
                         let accept_loops = core.start(listeners);
                         follower.reached(ShutdownPhase::Drain).await;

@@ -16,6 +16,7 @@ use crate::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
+use portcullis_health::OverloadManager;
 use portcullis_listen::Listener;
 use portcullis_shutdown::Lifecycle;
 use tokio::time::Instant;
@@ -50,6 +51,8 @@ pub(crate) struct Prepared {
     pub(crate) lifecycle: Lifecycle,
     pub(crate) admin: Option<(Listener, AdminService)>,
     pub(crate) blocks: BlockTasks,
+    /// Running in `blocks`, when configured.
+    pub(crate) overload: Option<OverloadManager>,
 }
 
 impl Builder {
@@ -73,7 +76,19 @@ impl Builder {
             BlockTasks::none()
         };
         // The server's own: run whatever `run_block_tasks` says.
-        let monitoring = Monitoring::new(std::mem::take(&mut self.health), self.admin.is_some());
+        let overload = self.overload.is_on().then(|| {
+            let manager = OverloadManager::new(self.overload.clone());
+            let limits = conn.limits.clone();
+            let cap = u64::try_from(limits.limits().max_total()).unwrap_or(u64::MAX);
+            manager.count_connections(move || limits.open() as u64, cap);
+            portcullis_health::metrics::register_overload();
+            manager
+        });
+        let monitoring = Monitoring::new(
+            std::mem::take(&mut self.health),
+            self.admin.is_some(),
+            overload.clone(),
+        );
         monitoring.start(&mut blocks);
         let health = lifecycle.health().clone();
         let bans = self.bans.take();
@@ -87,6 +102,7 @@ impl Builder {
                 (listener, AdminService::new(admin, bans))
             }),
             blocks,
+            overload,
         })
     }
 
@@ -129,6 +145,7 @@ impl Builder {
             lifecycle,
             admin,
             blocks,
+            overload,
         } = self.prepare()?;
         // Dropped early (the future was cancelled) or at the end: either way nothing of this
         // server outlives it.
@@ -143,6 +160,7 @@ impl Builder {
             (lifecycle.clone(), lifecycle.clone()),
             Arc::clone(&open),
             ServerMetrics::resolve(),
+            overload,
         );
         lifecycle.count_open(move || open.load(Ordering::Relaxed));
         let accept_loops = core.start(listeners);

@@ -28,10 +28,16 @@ use crate::info::ConnInfo;
 use crate::metrics::{CloseReason, ServerMetrics};
 use crate::rate::{BodyRate, BodyShared, MinRate, RequestBody, ResponseRate, StreamWatch};
 use crate::state::{ConnState, InFlight};
+use portcullis_health::OverloadSignal;
 
 const INTERNAL_ERROR_BODY: &[u8] = b"internal server error\n";
 const BANNED_BODY: &[u8] = b"too many requests: this client is banned for a while\n";
 const SLOW_BODY: &[u8] = b"request timeout: the request body arrived too slowly\n";
+const SHED_BODY: &[u8] = b"service unavailable: the server is overloaded, retry shortly\n";
+
+/// The `Retry-After` of a request shed under overload, in seconds: about the overload
+/// manager's default hold, the least an action stays on.
+pub(crate) const SHED_RETRY_AFTER: u64 = 1;
 
 /// The bans as one connection applies them to its requests.
 #[derive(Debug)]
@@ -69,6 +75,8 @@ pub(crate) struct ConnService<S> {
     host: HostCache,
     /// The server's minimum body rate.
     min_body_rate: MinRate,
+    /// The overload manager's actions: shed requests, no keep-alive.
+    overload: OverloadSignal,
     /// axum's extension for `ConnectInfo<SocketAddr>` extractors: the client's address (the
     /// one a trusted PROXY header names, or the TCP peer), built once per connection.
     #[cfg(feature = "axum")]
@@ -94,6 +102,7 @@ impl<S> ConnService<S> {
             bans: None,
             host: HostCache::default(),
             min_body_rate: MinRate::OFF,
+            overload: OverloadSignal::new(),
             #[cfg(feature = "axum")]
             connect_info: None,
         }
@@ -102,6 +111,13 @@ impl<S> ConnService<S> {
     /// Holds request bodies to `rate` (the responses' rate is the connection's, in its state).
     pub(crate) fn min_body_rate(mut self, rate: MinRate) -> Self {
         self.min_body_rate = rate;
+        self
+    }
+
+    /// Follows the overload manager's `actions`: shed requests are answered 503, and HTTP/1
+    /// responses carry `Connection: close` while keep-alive is off.
+    pub(crate) fn overload(mut self, actions: OverloadSignal) -> Self {
+        self.overload = actions;
         self
     }
 
@@ -160,6 +176,14 @@ where
                 Some((Arc::clone(conn), client))
             }
         };
+        // One atomic load while nothing is in force.
+        let actions = self.overload.current();
+        let http2 = request.version() == http::Version::HTTP_2;
+        let close = actions.keep_alive_off() && !http2;
+        if actions.shedding() {
+            self.metrics.shed.increment(1);
+            return self.answer(Refusal::Shed { close });
+        }
         if let Some(info) = &self.info {
             request.extensions_mut().insert(info.clone());
         }
@@ -174,7 +198,6 @@ where
             request.extensions_mut().insert(connect_info);
         }
         let in_flight = self.state.request_started();
-        let http2 = request.version() == http::Version::HTTP_2;
         // A request with a body gets its timing (and the handle `MinRateLayer` uses); one
         // without (most GETs) costs nothing more.
         let (request, body) = if request.body().is_end_stream() {
@@ -213,6 +236,7 @@ where
             strike,
             body,
             http2,
+            close,
         }
     }
 }
@@ -230,6 +254,7 @@ impl<S> ConnService<S> {
             strike: None,
             body: None,
             http2: false,
+            close: false,
         }
     }
 
@@ -295,6 +320,8 @@ pin_project! {
         body: Option<Arc<BodyShared>>,
         // HTTP/2: the stream's response is held to the response rate by its task.
         http2: bool,
+        // HTTP/1 under overload: the response closes the connection.
+        close: bool,
     }
 }
 
@@ -387,6 +414,12 @@ where
                     _ => None,
                 };
                 let body = this.body.take();
+                let mut response = response;
+                if *this.close {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, crate::host::CLOSE);
+                }
                 response.map(|inner| ResponseBody::rated(inner, in_flight, body, stream))
             }
             Err(()) => internal_error(in_flight),
@@ -438,6 +471,9 @@ pub(crate) enum Refusal {
     Banned { retry_after: u64, close: bool },
     /// Its `Host` breaks RFC 9112: 400, and the connection closes.
     Host(HostProblem),
+    /// The overload manager sheds requests: 503 with `Retry-After`; the connection closes
+    /// when keep-alive is off too.
+    Shed { close: bool },
 }
 
 impl Refusal {
@@ -445,6 +481,7 @@ impl Refusal {
         let (status, body) = match self {
             Refusal::Banned { .. } => (StatusCode::TOO_MANY_REQUESTS, BANNED_BODY),
             Refusal::Host(problem) => (StatusCode::BAD_REQUEST, problem.message()),
+            Refusal::Shed { .. } => (StatusCode::SERVICE_UNAVAILABLE, SHED_BODY),
         };
         let mut response = Response::new(ResponseBody::fixed(body, in_flight));
         *response.status_mut() = status;
@@ -465,6 +502,15 @@ impl Refusal {
             }
             Refusal::Host(_) => {
                 headers.insert(http::header::CONNECTION, crate::host::CLOSE);
+            }
+            Refusal::Shed { close } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(SHED_RETRY_AFTER),
+                );
+                if close {
+                    headers.insert(http::header::CONNECTION, crate::host::CLOSE);
+                }
             }
         }
         response
