@@ -50,6 +50,7 @@ fn emitted() -> BTreeSet<&'static str> {
         server::HANDLER_ERRORS,
         server::REQUESTS_REJECTED,
         server::STREAMS_RESET,
+        server::REQUESTS_SHED,
         shutdown::SHUTDOWN_PHASE,
         shutdown::DRAIN_DURATION,
         shutdown::SIGNALS_RECEIVED,
@@ -75,6 +76,9 @@ fn emitted() -> BTreeSet<&'static str> {
         health::CHECK_DURATION,
         health::EVENT_LOOP_LAG,
         health::EVENT_LOOP_LAG_CURRENT,
+        health::OVERLOAD_PRESSURE,
+        health::OVERLOAD_ACTION,
+        health::OVERLOAD_ACTIVATIONS_TOTAL,
     ])
 }
 

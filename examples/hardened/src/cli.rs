@@ -72,6 +72,9 @@ struct Flags {
     /// Requests a client may send at once after a quiet period; needs --rate. [default: the rate's N]
     #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroU32>)]
     burst: Option<NonZeroU32>,
+    /// Descriptor use (percent of the soft RLIMIT_NOFILE) at which the overload manager closes idle keep-alive connections, longest idle first, and stops keeping new ones alive. [default: 90]
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    overload_fds: Option<u8>,
     /// Connections open at once; more are closed as soon as they are accepted. [default: 10000]
     #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
     max_conns: Option<NonZeroUsize>,
@@ -197,6 +200,7 @@ impl Flags {
             min_body_rate,
             min_response_rate,
             min_rate_grace,
+            overload_fds,
             max_conns,
             ban_window,
             ban_for,

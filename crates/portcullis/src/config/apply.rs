@@ -135,7 +135,8 @@ impl ServerConfig {
             .http(self.http_config())
             .drain_delay(self.drain_delay)
             .drain_timeout(self.drain_timeout)
-            .connection_limits(self.conn_limits());
+            .connection_limits(self.conn_limits())
+            .overload(self.overload());
         if let Some(tls) = self.tls_acceptor()? {
             builder = builder.tls(tls);
         }
@@ -225,6 +226,14 @@ impl ServerConfig {
             .idle_timeout(or_never(self.idle_timeout, Duration::MAX))
             .min_body_rate(MinRate::new(self.min_body_rate, self.min_rate_grace))
             .min_response_rate(MinRate::new(self.min_response_rate, self.min_rate_grace))
+    }
+
+    /// The overload manager: [`Overload::default`](portcullis_health::Overload::default)
+    /// with its descriptor ladder at `overload-fds` percent.
+    #[must_use]
+    pub fn overload(&self) -> portcullis_health::Overload {
+        portcullis_health::Overload::default()
+            .descriptors_at(f64::from(self.overload_fds.clamp(1, 100)) / 100.0)
     }
 
     /// The connection caps: `max-conns`, and `max-conns-per-ip` with the trusted proxies

@@ -158,6 +158,12 @@ impl ServerConfig {
         if self.listen.is_empty() {
             errors.push(Issue::about("listen").text(" is empty: give at least one address"));
         }
+        if !(1..=100).contains(&self.overload_fds) {
+            errors.push(Issue::plain(
+                "overload-fds",
+                format!("is {}: give a percentage from 1 to 100", self.overload_fds),
+            ));
+        }
         if self.burst.is_some() && self.rate.is_none() {
             errors.push(Issue::about("burst").text(" needs ").key("rate"));
         }

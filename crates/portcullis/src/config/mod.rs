@@ -77,6 +77,10 @@ pub use apply::ApplyError;
 
 /// The default `redis-timeout`: 5 ms (`portcullis_limit::fleet::DEFAULT_REDIS_TIMEOUT`).
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// The default of `overload-fds`: act at 90 % of the descriptor limit, which leaves a tenth
+/// of the descriptors for new clients while idle ones are reclaimed.
+pub const DEFAULT_OVERLOAD_FDS: u8 = 90;
 pub use check::{Issue, Report};
 pub use error::ConfigError;
 
@@ -220,6 +224,12 @@ pub struct ServerConfig {
     /// succeeded once, down after 3 failures in a row, up again after 2 successes. A probe
     /// never runs a check, and `/livez` never depends on one. Default none.
     pub ready_requires: Vec<String>,
+    /// `overload-fds`: the descriptor use, in percent of the soft `RLIMIT_NOFILE`, at which
+    /// the overload manager closes idle keep-alive connections (longest idle first) and
+    /// stops keeping new ones alive; timeouts shrink from 10 points below it, accepting stops
+    /// halfway from it to 100 ([`Overload::descriptors_at`](portcullis_health::Overload::descriptors_at)).
+    /// 1 to 100. Default 90.
+    pub overload_fds: u8,
     /// The file these settings were read from and its own `allow` and `deny` lists, for the
     /// SIGHUP reload of the filter.
     #[serde(skip)]
@@ -270,6 +280,7 @@ impl Default for ServerConfig {
             fleet_size: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             ready_requires: Vec::new(),
+            overload_fds: DEFAULT_OVERLOAD_FDS,
             source: None,
         }
     }
@@ -309,6 +320,7 @@ impl ServerConfig {
         "fleet-size",
         "redis-timeout",
         "ready-requires",
+        "overload-fds",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.
