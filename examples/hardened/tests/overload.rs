@@ -60,7 +60,7 @@ async fn served(addr: std::net::SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_hogs_cannot_lock_new_clients_out() {
-    let mut server = Hardened::start_via_shell(
+    let server = Hardened::start_via_shell(
         &format!("exec prlimit --nofile={LIMIT}:{LIMIT} \"$0\" \"$@\""),
         &[
             "--listen",
