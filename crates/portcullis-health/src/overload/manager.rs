@@ -365,7 +365,10 @@ impl Run {
         let fds = match estimate {
             Some(estimate) => estimate,
             None => {
-                self.fd_limit = sample::fd_limit();
+                // At EMFILE the limits file cannot be opened either: keep the last limit.
+                if let Some(limit) = sample::fd_limit() {
+                    self.fd_limit = Some(limit);
+                }
                 let count = match sample::open_fds() {
                     Ok(count) => count,
                     // The listing itself found no descriptor free: that is the answer.
@@ -380,8 +383,16 @@ impl Run {
             }
         };
         let limit = self.fd_limit?;
-        let threshold = (lowest * limit as f64).ceil() as i64;
-        let budget = threshold.saturating_sub(i64::try_from(fds).unwrap_or(i64::MAX));
+        // The accepts ask for a count at the next level above this one (a trigger's start
+        // or threshold), so that crossing it does not wait for the tick.
+        let used = i64::try_from(fds).unwrap_or(i64::MAX);
+        let budget = inner
+            .config
+            .levels(Monitor::Descriptors)
+            .map(|level| (level * limit as f64).ceil() as i64)
+            .filter(|&at| at > used)
+            .min()
+            .map_or(i64::MAX, |at| at - used);
         inner.fd_budget.store(budget, Ordering::Relaxed);
         Some(ratio(fds, limit))
     }

@@ -317,6 +317,17 @@ impl Overload {
         self.triggers.iter().any(|(_, m, _)| *m == monitor)
     }
 
+    /// Every level of `monitor`'s triggers: thresholds, and the ends of scaled ones.
+    pub(crate) fn levels(&self, monitor: Monitor) -> impl Iterator<Item = f64> + '_ {
+        self.triggers
+            .iter()
+            .filter(move |(_, m, _)| *m == monitor)
+            .flat_map(|(_, _, t)| match *t {
+                Trigger::Threshold(at) => [at, at],
+                Trigger::Scaled { from, to } => [from, to],
+            })
+    }
+
     /// The lowest threshold of a descriptor trigger (or the start of a scaled one), if any.
     pub(crate) fn lowest(&self, monitor: Monitor) -> Option<f64> {
         self.triggers
