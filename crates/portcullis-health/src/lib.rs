@@ -53,6 +53,7 @@
 mod check;
 pub mod checks;
 mod lag;
+mod loom;
 pub mod metrics;
 pub mod overload;
 

@@ -421,7 +421,7 @@ impl std::fmt::Display for Pressures<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(portcullis_loom)))]
 mod tests {
     use std::sync::atomic::AtomicU64;
 

@@ -32,6 +32,11 @@
 //!
 //! Every monitor's pressure and every action's value are gauges, every activation is
 //! counted and logged once ([`crate::metrics`]).
+//!
+//! The manager publishes the actions through an [`OverloadSignal`]: one word that each
+//! connection reads with one atomic load per poll, and a watch that wakes it when the word
+//! changes. loom models check that a watch never misses a change made on another thread
+//! (`RUSTFLAGS="--cfg portcullis_loom" cargo test -p portcullis-health --lib loom`).
 
 mod manager;
 mod sample;

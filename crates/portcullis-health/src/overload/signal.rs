@@ -10,13 +10,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
+use crate::loom::{AtomicU32, Mutex, Notify, Ordering, OwnedNotified};
 
 /// How many steps a scaled action has: its value is published in sixteenths, so a pressure
 /// that drifts wakes the connections at most sixteen times on its way up.
@@ -286,7 +284,12 @@ impl OverloadWatch {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, portcullis_loom))]
+mod tests {
+    mod loom_signal;
+}
+
+#[cfg(all(test, not(portcullis_loom)))]
 mod tests {
     use super::*;
 
