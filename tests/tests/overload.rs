@@ -1,6 +1,6 @@
 //! The overload manager in a running server: memory pressure against a small configured
-//! limit, and event-loop lag injected by a handler that blocks its thread, each start
-//! shedding requests (503 with `Retry-After`, readiness off, the admin listener still
+//! limit (first ending keep-alive, then shedding), and event-loop lag injected by a handler
+//! that blocks its thread, each start shedding requests (503 with `Retry-After`, readiness off, the admin listener still
 //! served) and stop it once the pressure is gone. Each server records into a local
 //! Prometheus recorder on its own single thread, so that its metrics are its own.
 
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 /// What the memory test allocates and touches: the limit is set so that it brings the
 /// pressure to about 0.82, between the shedding threshold (0.75) and stopping accepting (0.9).
+/// (One memory test only: the tests of a binary share its resident memory.)
 const HOG: usize = 160 << 20;
 /// What the lag test's handler blocks its thread for: twice the lag limit.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -31,6 +32,37 @@ async fn get_status(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = common::try_http_get(addr, path)
         .await
         .unwrap_or_else(|error| panic!("GET {path} from {addr}: {error}"));
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response:?}"));
+    (status, response)
+}
+
+/// One keep-alive `GET /` on a fresh connection: the status and the response head and body,
+/// lower-cased (read until the body, which ends with a newline).
+async fn get_keep_alive(addr: SocketAddr) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|error| panic!("connect to {addr}: {error}"));
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"\n\r\n") && !response.ends_with(b"hello\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
     let status = response
         .get(9..12)
         .and_then(|s| s.parse().ok())
@@ -134,12 +166,15 @@ fn admin_listener() -> (Listener, SocketAddr) {
 
 // One thread: every task of the server records into this test's recorder.
 #[tokio::test(flavor = "current_thread")]
-async fn memory_pressure_sheds_requests_until_the_memory_is_freed() {
+async fn memory_pressure_ends_keep_alive_then_sheds_requests_until_the_memory_is_freed() {
     let recorder = PrometheusExporter::builder().build_recorder();
     let exporter = PrometheusExporter::for_recorder(&recorder);
     let _local = metrics::set_default_local_recorder(&recorder);
-    // The memory ladder at 0.5: requests are shed from 0.75, accepting stops at 0.9.
-    let limit = (resident_bytes() + HOG as u64) * 100 / 82;
+    // The memory ladder at 0.5: no keep-alive from 0.5, requests shed from 0.75, accepting
+    // stops at 0.9. The limit puts the whole hog at 0.82 and its first part at 0.62.
+    let resident = resident_bytes();
+    let limit = (resident + HOG as u64) * 100 / 82;
+    let first = usize::try_from(limit * 62 / 100 - resident).expect("fits");
     let overload = Overload::off()
         .memory_at(0.5)
         .memory_limit(limit)
@@ -154,19 +189,56 @@ async fn memory_pressure_sheds_requests_until_the_memory_is_freed() {
     );
     let addr = server.addr();
     until_status(admin, "/readyz", 200).await;
-    assert_eq!(get_status(addr, "/").await.0, 200);
+    let (status, response) = get_keep_alive(addr).await;
+    assert_eq!(status, 200);
+    assert!(!response.contains("connection: close"), "{response}");
 
-    // Allocated and touched: resident.
-    let hog = std::hint::black_box(vec![1u8; HOG]);
+    // Allocated and touched (resident): past reclaiming, short of shedding. Requests are
+    // served, and no connection is kept alive.
+    let hog = std::hint::black_box(vec![1u8; first]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, response) = get_keep_alive(addr).await;
+        assert_eq!(status, 200, "served while keep-alive is off: {response}");
+        if response.contains("\r\nconnection: close\r\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still kept alive 15 s after {first} bytes more: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get_status(admin, "/readyz").await.0,
+        200,
+        "ready: not refusing"
+    );
+
+    // The rest of the hog: requests are shed.
+    let more = std::hint::black_box(vec![1u8; HOG - first]);
     assert_shed(&until_status(addr, "/", 503).await);
     assert_shedding(admin, Monitor::Memory).await;
     assert!(metric(admin, "portcullis_overload_pressure{monitor=\"memory\"}").await >= 0.75);
     // Shedding is not stopping: new connections are still accepted, and answered.
     assert_shed(&get_status(addr, "/").await.1);
 
-    drop(hog);
+    drop((hog, more));
     assert_recovered(addr, admin).await;
     assert!(metric(admin, "portcullis_overload_pressure{monitor=\"memory\"}").await < 0.5);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, response) = get_keep_alive(addr).await;
+        assert_eq!(status, 200);
+        if !response.contains("connection: close") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keep-alive still off: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }
 

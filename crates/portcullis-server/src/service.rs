@@ -235,8 +235,7 @@ where
             metrics: Arc::clone(&self.metrics),
             strike,
             body,
-            http2,
-            close,
+            wire: Wire::of(http2, close),
         }
     }
 }
@@ -253,8 +252,7 @@ impl<S> ConnService<S> {
             metrics: Arc::clone(&self.metrics),
             strike: None,
             body: None,
-            http2: false,
-            close: false,
+            wire: Wire::Http1,
         }
     }
 
@@ -318,10 +316,30 @@ pin_project! {
         strike: Option<(Arc<ConnBans>, IpAddr)>,
         // A request with a body: its timing.
         body: Option<Arc<BodyShared>>,
-        // HTTP/2: the stream's response is held to the response rate by its task.
-        http2: bool,
-        // HTTP/1 under overload: the response closes the connection.
-        close: bool,
+        // How the response goes out (one byte: the future's size, and with it the moves of
+        // the keep-alive path, is what it was before the overload manager's close).
+        wire: Wire,
+    }
+}
+
+/// How a response goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// HTTP/1, the connection kept alive as hyper decides.
+    Http1,
+    /// HTTP/1 under overload with keep-alive off: `Connection: close`.
+    Http1Close,
+    /// HTTP/2: the stream's response is held to the response rate by its task.
+    Http2,
+}
+
+impl Wire {
+    fn of(http2: bool, close: bool) -> Self {
+        match (http2, close) {
+            (true, _) => Wire::Http2,
+            (false, true) => Wire::Http1Close,
+            (false, false) => Wire::Http1,
+        }
     }
 }
 
@@ -384,7 +402,12 @@ where
             return Poll::Pending;
         };
         if let Some(body) = this.body.as_ref().filter(|body| body.is_violated()) {
-            return Poll::Ready(Ok(slow_body(body, in_flight, *this.http2, this.metrics)));
+            return Poll::Ready(Ok(slow_body(
+                body,
+                in_flight,
+                *this.wire == Wire::Http2,
+                this.metrics,
+            )));
         }
         Poll::Ready(Ok(match outcome {
             Ok(response) => {
@@ -401,12 +424,12 @@ where
                 let own_rate = response.extensions().get::<ResponseRate>().map(|r| r.0);
                 // HTTP/1: the route's rate holds the connection's writes of this response. On
                 // HTTP/2 it holds its stream only: the connection carries other streams.
-                if let (Some(rate), Some(state), false) = (own_rate, in_flight.state(), *this.http2)
-                {
+                let http2 = *this.wire == Wire::Http2;
+                if let (Some(rate), Some(state), false) = (own_rate, in_flight.state(), http2) {
                     state.override_write_rate(rate);
                 }
                 // HTTP/2: the stream's response is held to its rate by the stream's task.
-                let stream = match (*this.http2, in_flight.state()) {
+                let stream = match (http2, in_flight.state()) {
                     (true, Some(state)) => StreamWatch::current().map(|watch| {
                         watch.bind(state);
                         (watch, own_rate.unwrap_or(state.response_rate()))
@@ -414,17 +437,26 @@ where
                     _ => None,
                 };
                 let body = this.body.take();
-                let mut response = response;
-                if *this.close {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, crate::host::CLOSE);
+                let mut response =
+                    response.map(|inner| ResponseBody::rated(inner, in_flight, body, stream));
+                if *this.wire == Wire::Http1Close {
+                    closing(&mut response);
                 }
-                response.map(|inner| ResponseBody::rated(inner, in_flight, body, stream))
+                response
             }
             Err(()) => internal_error(in_flight),
         }))
     }
+}
+
+/// Adds `Connection: close` to an HTTP/1 response while the overload manager keeps no
+/// connection alive. Out of line: the keep-alive path does not carry it.
+#[cold]
+#[inline(never)]
+fn closing<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, crate::host::CLOSE);
 }
 
 /// The answer to a request whose body fell below its rate: 408, then the connection closes

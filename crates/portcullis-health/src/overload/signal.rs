@@ -248,7 +248,24 @@ impl OverloadWatch {
 
     /// Ready with the actions in force when they changed since the last call (or differ from
     /// [`Actions::NONE`] on the first); otherwise registers the task for the next change.
+    #[inline]
     pub fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Actions> {
+        // Subscribed, registered with this waker, and nothing changed: every poll of a busy
+        // connection's task, so inline and without a call.
+        if self.next.is_some()
+            && self.current() == self.seen
+            && self
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        self.subscribe_or_register(cx)
+    }
+
+    #[inline(never)]
+    fn subscribe_or_register(&mut self, cx: &mut Context<'_>) -> Poll<Actions> {
         loop {
             if self.next.is_none() || self.current() != self.seen {
                 let (word, next) = self.signal.subscribe();
