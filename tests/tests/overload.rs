@@ -70,6 +70,25 @@ async fn get_keep_alive(addr: SocketAddr) -> (u16, String) {
     (status, response)
 }
 
+/// Polls keep-alive `GET /`s (bounded: 15 s), each answered 200, until the response keeps
+/// the connection alive (`kept`) or carries `Connection: close` (`!kept`).
+async fn until_kept_alive(addr: SocketAddr, kept: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, response) = get_keep_alive(addr).await;
+        assert_eq!(status, 200, "served, kept alive or not: {response}");
+        if response.contains("\r\nconnection: close\r\n") != kept {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept alive is still {}, not {kept}, after 15 s: {response}",
+            !kept
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `path` until it answers `status` (bounded: 15 s); returns that response.
 async fn until_status(addr: SocketAddr, path: &str, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -196,19 +215,7 @@ async fn memory_pressure_ends_keep_alive_then_sheds_requests_until_the_memory_is
     // Allocated and touched (resident): past reclaiming, short of shedding. Requests are
     // served, and no connection is kept alive.
     let hog = std::hint::black_box(vec![1u8; first]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, response) = get_keep_alive(addr).await;
-        assert_eq!(status, 200, "served while keep-alive is off: {response}");
-        if response.contains("\r\nconnection: close\r\n") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still kept alive 15 s after {first} bytes more: {response}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_kept_alive(addr, false).await;
     assert_eq!(
         get_status(admin, "/readyz").await.0,
         200,
@@ -226,19 +233,7 @@ async fn memory_pressure_ends_keep_alive_then_sheds_requests_until_the_memory_is
     drop((hog, more));
     assert_recovered(addr, admin).await;
     assert!(metric(admin, "portcullis_overload_pressure{monitor=\"memory\"}").await < 0.5);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, response) = get_keep_alive(addr).await;
-        assert_eq!(status, 200);
-        if !response.contains("connection: close") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keep-alive still off: {response}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_kept_alive(addr, true).await;
     server.stop().await;
 }
 

@@ -8,25 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::Hardened;
 use tokio::io::AsyncReadExt;
+
 use tokio::net::TcpStream;
 
 /// `GET /` that reports failure instead of panicking: the server may still be shedding.
 async fn try_get(addr: std::net::SocketAddr) -> Option<String> {
-    use tokio::io::AsyncWriteExt;
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        Some(String::from_utf8_lossy(&response).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(3), attempt)
-        .await
-        .ok()
-        .flatten()
+    common::try_get(addr, Duration::from_secs(3)).await
 }
 
 /// User + system CPU time of a process so far, in clock ticks.

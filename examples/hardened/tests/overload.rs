@@ -41,21 +41,9 @@ async fn keep_alive_get(stream: &mut TcpStream) -> Option<String> {
 
 /// A new client's `GET /` with `Connection: close`: whether it got a 200 within 5 s.
 async fn served(addr: std::net::SocketAddr) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        Some(response.starts_with(b"HTTP/1.1 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
+    common::try_get(addr, Duration::from_secs(5))
         .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        .is_some_and(|response| response.starts_with("HTTP/1.1 200"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

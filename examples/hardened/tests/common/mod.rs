@@ -150,6 +150,23 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// `GET /` with `Connection: close` that reports failure instead of panicking (the server
+/// may be shedding or out of descriptors): the raw response, or `None` if connecting,
+/// writing or reading failed or took longer than `limit`.
+pub async fn try_get(addr: SocketAddr, limit: Duration) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(limit, attempt).await.ok().flatten()
+}
+
 /// `GET path` with `Connection: close`; returns the raw response.
 pub async fn get(addr: SocketAddr, path: &str) -> String {
     exchange(
