@@ -1,5 +1,6 @@
 //! systemd socket activation: adopting the listening sockets a service manager passes in
-//! (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3).
+//! (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3), and the same protocol
+//! under portcullis's own variables for the sockets of an upgrade ([`crate::handoff`]).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -91,9 +92,48 @@ fn invalid(name: &'static str, value: &OsStr, reason: &'static str) -> Activatio
     }
 }
 
+/// The variables of one protocol that passes descriptors from 3 on.
+pub(crate) struct Vars {
+    /// The process the descriptors are for (systemd: this process's id; an upgrade: its
+    /// parent's, the process that started it).
+    pub(crate) pid: &'static str,
+    /// How many descriptors.
+    pub(crate) fds: &'static str,
+    /// Their names, `:`-separated.
+    pub(crate) names: &'static str,
+}
+
+/// systemd's socket activation.
+const SYSTEMD: Vars = Vars {
+    pid: "LISTEN_PID",
+    fds: "LISTEN_FDS",
+    names: "LISTEN_FDNAMES",
+};
+
+/// portcullis's upgrade hand-off ([`crate::handoff`]): the same protocol under its own names,
+/// addressed to the child of the process named (a child cannot know its own pid before it
+/// exists, and systemd's variables stay systemd's).
+pub(crate) const UPGRADE: Vars = Vars {
+    pid: "PORTCULLIS_LISTEN_PARENT",
+    fds: "PORTCULLIS_LISTEN_FDS",
+    names: "PORTCULLIS_LISTEN_FDNAMES",
+};
+
 /// Parses the socket-activation environment. `Ok(None)` when it is not addressed to
 /// `our_pid` or passes no descriptors; otherwise one name per descriptor.
+#[cfg(test)]
 fn parse_env(
+    our_pid: u32,
+    listen_pid: Option<&OsStr>,
+    listen_fds: Option<&OsStr>,
+    listen_fdnames: Option<&OsStr>,
+) -> Result<Option<Vec<String>>, ActivationError> {
+    parse_vars(&SYSTEMD, our_pid, listen_pid, listen_fds, listen_fdnames)
+}
+
+/// [`parse_env`] for the variables of `vars`.
+fn parse_vars(
+    vars: &Vars,
     our_pid: u32,
     listen_pid: Option<&OsStr>,
     listen_fds: Option<&OsStr>,
@@ -105,7 +145,7 @@ fn parse_env(
     let pid: u32 = pid_raw
         .to_str()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| invalid("LISTEN_PID", pid_raw, "expected a process id"))?;
+        .ok_or_else(|| invalid(vars.pid, pid_raw, "expected a process id"))?;
     if pid != our_pid {
         // Meant for another process (we inherited the environment, not the sockets).
         return Ok(None);
@@ -113,7 +153,7 @@ fn parse_env(
     let count: usize = fds_raw
         .to_str()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| invalid("LISTEN_FDS", fds_raw, "expected a descriptor count"))?;
+        .ok_or_else(|| invalid(vars.fds, fds_raw, "expected a descriptor count"))?;
     if count == 0 {
         return Ok(None);
     }
@@ -122,23 +162,23 @@ fn parse_env(
         .and_then(|n| LISTEN_FDS_START.checked_add(n))
         .is_none()
     {
-        return Err(invalid("LISTEN_FDS", fds_raw, "descriptor count too large"));
+        return Err(invalid(vars.fds, fds_raw, "descriptor count too large"));
     }
     let names = match listen_fdnames {
         None => vec![UNKNOWN_NAME.to_owned(); count],
         Some(raw) => {
             let s = raw
                 .to_str()
-                .ok_or_else(|| invalid("LISTEN_FDNAMES", raw, "not valid UTF-8"))?;
+                .ok_or_else(|| invalid(vars.names, raw, "not valid UTF-8"))?;
             let names: Vec<String> = s
                 .split(':')
                 .map(|n| if n.is_empty() { UNKNOWN_NAME } else { n }.to_owned())
                 .collect();
             if names.len() != count {
                 return Err(invalid(
-                    "LISTEN_FDNAMES",
+                    vars.names,
                     raw,
-                    "number of names does not match LISTEN_FDS",
+                    "number of names does not match the descriptor count",
                 ));
             }
             names
@@ -201,11 +241,37 @@ impl SocketActivation {
     /// [`ActivationError::NotASocket`] for a descriptor that is not an open socket (no
     /// descriptor is taken then), and [`ActivationError::AlreadyTaken`] as above.
     pub fn from_env() -> Result<Option<SocketActivation>, ActivationError> {
-        let names = parse_env(
-            std::process::id(),
-            std::env::var_os("LISTEN_PID").as_deref(),
-            std::env::var_os("LISTEN_FDS").as_deref(),
-            std::env::var_os("LISTEN_FDNAMES").as_deref(),
+        Self::adopt(&SYSTEMD, std::process::id(), "socket-activated")
+    }
+
+    /// Takes ownership of the sockets a previous generation of this server handed to this
+    /// process when it started it for a zero-downtime upgrade ([`Handoff`](crate::Handoff)),
+    /// if any: the same protocol as [`from_env`](Self::from_env) under the variables
+    /// `PORTCULLIS_LISTEN_PARENT`, `PORTCULLIS_LISTEN_FDS` and `PORTCULLIS_LISTEN_FDNAMES`,
+    /// addressed to a child of the process `PORTCULLIS_LISTEN_PARENT` names (so a grandchild
+    /// that inherited the environment takes nothing).
+    ///
+    /// Both constructors share the once-per-process guard: the descriptors from 3 on are
+    /// adopted once, by whichever protocol addresses this process.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env), naming the upgrade's variables.
+    pub fn from_upgrade_env() -> Result<Option<SocketActivation>, ActivationError> {
+        Self::adopt(&UPGRADE, std::os::unix::process::parent_id(), "handed-over")
+    }
+
+    fn adopt(
+        vars: &Vars,
+        addressee: u32,
+        what: &'static str,
+    ) -> Result<Option<SocketActivation>, ActivationError> {
+        let names = parse_vars(
+            vars,
+            addressee,
+            std::env::var_os(vars.pid).as_deref(),
+            std::env::var_os(vars.fds).as_deref(),
+            std::env::var_os(vars.names).as_deref(),
         )?;
         let Some(names) = names else {
             return Ok(None);
@@ -213,7 +279,7 @@ impl SocketActivation {
         let fds = sys::adopt_listen_fds(names.len()).map_err(|e| match e {
             AdoptError::AlreadyTaken => ActivationError::AlreadyTaken,
             AdoptError::TooMany => ActivationError::InvalidVariable {
-                name: "LISTEN_FDS",
+                name: vars.fds,
                 value: names.len().to_string(),
                 reason: "descriptor count too large",
             },
@@ -228,9 +294,16 @@ impl SocketActivation {
         tracing::info!(
             sockets = inherited.len(),
             names = ?inherited.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
-            "adopted socket-activated listeners"
+            "adopted {what} listeners"
         );
         Ok(Some(SocketActivation { inherited }))
+    }
+
+    /// Takes the first socket named `name` as it is, whatever kind of socket it is (the
+    /// upgrade's readiness channel is a connected Unix stream, not a listener).
+    pub fn take_socket(&mut self, name: &str) -> Option<OwnedFd> {
+        let at = self.inherited.iter().position(|i| i.name == name)?;
+        Some(self.inherited.remove(at).fd)
     }
 
     /// Names of the sockets not yet taken, in descriptor order (a name repeats when several
@@ -365,6 +438,21 @@ mod tests {
 
     fn os(s: &str) -> Option<&OsStr> {
         Some(OsStr::new(s))
+    }
+
+    #[test]
+    fn upgrade_variables_are_addressed_to_the_parent_and_named_in_errors() {
+        assert_eq!(
+            parse_vars(&UPGRADE, 7, os("7"), os("2"), os("listener-0:admin")).expect("valid"),
+            Some(vec!["listener-0".to_owned(), "admin".to_owned()])
+        );
+        // A grandchild that inherited the variables: its parent is not the one named.
+        assert!(matches!(
+            parse_vars(&UPGRADE, 8, os("7"), os("2"), os("listener-0:admin")),
+            Ok(None)
+        ));
+        let err = parse_vars(&UPGRADE, 7, os("7"), os("x"), None).expect_err("not a count");
+        assert!(err.to_string().contains("PORTCULLIS_LISTEN_FDS"), "{err}");
     }
 
     #[test]

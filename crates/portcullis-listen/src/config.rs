@@ -261,6 +261,12 @@ impl ListenerConfig {
         self.acceptors = acceptors;
         self
     }
+
+    /// How many acceptors [`bind`](Self::bind) binds for each address.
+    #[must_use]
+    pub fn acceptor_count(&self) -> NonZeroUsize {
+        self.acceptors
+    }
 }
 
 /// An optional duration where zero means off, as in the setters.

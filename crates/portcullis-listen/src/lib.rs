@@ -18,6 +18,9 @@
 //! - [`SocketActivation`] takes over the listening sockets systemd (or another service manager
 //!   speaking the `LISTEN_FDS` protocol) passes in, so restarts never close the listening
 //!   socket.
+//! - [`Handoff`] passes the listening sockets to a new process for a zero-downtime upgrade
+//!   (moved, never closed and bound again), which takes them over with
+//!   [`SocketActivation::from_upgrade_env`].
 //! - [`proxy`] reads a PROXY protocol v1 or v2 header from a trusted load balancer, under a
 //!   deadline, in the connection's task; the caller decides which peers are trusted.
 //! - [`metrics`] names every metric the crate emits; an executable calls
@@ -150,6 +153,7 @@ mod bind;
 mod config;
 pub mod duration;
 mod error;
+pub mod handoff;
 mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -161,4 +165,5 @@ pub use activation::{ActivationError, SocketActivation};
 pub use config::{Keepalive, ListenerConfig};
 pub use duration::{ParseDurationError, parse_duration};
 pub use error::{BindError, BindErrorKind};
+pub use handoff::Handoff;
 pub use listener::{Accepted, Addr, DetachedListener, Listener, ListenerId, Stream};

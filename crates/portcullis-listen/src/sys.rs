@@ -2,8 +2,8 @@
 //!
 //! Everything socket2 can do safely goes through socket2; this module covers what it cannot:
 //! integer socket options without a socket2 setter (`TCP_FASTOPEN`, `TCP_DEFER_ACCEPT`,
-//! `SO_ACCEPTCONN` where socket2 has no getter) and adopting the descriptors systemd passes to a
-//! socket-activated process. Every `unsafe` block carries a `// SAFETY:` comment; `lib.rs`
+//! `SO_ACCEPTCONN` where socket2 has no getter), adopting the descriptors systemd passes to a
+//! socket-activated process, and placing descriptors for a child at an upgrade. Every `unsafe` block carries a `// SAFETY:` comment; `lib.rs`
 //! declares the module with `#[allow(unsafe_code)]`, the only exception to the workspace's
 //! `unsafe_code = "deny"`.
 
@@ -152,6 +152,43 @@ pub(crate) fn adopt_listen_fds(count: usize) -> Result<Vec<OwnedFd>, AdoptError>
         fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     Ok(fds)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above (`F_DUPFD_CLOEXEC`).
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `fd` is a valid open descriptor for the duration of the borrow; F_DUPFD_CLOEXEC
+    // creates a new descriptor and touches no memory.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this new descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Makes `command`'s child start with `sources[i]` as descriptor `LISTEN_FDS_START + i`
+/// (without close-on-exec), every other inherited descriptor of this process being
+/// close-on-exec already (std opens everything so). Each source must be numbered at or above
+/// `LISTEN_FDS_START + sources.len()`, so that placing one never overwrites another, and must
+/// stay open until the command is spawned.
+pub(crate) fn place_fds(command: &mut std::process::Command, sources: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let closure = move || {
+        for (target, source) in (LISTEN_FDS_START..).zip(&sources) {
+            // SAFETY: runs in the forked child before exec, and calls only dup2, which is
+            // async-signal-safe; the sources are open (the caller keeps them until the
+            // spawn returns) and above every target.
+            if unsafe { libc::dup2(*source, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure allocates nothing and calls only dup2 (see above), as pre_exec
+    // requires of code between fork and exec.
+    unsafe {
+        command.pre_exec(closure);
+    }
 }
 
 #[cfg(test)]

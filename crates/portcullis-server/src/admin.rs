@@ -101,6 +101,25 @@ impl AdminServer {
     }
 
     /// Closes the admin listener and drains its connections under [`ADMIN_DRAIN_TIMEOUT`].
+    /// Stops accepting (its connections finish) once `handed_over` is cancelled: after an
+    /// upgrade the new process serves the admin listener, and this one, draining, would
+    /// answer `/readyz` with 503.
+    pub(crate) fn stop_accepting_on(
+        &self,
+        handed_over: tokio_util::sync::CancellationToken,
+        blocks: &mut crate::blocks::BlockTasks,
+    ) {
+        let lifecycle = self.lifecycle.clone();
+        blocks.spawn(move |stop| async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = handed_over.cancelled() => {
+                    lifecycle.advance(portcullis_shutdown::ShutdownPhase::Drain);
+                }
+            }
+        });
+    }
+
     pub(crate) async fn stop(self) {
         let Self {
             core,

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::HttpConfig;
 use crate::error::Error;
 use crate::policy::ConnPolicy;
+use crate::upgrade::{Inherited, Upgrade};
 
 /// Default for [`Builder::drain_timeout`]: 30 s, Kubernetes' default termination grace
 /// period.
@@ -51,6 +52,8 @@ impl Server {
             reloaders: Vec::new(),
             health: HealthChecks::new(),
             overload: Overload::default(),
+            upgrade: None,
+            handed_over: None,
         }
     }
 }
@@ -84,6 +87,10 @@ pub struct Builder {
     pub(crate) reloaders: Vec<Reloader>,
     pub(crate) health: HealthChecks,
     pub(crate) overload: Overload,
+    pub(crate) upgrade: Option<Upgrade>,
+    /// The sockets a previous generation handed over (read at the first need: `None`
+    /// until then).
+    pub(crate) handed_over: Option<Option<Inherited>>,
 }
 
 /// Something the application reloads on SIGHUP.
@@ -116,6 +123,8 @@ impl fmt::Debug for Builder {
             .field("reloaders", &self.reloaders.len())
             .field("health", &self.health)
             .field("overload", &self.overload)
+            .field("upgrade", &self.upgrade)
+            .field("handed_over", &self.handed_over)
             .finish()
     }
 }
@@ -168,10 +177,28 @@ impl Builder {
         config: &ListenerConfig,
     ) -> Result<Self, Error> {
         for addr in resolve(addr)? {
-            self.listeners
-                .extend(config.bind(addr).map_err(Error::Bind)?);
+            let (first, count) = (self.listeners.len(), config.acceptor_count().get());
+            let taken = match self.handed_over()? {
+                Some(inherited) => inherited.take_listeners(first, count, addr, config)?,
+                None => None,
+            };
+            match taken {
+                Some(taken) => self.listeners.extend(taken),
+                None => self
+                    .listeners
+                    .extend(config.bind(addr).map_err(Error::Bind)?),
+            }
         }
         Ok(self)
+    }
+
+    /// The sockets a previous generation of this server handed to this process at an
+    /// upgrade ([`upgrade`](Self::upgrade)), read from the environment at the first call.
+    pub(crate) fn handed_over(&mut self) -> Result<Option<&mut Inherited>, Error> {
+        if self.handed_over.is_none() {
+            self.handed_over = Some(Inherited::from_env()?);
+        }
+        Ok(self.handed_over.as_mut().and_then(Option::as_mut))
     }
 
     /// Serves the sockets systemd passed to this process (socket activation: `LISTEN_FDS`,
@@ -237,9 +264,16 @@ impl Builder {
     ///
     /// Outside a tokio runtime with its I/O driver.
     #[cfg(feature = "prometheus")]
-    pub fn admin(self, addr: impl ToSocketAddrs + fmt::Display) -> Result<Self, Error> {
+    pub fn admin(mut self, addr: impl ToSocketAddrs + fmt::Display) -> Result<Self, Error> {
         let addr = resolve(addr)?[0];
-        let listener = Listener::bind(addr).map_err(Error::Bind)?;
+        let handed_over = match self.handed_over()? {
+            Some(inherited) => inherited.take_admin()?,
+            None => None,
+        };
+        let listener = match handed_over {
+            Some(listener) => listener,
+            None => Listener::bind(addr).map_err(Error::Bind)?,
+        };
         let exporter = portcullis_metrics::PrometheusExporter::install()
             .map_err(|error| Error::Exporter(Box::new(error)))?;
         crate::metrics::describe_all();
@@ -646,6 +680,26 @@ impl Builder {
     /// lag it measures is that runtime's.
     pub fn overload(mut self, overload: Overload) -> Self {
         self.overload = overload;
+        self
+    }
+
+    /// Zero-downtime upgrades: on SIGUSR2 (or the [`UpgradeHandle`](crate::UpgradeHandle)
+    /// of `upgrade`), starts the new executable with every listening socket of this server,
+    /// the admin listener's included, and drains only once the new process reports ready;
+    /// if it exits or is not ready within the upgrade's timeout it is killed and this
+    /// process serves on. See the [`upgrade`](crate::upgrade) module.
+    ///
+    /// The new process takes the sockets over where this one bound them:
+    /// [`listen`](Self::listen), [`listen_with`](Self::listen_with) and
+    /// [`admin`](Self::admin) adopt the socket the previous generation served as the same
+    /// listener (the N-th added, on the same address) instead of binding it, and it reports
+    /// ready once it serves and its readiness holds (every critical health check up, no
+    /// overload refusal). Listeners given ready-made ([`listener`](Self::listener)) are
+    /// handed over too, but a new process must adopt them itself.
+    ///
+    /// Default: off.
+    pub fn upgrade(mut self, upgrade: Upgrade) -> Self {
+        self.upgrade = Some(upgrade);
         self
     }
 

@@ -48,6 +48,9 @@ pub enum Error {
     Exporter(crate::BoxError),
     /// The SIGHUP handler that reloads the TLS certificates could not be installed.
     Signal(io::Error),
+    /// The upgrade could not be set up: a listening socket could not be duplicated for the
+    /// hand-off, or the SIGUSR2 handler could not be installed.
+    Upgrade(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -84,6 +87,7 @@ impl fmt::Display for Error {
                     "cannot install the SIGHUP handler that reloads TLS certificates: {error}"
                 )
             }
+            Error::Upgrade(error) => write!(f, "cannot set up zero-downtime upgrades: {error}"),
         }
     }
 }
@@ -91,7 +95,10 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Runtime(e) | Error::Listener { source: e, .. } | Error::Signal(e) => Some(e),
+            Error::Runtime(e)
+            | Error::Listener { source: e, .. }
+            | Error::Signal(e)
+            | Error::Upgrade(e) => Some(e),
             Error::Bind(error) => Some(error),
             Error::Activation(error) => Some(error),
             Error::Exporter(error) => Some(error.as_ref()),

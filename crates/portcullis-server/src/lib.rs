@@ -26,7 +26,9 @@
 //! blocks' background work (certificate file watching and SIGHUP reloads for every TLS
 //! acceptor, the exporter's upkeep behind the admin listener), reports to systemd when asked
 //! ([`Builder::systemd`]), and stops all of it with the drain. A SIGHUP never ends a server
-//! started with signals. Nothing has to be spawned by hand.
+//! started with signals. Nothing has to be spawned by hand. With [`Builder::upgrade`] a
+//! SIGUSR2 replaces the process without refusing a connection: the [`upgrade`] module hands
+//! every listening socket to the new executable and drains only once it reports ready.
 //!
 //! # Example
 //!
@@ -135,6 +137,7 @@ mod report;
 mod serve;
 mod service;
 mod state;
+pub mod upgrade;
 
 pub use admin::ADMIN_DRAIN_TIMEOUT;
 pub use body::{BodyPanicked, RequestBodyTooSlow, ResponseBody};
@@ -158,6 +161,7 @@ pub mod internal {
 pub use info::ConnInfo;
 pub use portcullis_shutdown::{DrainProgress, ShutdownPhase};
 pub use report::ServeReport;
+pub use upgrade::{Upgrade, UpgradeHandle};
 
 /// The data of response bodies, from the `bytes` crate.
 pub use bytes::Bytes;

@@ -37,6 +37,19 @@ pub const STREAMS_RESET: &str = "portcullis_streams_reset_total";
 /// overload manager sheds load (see [`Builder::overload`](crate::Builder::overload)).
 pub const REQUESTS_SHED: &str = "portcullis_requests_shed_total";
 
+/// Gauge: this process's generation: 1 for a process started by hand, one more for each
+/// zero-downtime upgrade that led to it (see [`Builder::upgrade`](crate::Builder::upgrade)).
+pub const UPGRADE_GENERATION: &str = "portcullis_upgrade_generation";
+/// Counter: upgrades this process started, by `outcome`: `ready` (the new process took over;
+/// this one drains), `exited` (the new process ended before it was ready), `timeout` (it was
+/// not ready in time and was killed), `refused` (too many older generations still draining),
+/// `failed` (it could not be started).
+pub const UPGRADES_TOTAL: &str = "portcullis_upgrades_total";
+/// Gauge: older generations still draining, as of this process's last upgrade attempt.
+pub const UPGRADE_DRAINING_GENERATIONS: &str = "portcullis_upgrade_draining_generations";
+/// The label of [`UPGRADES_TOTAL`].
+pub const LABEL_OUTCOME: &str = "outcome";
+
 /// Why a connection closed: the closed set of values of the `reason` label of
 /// [`CONNECTIONS_CLOSED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +150,21 @@ pub fn describe() {
         REQUESTS_SHED,
         Unit::Count,
         "Requests answered 503 before the application because the overload manager sheds load."
+    );
+    metrics::describe_gauge!(
+        UPGRADE_GENERATION,
+        Unit::Count,
+        "This process's generation: 1 when started by hand, one more at each zero-downtime upgrade."
+    );
+    metrics::describe_counter!(
+        UPGRADES_TOTAL,
+        Unit::Count,
+        "Upgrades this process started, by outcome: ready, exited, timeout, refused, failed."
+    );
+    metrics::describe_gauge!(
+        UPGRADE_DRAINING_GENERATIONS,
+        Unit::Count,
+        "Older generations still draining at this process's last upgrade attempt."
     );
     metrics::describe_counter!(
         STREAMS_RESET,

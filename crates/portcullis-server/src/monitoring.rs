@@ -63,17 +63,22 @@ impl Monitoring {
         }
     }
 
+    /// The server's readiness: serving, every critical check up, no overload refusal.
+    pub(crate) fn ready_fn(&self, health: &Health) -> impl Fn() -> bool + Send + 'static {
+        let (serving, checks) = (health.clone(), self.checks.clone());
+        let overload = self.overload.clone();
+        move || {
+            serving.is_ready()
+                && checks.status().ready
+                && overload.as_ref().is_none_or(|o| !o.status().is_refusing())
+        }
+    }
+
     /// `admin` with the server's probes where it has none of its own, and the current
     /// runtime's metrics unless it names a runtime.
     pub(crate) fn compose(&self, mut admin: Admin, health: &Health) -> Admin {
         if !admin.has_readiness() {
-            let (serving, checks) = (health.clone(), self.checks.clone());
-            let overload = self.overload.clone();
-            admin = admin.readiness(move || {
-                serving.is_ready()
-                    && checks.status().ready
-                    && overload.as_ref().is_none_or(|o| !o.status().is_refusing())
-            });
+            admin = admin.readiness(self.ready_fn(health));
             let (serving, checks) = (health.clone(), self.checks.clone());
             let overload = self.overload.clone();
             admin = admin.readiness_details(move || details(&serving, &checks, overload.as_ref()));

@@ -139,8 +139,9 @@ impl Builder {
             conn,
             lifecycle,
             admin,
-            blocks,
+            mut blocks,
             overload,
+            handed_over,
         } = {
             let _on_waiter = waiter.enter();
             self.prepare()?
@@ -245,6 +246,9 @@ impl Builder {
             let _force_on_drop = ForceOnDrop(lifecycle.clone());
             let admin = admin
                 .map(|(listener, admin)| AdminServer::start(listener, admin, lifecycle.health()));
+            if let (Some(admin), Some(handed_over)) = (&admin, handed_over) {
+                admin.stop_accepting_on(handed_over, &mut blocks);
+            }
             lifecycle.serving();
             let drain_timing = {
                 let lifecycle = lifecycle.clone();

@@ -33,6 +33,8 @@ use crate::metrics::ServerMetrics;
 use crate::monitoring::Monitoring;
 use crate::policy::ConnPolicy;
 use crate::report::ServeReport;
+use crate::upgrade::{self, Inherited, Upgrader};
+use tokio_util::sync::CancellationToken;
 
 /// Forces the lifecycle when dropped: nothing a server started outlives its `serve` future.
 pub(crate) struct ForceOnDrop(pub(crate) Lifecycle);
@@ -53,6 +55,8 @@ pub(crate) struct Prepared {
     pub(crate) blocks: BlockTasks,
     /// Running in `blocks`, when configured.
     pub(crate) overload: Option<OverloadManager>,
+    /// With upgrades: cancelled once a new process took the sockets over.
+    pub(crate) handed_over: Option<CancellationToken>,
 }
 
 impl Builder {
@@ -61,6 +65,7 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListeners);
         }
+        let ready_channel = self.handed_over()?.and_then(Inherited::take_ready);
         let conn = self.take_policy();
         if conn.filter.is_some() || conn.bans.is_some() {
             portcullis_limit::metrics::register_edge();
@@ -91,6 +96,22 @@ impl Builder {
         );
         monitoring.start(&mut blocks);
         let health = lifecycle.health().clone();
+        // Started by an upgrade: tell the previous generation once this one is ready.
+        if let Some(channel) = ready_channel {
+            let ready = monitoring.ready_fn(&health);
+            blocks.spawn(move |stop| upgrade::report_ready(channel, ready, stop));
+        }
+        let handed_over = match self.upgrade.take() {
+            Some(config) => {
+                let admin = self.admin.as_ref().map(|(listener, _)| listener);
+                let upgrader = Upgrader::new(config, &self.listeners, admin)?;
+                let token = CancellationToken::new();
+                let (lifecycle, done) = (lifecycle.clone(), token.clone());
+                blocks.spawn(move |stop| upgrader.run(lifecycle, done, stop));
+                Some(token)
+            }
+            None => None,
+        };
         let bans = self.bans.take();
         Ok(Prepared {
             listeners: self.listeners,
@@ -103,6 +124,7 @@ impl Builder {
             }),
             blocks,
             overload,
+            handed_over,
         })
     }
 
@@ -144,14 +166,18 @@ impl Builder {
             conn,
             lifecycle,
             admin,
-            blocks,
+            mut blocks,
             overload,
+            handed_over,
         } = self.prepare()?;
         // Dropped early (the future was cancelled) or at the end: either way nothing of this
         // server outlives it.
         let _force_on_drop = ForceOnDrop(lifecycle.clone());
         let admin =
             admin.map(|(listener, admin)| AdminServer::start(listener, admin, lifecycle.health()));
+        if let (Some(admin), Some(handed_over)) = (&admin, handed_over) {
+            admin.stop_accepting_on(handed_over, &mut blocks);
+        }
         let open = Arc::new(AtomicU64::new(0));
         let core = Core::new(
             service,

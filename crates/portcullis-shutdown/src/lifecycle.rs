@@ -94,6 +94,19 @@ pub(crate) struct Report {
     /// Whether systemd was told STOPPING=1 (sent once, on the first phase past Running).
     #[cfg(unix)]
     pub(crate) stopping_sent: std::sync::atomic::AtomicBool,
+    /// Set by [`Lifecycle::leave_systemd`]: another process is systemd's main one now.
+    #[cfg(unix)]
+    pub(crate) left_systemd: std::sync::atomic::AtomicBool,
+}
+
+impl Report {
+    /// The notifier, unless this process left systemd to another.
+    #[cfg(unix)]
+    fn systemd(&self) -> Option<&crate::systemd::Notifier> {
+        self.systemd
+            .as_deref()
+            .filter(|_| !self.left_systemd.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// The phase and drain-duration gauges, resolved when the lifecycle starts.
@@ -369,6 +382,31 @@ impl Lifecycle {
         open.map_or(0, |open| open())
     }
 
+    /// Sends `STATUS=text` to systemd when this lifecycle reports to it (and has not
+    /// [left](Self::leave_systemd) it), for states of the server's own: an upgrade under way.
+    pub fn systemd_status(&self, text: &str) {
+        #[cfg(unix)]
+        if let Some(notifier) = self.inner.report.systemd()
+            && let Err(error) = notifier.status(text)
+        {
+            tracing::warn!(%error, "cannot notify systemd");
+        }
+        #[cfg(not(unix))]
+        let _ = text;
+    }
+
+    /// Sends systemd nothing more from this process (no `STOPPING=1`, no `STATUS=`, no
+    /// watchdog ping): after a zero-downtime upgrade the new process is the service's main
+    /// process (`MAINPID=`), and with `NotifyAccess=all` this one's drain would otherwise
+    /// read as the service stopping.
+    pub fn leave_systemd(&self) {
+        #[cfg(unix)]
+        self.inner
+            .report
+            .left_systemd
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Every listener accepts: readiness on, `READY=1` and `STATUS=serving` under systemd, and
     /// watchdog pings from now on when `WatchdogSec=` is set. Call within the runtime that
     /// serves, so the pings stop if it does.
@@ -391,9 +429,13 @@ impl Lifecycle {
                 let mut ticks = tokio::time::interval(interval);
                 loop {
                     ticks.tick().await;
-                    if weak.strong_count() == 0 {
+                    let Some(lifecycle) = Lifecycle::upgrade(&weak) else {
+                        return;
+                    };
+                    if lifecycle.inner.report.systemd().is_none() {
                         return;
                     }
+                    drop(lifecycle);
                     if let Err(error) = notifier.watchdog() {
                         tracing::warn!(%error, "cannot send the systemd watchdog ping");
                     }
@@ -490,7 +532,7 @@ impl Lifecycle {
         }
         tracing::debug!(phase = phase.as_str(), "shutdown phase");
         #[cfg(unix)]
-        if let Some(notifier) = &report.systemd {
+        if let Some(notifier) = report.systemd() {
             if phase >= ShutdownPhase::Delay
                 && !report
                     .stopping_sent
@@ -554,7 +596,7 @@ impl Lifecycle {
             finished: false,
         };
         #[cfg(unix)]
-        if let Some(notifier) = &self.inner.report.systemd {
+        if let Some(notifier) = self.inner.report.systemd() {
             let status = format!(
                 "draining: {} connection{} open, {} s to the deadline",
                 progress.open,

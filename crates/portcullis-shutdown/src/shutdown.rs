@@ -282,6 +282,8 @@ impl Shutdown {
                 systemd,
                 #[cfg(unix)]
                 stopping_sent: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(unix)]
+                left_systemd: std::sync::atomic::AtomicBool::new(false),
             },
             hangups_caught: hangups.is_some(),
         };

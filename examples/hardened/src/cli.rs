@@ -75,6 +75,12 @@ struct Flags {
     /// Descriptor use (percent of the soft RLIMIT_NOFILE) at which the overload manager closes idle keep-alive connections, longest idle first, and stops keeping new ones alive. [default: 90]
     #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     overload_fds: Option<u8>,
+    /// The executable a zero-downtime upgrade (SIGUSR2) starts with these arguments and every listening socket. [default: this one]
+    #[arg(long, value_name = "PATH")]
+    upgrade_exec: Option<PathBuf>,
+    /// How long the new process of an upgrade has to report ready; past it, it is killed and this one serves on. [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    upgrade_timeout: Option<Duration>,
     /// Connections open at once; more are closed as soon as they are accepted. [default: 10000]
     #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
     max_conns: Option<NonZeroUsize>,
@@ -201,6 +207,7 @@ impl Flags {
             min_response_rate,
             min_rate_grace,
             overload_fds,
+            upgrade_timeout,
             max_conns,
             ban_window,
             ban_for,
@@ -220,7 +227,8 @@ impl Flags {
             max_conns_per_ip,
             ban_after,
             redis,
-            fleet_size
+            fleet_size,
+            upgrade_exec
         );
         config.per_core |= self.per_core;
         config.proxy_protocol |= self.proxy_protocol;

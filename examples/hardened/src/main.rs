@@ -77,6 +77,12 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
         // Every setting of the file and the flags: listeners (or systemd's sockets), admin,
         // deadlines, drain, caps, TLS, PROXY protocol, the connection filter and the bans.
         let builder = config.apply(builder)?;
+        // SIGUSR2 upgrades; the line tells a script which process serves from now on.
+        let builder = builder.upgrade(
+            config
+                .upgrade()
+                .on_ready(|pid| println!("upgraded: pid {pid} serves now")),
+        );
         // The contract's lines, once every listener accepts.
         builder
             .announce(std::io::stdout().lock())

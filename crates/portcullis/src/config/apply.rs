@@ -136,7 +136,8 @@ impl ServerConfig {
             .drain_delay(self.drain_delay)
             .drain_timeout(self.drain_timeout)
             .connection_limits(self.conn_limits())
-            .overload(self.overload());
+            .overload(self.overload())
+            .upgrade(self.upgrade());
         if let Some(tls) = self.tls_acceptor()? {
             builder = builder.tls(tls);
         }
@@ -234,6 +235,17 @@ impl ServerConfig {
     pub fn overload(&self) -> portcullis_health::Overload {
         portcullis_health::Overload::default()
             .descriptors_at(f64::from(self.overload_fds.clamp(1, 100)) / 100.0)
+    }
+
+    /// Zero-downtime upgrades on SIGUSR2: `upgrade-exec` (default: the server's own
+    /// executable) with the server's arguments, ready within `upgrade-timeout`.
+    #[must_use]
+    pub fn upgrade(&self) -> portcullis_server::Upgrade {
+        let upgrade = portcullis_server::Upgrade::new().timeout(self.upgrade_timeout);
+        match &self.upgrade_exec {
+            Some(exec) => upgrade.exec(exec),
+            None => upgrade,
+        }
     }
 
     /// The connection caps: `max-conns`, and `max-conns-per-ip` with the trusted proxies

@@ -164,6 +164,11 @@ impl ServerConfig {
                 format!("is {}: give a percentage from 1 to 100", self.overload_fds),
             ));
         }
+        if self.upgrade_timeout.is_zero() {
+            errors.push(Issue::about("upgrade-timeout").text(
+                " is 0: give the new process of an upgrade time to become ready (default 30s)",
+            ));
+        }
         if self.burst.is_some() && self.rate.is_none() {
             errors.push(Issue::about("burst").text(" needs ").key("rate"));
         }

@@ -230,6 +230,13 @@ pub struct ServerConfig {
     /// halfway from it to 100 ([`Overload::descriptors_at`](portcullis_health::Overload::descriptors_at)).
     /// 1 to 100. Default 90.
     pub overload_fds: u8,
+    /// `upgrade-exec`: the executable a zero-downtime upgrade (SIGUSR2) starts with the
+    /// server's arguments and listening sockets. Default none: the server's own.
+    pub upgrade_exec: Option<PathBuf>,
+    /// `upgrade-timeout`: how long the new process of an upgrade has to report ready
+    /// before it is killed and this one serves on. Default 30 s.
+    #[serde(deserialize_with = "de::duration")]
+    pub upgrade_timeout: Duration,
     /// The file these settings were read from and its own `allow` and `deny` lists, for the
     /// SIGHUP reload of the filter.
     #[serde(skip)]
@@ -281,6 +288,8 @@ impl Default for ServerConfig {
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             ready_requires: Vec::new(),
             overload_fds: DEFAULT_OVERLOAD_FDS,
+            upgrade_exec: None,
+            upgrade_timeout: portcullis_server::upgrade::DEFAULT_UPGRADE_TIMEOUT,
             source: None,
         }
     }
@@ -321,6 +330,8 @@ impl ServerConfig {
         "redis-timeout",
         "ready-requires",
         "overload-fds",
+        "upgrade-exec",
+        "upgrade-timeout",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.

@@ -21,6 +21,8 @@ pub struct Hardened {
     pub lines: Vec<String>,
     /// The address of the `admin on` line (printed after the listener lines) with `--admin`.
     pub admin: Option<SocketAddr>,
+    /// The stdout lines after those (of this process, and of those it started).
+    later: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Hardened {
@@ -81,12 +83,33 @@ impl Hardened {
             admin = Some(addr.parse().expect("a socket address"));
         }
         // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines_in.next_line().await {} });
+        let (tx, later) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines_in.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         Self {
             child,
             addrs,
             lines,
             admin,
+            later,
+        }
+    }
+
+    /// The next stdout line after the start-up lines (from this process or one it started,
+    /// which share its stdout) that starts with `prefix`, within `limit`.
+    pub async fn line_starting(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.later.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no stdout line {prefix:?} within {limit:?}"))
+                .unwrap_or_else(|| panic!("stdout closed before a line {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
         }
     }
 
@@ -114,6 +137,11 @@ impl Hardened {
 
     /// Waits for the process to exit and returns its exit code.
     pub async fn wait(mut self, limit: Duration) -> i32 {
+        self.exited(limit).await
+    }
+
+    /// [`wait`](Self::wait) keeping the handle (its later stdout lines).
+    pub async fn exited(&mut self, limit: Duration) -> i32 {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("hardened still running after {limit:?}"))

@@ -1,0 +1,444 @@
+//! Zero-downtime upgrades with real processes: SIGUSR2 hands every listening socket (both
+//! SO_REUSEPORT acceptors and the admin listener) to a new `hardened`, which reports ready;
+//! the old one drains and exits 0. Under continuous load (keep-alive clients, a new
+//! connection per request, slow requests in flight across each switch) no connection is
+//! refused and no request fails across two upgrades in a row. A new executable that exits at
+//! once, and one that never becomes ready, are rolled back: the old process serves on and the
+//! child is gone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Hardened, metric};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Each load task's bound on requests (the test stops them long before).
+const MAX_REQUESTS: u64 = 200_000;
+
+/// Whether process `pid` still runs (exists and is no zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_ascii_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Polls (bounded by `limit`) until process `pid` has ended.
+async fn gone(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still runs after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the processes it holds when dropped: the generations an upgrade started are not
+/// this test's children, so a failing assertion must not leave them running.
+struct Reap(Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
+fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The pid of an `upgraded: pid N serves now` line.
+fn upgraded_pid(line: &str) -> u32 {
+    line.strip_prefix("upgraded: pid ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("not an upgrade line: {line:?}"))
+}
+
+/// How one request went.
+enum Exchange {
+    /// 200, and whether the server said it closes the connection.
+    Ok { closes: bool },
+    /// The connection ended before any byte of the response: on a reused keep-alive
+    /// connection, the server closed it between requests (the race every HTTP client retries
+    /// an idempotent request after, RFC 9112 section 9.3.1).
+    ClosedBeforeAnswer,
+    /// Anything else.
+    Failed(String),
+}
+
+/// Writes `GET path` on `stream` and reads one response (head and `Content-Length` body).
+async fn exchange(stream: &mut TcpStream, path: &str, close: bool) -> Exchange {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    let io = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if response.len() >= end + 4 + length {
+                    return Ok(Some(head));
+                }
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok((!response.is_empty())
+                    .then(String::new)
+                    .map(|_| String::from_utf8_lossy(&response).into_owned()))
+                .and_then(|head: Option<String>| match head {
+                    None => Ok(None),
+                    Some(partial) => Err(std::io::Error::other(format!(
+                        "closed mid-response: {partial:?}"
+                    ))),
+                });
+            }
+            response.extend_from_slice(&buf[..n]);
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), io).await {
+        Err(_) => Exchange::Failed(format!("GET {path}: no answer within 10 s")),
+        Ok(Ok(None)) => Exchange::ClosedBeforeAnswer,
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+            Exchange::ClosedBeforeAnswer
+        }
+        Ok(Err(error)) => Exchange::Failed(format!("GET {path}: {error}")),
+        Ok(Ok(Some(head))) if head.starts_with("http/1.1 200") => Exchange::Ok {
+            closes: head.contains("\r\nconnection: close"),
+        },
+        Ok(Ok(Some(head))) => Exchange::Failed(format!("GET {path}: {head}")),
+    }
+}
+
+/// Clients running until stopped: what they saw.
+struct Load {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<(Vec<String>, u64)>>,
+}
+
+impl Load {
+    /// Two keep-alive clients, two opening a connection per request, one with a 300 ms
+    /// request in flight most of the time.
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for (keep_alive, path) in [
+            (true, "/"),
+            (true, "/"),
+            (false, "/"),
+            (false, "/"),
+            (false, "/slow?ms=300"),
+        ] {
+            let (stop, served) = (Arc::clone(&stop), Arc::clone(&served));
+            tasks.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut retried = 0;
+                let mut stream: Option<TcpStream> = None;
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) && sent < MAX_REQUESTS {
+                    sent += 1;
+                    let reused = stream.is_some();
+                    let mut conn = match stream.take() {
+                        Some(conn) => conn,
+                        None => match TcpStream::connect(addr).await {
+                            Ok(conn) => conn,
+                            Err(error) => {
+                                failures.push(format!("connect to {addr}: {error}"));
+                                continue;
+                            }
+                        },
+                    };
+                    match exchange(&mut conn, path, !keep_alive).await {
+                        Exchange::Ok { closes } => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            if keep_alive && !closes {
+                                stream = Some(conn);
+                            }
+                        }
+                        Exchange::ClosedBeforeAnswer if reused => retried += 1,
+                        Exchange::ClosedBeforeAnswer => {
+                            failures.push(format!("GET {path}: closed before any answer"));
+                        }
+                        Exchange::Failed(failure) => failures.push(failure),
+                    }
+                }
+                (failures, retried)
+            }));
+        }
+        Self {
+            stop,
+            served,
+            tasks,
+        }
+    }
+
+    /// Polls (bounded: 30 s) until `more` requests were served from now on.
+    async fn serves(&self, more: u64) {
+        let target = self.served.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.served.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the clients: every failure they saw, and how many requests were served.
+    async fn stop(self) -> (Vec<String>, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        let mut retried = 0;
+        for task in self.tasks {
+            let (f, r) = task.await.expect("load task");
+            failures.extend(f);
+            retried += r;
+        }
+        (failures, self.served.load(Ordering::Relaxed), retried)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_upgrades_in_a_row_under_load_refuse_no_connection_and_fail_no_request() {
+    let mut first = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--acceptors",
+            "2",
+        ],
+        1,
+    )
+    .await;
+    let (addr, admin) = (first.addr(), first.admin());
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
+    let load = Load::start(addr);
+    load.serves(200).await;
+
+    // The first upgrade: the old process exits 0 once the new one serves and it drained.
+    first.signal("USR2");
+    let second = upgraded_pid(
+        &first
+            .line_starting("upgraded: pid ", Duration::from_secs(60))
+            .await,
+    );
+    let mut reap = Reap(vec![second]);
+    assert_eq!(first.exited(Duration::from_secs(30)).await, 0);
+    load.serves(200).await;
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 2.0);
+
+    // The second, from the process the first one started.
+    kill("USR2", second);
+    let third = upgraded_pid(
+        &first
+            .line_starting("upgraded: pid ", Duration::from_secs(60))
+            .await,
+    );
+    reap.0.push(third);
+    gone(second, Duration::from_secs(30)).await;
+    load.serves(200).await;
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 3.0);
+
+    let (failures, served, retried) = load.stop().await;
+    eprintln!("{served} requests served, {retried} retried after a close between requests");
+    assert!(
+        failures.is_empty(),
+        "{} failed of {served} served ({retried} retried after a close between requests): {failures:?}",
+        failures.len()
+    );
+    kill("TERM", third);
+    gone(third, Duration::from_secs(30)).await;
+}
+
+/// A `hardened` with `--upgrade-exec exec` (and `extra` flags), its address and admin.
+async fn with_upgrade_exec(exec: &std::path::Path, extra: &[&str]) -> Hardened {
+    let exec = exec.to_str().expect("a UTF-8 path");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upgrade-exec",
+        exec,
+    ];
+    args.extend_from_slice(extra);
+    Hardened::start(&args, 1).await
+}
+
+/// An executable script in a fresh directory.
+fn script(name: &str, body: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir =
+        std::env::temp_dir().join(format!("portcullis-upgrade-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (dir, path)
+}
+
+/// Polls the admin's `series` (bounded: 30 s) until it is `value`.
+async fn metric_is(admin: SocketAddr, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = metric(admin, series).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {now}, not {value}, after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_executable_that_exits_at_once_is_rolled_back() {
+    let (dir, exec) = script("exits", "exit 3");
+    let server = with_upgrade_exec(&exec, &[]).await;
+    let (addr, admin) = (server.addr(), server.admin());
+    let load = Load::start(addr);
+    load.serves(100).await;
+    server.signal("USR2");
+    metric_is(admin, "portcullis_upgrades_total{outcome=\"exited\"}", 1.0).await;
+    load.serves(100).await;
+    let (failures, served, _) = load.stop().await;
+    assert!(failures.is_empty(), "of {served}: {failures:?}");
+    assert_eq!(
+        metric(admin, "portcullis_upgrades_total{outcome=\"ready\"}").await,
+        0.0
+    );
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
+    // It records its pid, then waits far longer than the upgrade's timeout.
+    let (dir, exec) = script(
+        "never-ready",
+        "echo $$ > \"$(dirname \"$0\")/pid\"; exec sleep 600",
+    );
+    let server = with_upgrade_exec(&exec, &["--upgrade-timeout", "1s"]).await;
+    let (addr, admin) = (server.addr(), server.admin());
+    let load = Load::start(addr);
+    load.serves(100).await;
+    server.signal("USR2");
+    metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
+    let child: u32 = std::fs::read_to_string(dir.join("pid"))
+        .expect("the child wrote its pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(
+        !alive(child),
+        "the child {child} outlived the upgrade's timeout"
+    );
+    load.serves(100).await;
+    let (failures, served, _) = load.stop().await;
+    assert!(failures.is_empty(), "of {served}: {failures:?}");
+    // Still the first generation, serving; and it drains as ever.
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_falls_silent() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("portcullis-upgrade-sd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut server = Hardened::start_with_env(
+        &["--listen", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", path.to_str().expect("utf8"))],
+        1,
+    )
+    .await;
+    let old = server.pid();
+    let next = |socket: &UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(&socket), "READY=1\n");
+    assert_eq!(next(&socket), "STATUS=serving\n");
+
+    server.signal("USR2");
+    let new = upgraded_pid(
+        &server
+            .line_starting("upgraded: pid ", Duration::from_secs(60))
+            .await,
+    );
+    let _reap = Reap(vec![new]);
+    assert_eq!(server.exited(Duration::from_secs(30)).await, 0);
+    // The old process has exited: everything it sent is queued. Read until the new
+    // process's MAINPID, then whatever is left.
+    let main_pid = format!("MAINPID={new}\nREADY=1\nSTATUS=serving (upgraded from pid {old})");
+    let mut seen = Vec::new();
+    while !seen.contains(&main_pid) {
+        let mut buf = [0u8; 512];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|error| panic!("no {main_pid:?} within 10 s ({error}): {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 512];
+    while let Ok(n) = socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        seen.contains(&format!("STATUS=upgrading: new process {new} started\n")),
+        "{seen:?}"
+    );
+    // The old process's drain never reads as the service stopping.
+    assert!(
+        !seen.iter().any(|m| m.contains("STOPPING=1")),
+        "the old process told systemd it stops: {seen:?}"
+    );
+    kill("TERM", new);
+    gone(new, Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
