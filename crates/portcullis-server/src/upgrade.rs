@@ -382,6 +382,10 @@ impl Upgrader {
             let signals = self.signals.as_mut();
             tokio::select! {
                 () = stop.cancelled() => return,
+                // Shutting down: drop the duplicates of the sockets now, or they would keep
+                // each listener open (queueing connections nobody accepts) after the drain
+                // closed it.
+                () = lifecycle.token().cancelled() => return,
                 () = trigger.notified() => {}
                 Some(()) = async move {
                     match signals {
