@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use portcullis_listen::{Handoff, Listener, ListenerConfig, SocketActivation};
 use portcullis_shutdown::{Lifecycle, ShutdownPhase};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -163,7 +164,7 @@ impl Upgrade {
 pub struct UpgradeHandle(Arc<Notify>);
 
 impl UpgradeHandle {
-    /// Starts an upgrade (one at a time: a request while one runs is ignored).
+    /// Starts an upgrade (one at a time: a request while one runs is dropped).
     pub fn upgrade(&self) {
         self.0.notify_one();
     }
@@ -179,8 +180,13 @@ pub(crate) struct Inherited {
 impl Inherited {
     /// The handed-over sockets, when this process was started by an upgrade.
     pub(crate) fn from_env() -> Result<Option<Self>, Error> {
-        let Some(mut sockets) = SocketActivation::from_upgrade_env().map_err(Error::Activation)?
-        else {
+        let sockets = match SocketActivation::from_upgrade_env() {
+            Ok(sockets) => sockets,
+            // Another builder of this process took them: it serves them.
+            Err(portcullis_listen::ActivationError::AlreadyTaken) => None,
+            Err(error) => return Err(Error::Activation(error)),
+        };
+        let Some(mut sockets) = sockets else {
             return Ok(None);
         };
         let ready = sockets.take_socket(READY_SOCKET);
@@ -398,13 +404,21 @@ impl Upgrader {
                 tracing::warn!("upgrade: asked for while shutting down; ignored");
                 continue;
             }
+            // A shutdown or the server's end cancels the attempt: its child is killed (the
+            // guard in `await_ready`) and the duplicates of the sockets are closed.
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
+                () = lifecycle.token().cancelled() => return,
                 outcome = self.attempt(&lifecycle) => outcome,
             };
             metrics::counter!(UPGRADES_TOTAL, LABEL_OUTCOME => outcome.as_str()).increment(1);
+            // One attempt per request: triggers that came during this one are dropped.
+            while self.config.trigger.notified().now_or_never().is_some() {}
+            if let Some(signals) = self.signals.as_mut() {
+                while signals.recv().now_or_never().flatten().is_some() {}
+            }
             if outcome == Outcome::Ready {
-                // The new process is systemd's main one now (it sent MAINPID=).
+                // The new process is systemd's main one now (MAINPID= was sent).
                 lifecycle.leave_systemd();
                 handed_over.cancel();
                 // The sockets are served by the new process: no drain delay (nothing has to
@@ -448,6 +462,8 @@ impl Upgrader {
             .clone()
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let ours = tokio::net::UnixStream::from_std(ours)?;
         let mut handoff = self.handoff.try_clone()?;
         handoff.socket(READY_SOCKET, theirs.as_fd())?;
         let mut draining = self.draining.clone();
@@ -456,6 +472,9 @@ impl Upgrader {
         command
             .args(&args)
             .stdin(std::process::Stdio::null())
+            // systemd's watchdog names this process; the new one pings once it is the
+            // main process (it keeps WATCHDOG_USEC).
+            .env_remove("WATCHDOG_PID")
             .env(GENERATION_VAR, (self.generation + 1).to_string())
             .env(
                 DRAINING_VAR,
@@ -472,18 +491,19 @@ impl Upgrader {
                 std::io::Error::new(error.kind(), format!("{}: {error}", exec.display()))
             })?;
         drop((prepared, handoff, theirs));
-        ours.set_nonblocking(true)?;
-        Ok((child, tokio::net::UnixStream::from_std(ours)?))
+        Ok((child, ours))
     }
 
     async fn await_ready(
         &mut self,
-        mut child: tokio::process::Child,
+        child: tokio::process::Child,
         channel: tokio::net::UnixStream,
         lifecycle: &Lifecycle,
     ) -> Outcome {
         let pid = child.id().unwrap_or_default();
-        lifecycle.systemd_status(&format!("upgrading: new process {pid} started"));
+        // Killed on every way out but readiness, cancellation included.
+        let mut child = KillOnDrop(Some(child));
+        lifecycle.notify_systemd(&format!("STATUS=upgrading: new process {pid} started"));
         tracing::info!(
             pid,
             generation = self.generation + 1,
@@ -505,17 +525,19 @@ impl Upgrader {
                 generation = self.generation + 1,
                 "upgrade: the new process is ready; draining"
             );
+            // Decided: the new process is systemd's main one from now on (NotifyAccess=main
+            // is enough, this process being the main one still).
+            lifecycle.notify_systemd(&format!("MAINPID={pid}"));
             if let Some(hook) = &self.config.on_ready {
                 hook(pid);
             }
             // Reaped by tokio when it exits (it outlives this process normally).
-            drop(child);
+            child.keep();
             return outcome;
         }
-        let _ = child.start_kill();
-        let status = child.wait().await;
-        lifecycle.systemd_status(&format!(
-            "serving; the upgrade to pid {pid} failed ({})",
+        let status = child.kill_and_wait().await;
+        lifecycle.notify_systemd(&format!(
+            "STATUS=serving; the upgrade to pid {pid} failed ({})",
             outcome.as_str()
         ));
         tracing::error!(
@@ -526,6 +548,39 @@ impl Upgrader {
             if outcome == Outcome::Timeout { "was not ready in time" } else { "exited before it was ready" }
         );
         outcome
+    }
+}
+
+/// The new process of an attempt, killed (and reaped by tokio) when dropped unless kept.
+struct KillOnDrop(Option<tokio::process::Child>);
+
+impl KillOnDrop {
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self.0.as_mut() {
+            Some(child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Kills it and waits for its end.
+    async fn kill_and_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        let _ = child.start_kill();
+        child.wait().await.ok()
+    }
+
+    /// Lets it run on: it serves now.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            // tokio reaps a dropped child once it has exited.
+            let _ = child.start_kill();
+        }
     }
 }
 
@@ -554,13 +609,12 @@ pub(crate) async fn report_ready(
             _ = tick.tick() => {}
         }
         if ready() {
-            // Under systemd (NotifyAccess=all), this process becomes the service's main
-            // process before the previous one drains.
+            // Under systemd: ready; the previous generation makes this the main process
+            // (MAINPID=) once it reads the line below.
             match portcullis_shutdown::systemd::Notifier::from_env() {
                 Ok(Some(notifier)) => {
                     let state = format!(
-                        "MAINPID={}\nREADY=1\nSTATUS=serving (upgraded from pid {})",
-                        std::process::id(),
+                        "READY=1\nSTATUS=serving (upgraded from pid {})",
                         std::os::unix::process::parent_id()
                     );
                     if let Err(error) = notifier.send(&state) {

@@ -382,17 +382,18 @@ impl Lifecycle {
         open.map_or(0, |open| open())
     }
 
-    /// Sends `STATUS=text` to systemd when this lifecycle reports to it (and has not
-    /// [left](Self::leave_systemd) it), for states of the server's own: an upgrade under way.
-    pub fn systemd_status(&self, text: &str) {
+    /// Sends `state` (`STATUS=...`, `MAINPID=...`) to systemd when this lifecycle reports to
+    /// it and has not [left](Self::leave_systemd) it: for states of the server's own, such
+    /// as an upgrade under way.
+    pub fn notify_systemd(&self, state: &str) {
         #[cfg(unix)]
         if let Some(notifier) = self.inner.report.systemd()
-            && let Err(error) = notifier.status(text)
+            && let Err(error) = notifier.send(state)
         {
             tracing::warn!(%error, "cannot notify systemd");
         }
         #[cfg(not(unix))]
-        let _ = text;
+        let _ = state;
     }
 
     /// Sends systemd nothing more from this process (no `STOPPING=1`, no `STATUS=`, no

@@ -350,21 +350,40 @@ async fn a_new_executable_that_exits_at_once_is_rolled_back() {
 #[tokio::test]
 async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
     // It records its pid, then waits far longer than the upgrade's timeout.
+    // (No fork before the pid is written: the pid file is named by the environment the
+    // server passes on.)
     let (dir, exec) = script(
         "never-ready",
-        "echo $$ > \"$(dirname \"$0\")/pid\"; exec sleep 600",
+        "echo $$ > \"$UPGRADE_TEST_PID_FILE\"; exec sleep 600 >/dev/null 2>&1",
     );
-    let server = with_upgrade_exec(&exec, &["--upgrade-timeout", "1s"]).await;
+    let pid_file = dir.join("pid");
+    let exec = exec.to_str().expect("a UTF-8 path");
+    let server = Hardened::start_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upgrade-exec",
+            exec,
+            "--upgrade-timeout",
+            "3s",
+        ],
+        &[("UPGRADE_TEST_PID_FILE", pid_file.to_str().expect("utf8"))],
+        1,
+    )
+    .await;
     let (addr, admin) = (server.addr(), server.admin());
     let load = Load::start(addr);
     load.serves(100).await;
     server.signal("USR2");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
-    let child: u32 = std::fs::read_to_string(dir.join("pid"))
+    let child: u32 = std::fs::read_to_string(&pid_file)
         .expect("the child wrote its pid")
         .trim()
         .parse()
         .expect("a pid");
+    let _reap = Reap(vec![child]);
     assert!(
         !alive(child),
         "the child {child} outlived the upgrade's timeout"
@@ -390,20 +409,25 @@ async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_fall
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut server = Hardened::start_with_env(
-        &["--listen", "127.0.0.1:0"],
-        &[("NOTIFY_SOCKET", path.to_str().expect("utf8"))],
-        1,
-    )
-    .await;
+    // The watchdog as systemd sets it: for this process (WATCHDOG_PID), pinged every 100 ms.
+    let script = format!(
+        "NOTIFY_SOCKET='{}' WATCHDOG_USEC=200000 WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+        path.to_str().expect("utf8")
+    );
+    let mut server = Hardened::start_via_shell(&script, &["--listen", "127.0.0.1:0"], 1).await;
     let old = server.pid();
-    let next = |socket: &UnixDatagram| {
+    let recv = |socket: &UnixDatagram, seen: &[String], what: &str| {
         let mut buf = [0u8; 512];
-        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|error| panic!("no {what} within 10 s ({error}): {seen:?}"));
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    assert_eq!(next(&socket), "READY=1\n");
-    assert_eq!(next(&socket), "STATUS=serving\n");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m| m == "STATUS=serving\n") {
+        seen.push(recv(&socket, &seen, "STATUS=serving"));
+    }
+    assert!(seen.contains(&"READY=1\n".to_owned()), "{seen:?}");
 
     server.signal("USR2");
     let new = upgraded_pid(
@@ -413,31 +437,34 @@ async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_fall
     );
     let _reap = Reap(vec![new]);
     assert_eq!(server.exited(Duration::from_secs(30)).await, 0);
-    // The old process has exited: everything it sent is queued. Read until the new
-    // process's MAINPID, then whatever is left.
-    let main_pid = format!("MAINPID={new}\nREADY=1\nSTATUS=serving (upgraded from pid {old})");
-    let mut seen = Vec::new();
+    // The old process has exited: everything it sent is queued.
+    let main_pid = format!("MAINPID={new}");
+    seen.clear();
     while !seen.contains(&main_pid) {
-        let mut buf = [0u8; 512];
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|error| panic!("no {main_pid:?} within 10 s ({error}): {seen:?}"));
-        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        seen.push(recv(&socket, &seen, &main_pid));
     }
     socket.set_nonblocking(true).expect("nonblocking");
     let mut buf = [0u8; 512];
     while let Ok(n) = socket.recv(&mut buf) {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(
-        seen.contains(&format!("STATUS=upgrading: new process {new} started\n")),
-        "{seen:?}"
-    );
+    for expected in [
+        format!("STATUS=upgrading: new process {new} started"),
+        format!("READY=1\nSTATUS=serving (upgraded from pid {old})"),
+    ] {
+        assert!(seen.contains(&expected), "no {expected:?}: {seen:?}");
+    }
     // The old process's drain never reads as the service stopping.
     assert!(
         !seen.iter().any(|m| m.contains("STOPPING=1")),
         "the old process told systemd it stops: {seen:?}"
     );
+    // The new process keeps the watchdog fed: it is the main process now.
+    socket.set_nonblocking(false).expect("blocking");
+    let mut after = Vec::new();
+    while !after.iter().any(|m| m == "WATCHDOG=1\n") {
+        after.push(recv(&socket, &after, "WATCHDOG=1 from the new process"));
+    }
     kill("TERM", new);
     gone(new, Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(dir);
