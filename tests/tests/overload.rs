@@ -177,10 +177,19 @@ async fn assert_recovered(addr: SocketAddr, admin: SocketAddr) {
     assert_eq!(metric(admin, &action).await, 0.0);
 }
 
-fn admin_listener() -> (Listener, SocketAddr) {
+/// A server of `app()` with `overload` and an admin listener serving `exporter`, on the
+/// current runtime; the server and the admin address.
+fn overloaded(overload: Overload, exporter: PrometheusExporter) -> (Running, SocketAddr) {
     let listener = Listener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind admin");
-    let addr = listener.local_addr().as_inet().expect("inet");
-    (listener, addr)
+    let admin = listener.local_addr().as_inet().expect("inet");
+    let server = Running::start(
+        move |b| {
+            b.overload(overload)
+                .admin_listener(listener, Admin::new().prometheus(&exporter))
+        },
+        app(),
+    );
+    (server, admin)
 }
 
 // One thread: every task of the server records into this test's recorder.
@@ -198,14 +207,7 @@ async fn memory_pressure_ends_keep_alive_then_sheds_requests_until_the_memory_is
         .memory_at(0.5)
         .memory_limit(limit)
         .hold(HOLD);
-    let (admin_listener, admin) = admin_listener();
-    let server = Running::start(
-        move |b| {
-            b.overload(overload)
-                .admin_listener(admin_listener, Admin::new().prometheus(&exporter))
-        },
-        app(),
-    );
+    let (server, admin) = overloaded(overload, exporter);
     let addr = server.addr();
     until_status(admin, "/readyz", 200).await;
     let (status, response) = get_keep_alive(addr).await;
@@ -259,14 +261,7 @@ async fn event_loop_lag_sheds_requests_until_the_loop_catches_up() {
                 )
                 .lag_limit(LAG_LIMIT)
                 .hold(HOLD);
-            let (admin_listener, admin) = admin_listener();
-            let server = Running::start(
-                move |b| {
-                    b.overload(overload)
-                        .admin_listener(admin_listener, Admin::new().prometheus(&exporter))
-                },
-                app(),
-            );
+            let (server, admin) = overloaded(overload, exporter);
             ready_tx
                 .send((server.addr(), admin))
                 .expect("the test waits");

@@ -16,14 +16,7 @@ fn next(socket: &UnixDatagram) -> String {
 
 #[tokio::test]
 async fn notifies_ready_watchdog_and_stopping() {
-    let dir = std::env::temp_dir().join(format!("portcullis-sd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let (dir, path, socket) = common::notify_socket("sd");
     let path_str = path.to_str().expect("utf8").to_owned();
 
     let server = Hardened::start_with_env(

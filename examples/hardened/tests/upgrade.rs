@@ -282,8 +282,12 @@ async fn two_upgrades_in_a_row_under_load_refuse_no_connection_and_fail_no_reque
     gone(third, Duration::from_secs(30)).await;
 }
 
-/// A `hardened` with `--upgrade-exec exec` (and `extra` flags), its address and admin.
-async fn with_upgrade_exec(exec: &std::path::Path, extra: &[&str]) -> Hardened {
+/// A `hardened` with `--upgrade-exec exec`, `extra` flags and `env`.
+async fn with_upgrade_exec(
+    exec: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Hardened {
     let exec = exec.to_str().expect("a UTF-8 path");
     let mut args = vec![
         "--listen",
@@ -294,7 +298,7 @@ async fn with_upgrade_exec(exec: &std::path::Path, extra: &[&str]) -> Hardened {
         exec,
     ];
     args.extend_from_slice(extra);
-    Hardened::start(&args, 1).await
+    Hardened::start_with_env(&args, env, 1).await
 }
 
 /// An executable script in a fresh directory.
@@ -328,7 +332,7 @@ async fn metric_is(admin: SocketAddr, series: &str, value: f64) {
 #[tokio::test]
 async fn a_new_executable_that_exits_at_once_is_rolled_back() {
     let (dir, exec) = script("exits", "exit 3");
-    let server = with_upgrade_exec(&exec, &[]).await;
+    let server = with_upgrade_exec(&exec, &[], &[]).await;
     let (addr, admin) = (server.addr(), server.admin());
     let load = Load::start(addr);
     load.serves(100).await;
@@ -357,20 +361,10 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
         "echo $$ > \"$UPGRADE_TEST_PID_FILE\"; exec sleep 600 >/dev/null 2>&1",
     );
     let pid_file = dir.join("pid");
-    let exec = exec.to_str().expect("a UTF-8 path");
-    let server = Hardened::start_with_env(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--upgrade-exec",
-            exec,
-            "--upgrade-timeout",
-            "3s",
-        ],
+    let server = with_upgrade_exec(
+        &exec,
+        &["--upgrade-timeout", "3s"],
         &[("UPGRADE_TEST_PID_FILE", pid_file.to_str().expect("utf8"))],
-        1,
     )
     .await;
     let (addr, admin) = (server.addr(), server.admin());
@@ -401,14 +395,7 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_falls_silent() {
     use std::os::unix::net::UnixDatagram;
-    let dir = std::env::temp_dir().join(format!("portcullis-upgrade-sd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let (dir, path, socket) = common::notify_socket("upgrade-sd");
     // The watchdog as systemd sets it: for this process (WATCHDOG_PID), pinged every 100 ms.
     let script = format!(
         "NOTIFY_SOCKET='{}' WATCHDOG_USEC=200000 WATCHDOG_PID=$$ exec \"$0\" \"$@\"",

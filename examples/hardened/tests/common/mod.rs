@@ -229,3 +229,23 @@ pub async fn metric_reaches(admin: SocketAddr, series: &str, at_least: f64) {
         tokio::task::yield_now().await;
     }
 }
+
+/// A systemd notify socket in a fresh directory (`name` keeps tests apart), reading with a
+/// 10 s timeout: the directory to remove, the socket's path, the socket.
+pub fn notify_socket(
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::os::unix::net::UnixDatagram,
+) {
+    let dir = std::env::temp_dir().join(format!("portcullis-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    (dir, path, socket)
+}
