@@ -299,6 +299,34 @@ impl SocketActivation {
         Ok(Some(SocketActivation { inherited }))
     }
 
+    /// Takes the sockets a process hands over on `channel` with
+    /// [`Handoff::send`](crate::Handoff::send) (`SCM_RIGHTS` over a connected Unix stream:
+    /// the transport for a process the sender did not start), and the note sent with them.
+    /// Blocks until the message is in, under the socket's read timeout
+    /// ([`set_read_timeout`](std::os::unix::net::UnixStream::set_read_timeout)).
+    ///
+    /// The sockets are this process's own from then on (close-on-exec), independent of the
+    /// once-per-process guard of [`from_env`](Self::from_env).
+    ///
+    /// # Errors
+    ///
+    /// The OS error when the message cannot be received (a timeout included), and
+    /// [`io::ErrorKind::InvalidData`] for one that is not a hand-off message (another
+    /// protocol, names that do not match the descriptors, a descriptor that is not a socket).
+    pub fn receive(channel: &std::os::unix::net::UnixStream) -> io::Result<(Self, String)> {
+        let (sockets, note) = crate::handoff::receive(channel)?;
+        let inherited = sockets
+            .into_iter()
+            .map(|(name, fd)| Inherited { name, fd })
+            .collect::<Vec<_>>();
+        tracing::info!(
+            sockets = inherited.len(),
+            names = ?inherited.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            "adopted handed-over listeners"
+        );
+        Ok((SocketActivation { inherited }, note))
+    }
+
     /// Takes the first socket named `name` as it is, whatever kind of socket it is (the
     /// upgrade's readiness channel is a connected Unix stream, not a listener).
     pub fn take_socket(&mut self, name: &str) -> Option<OwnedFd> {

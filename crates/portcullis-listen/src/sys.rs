@@ -81,6 +81,11 @@ fn is_socket_raw(fd: RawFd) -> io::Result<bool> {
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
+/// Whether the open descriptor `fd` is a socket.
+pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    is_socket_raw(fd.as_raw_fd())
+}
+
 /// Sets `FD_CLOEXEC` on the descriptor number `fd`.
 fn set_cloexec_raw(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFD only reads the descriptor flags of `fd`; no memory is passed.
