@@ -105,6 +105,13 @@ impl Handoff {
         Ok(Self { sockets })
     }
 
+    /// The sockets with their names, in descriptor order.
+    pub fn sockets(&self) -> impl Iterator<Item = (&str, BorrowedFd<'_>)> + '_ {
+        self.sockets
+            .iter()
+            .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+    }
+
     /// The names, in descriptor order.
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
         self.sockets.iter().map(|(name, _)| name.as_str())

@@ -54,6 +54,7 @@ impl Server {
             overload: Overload::default(),
             upgrade: None,
             handed_over: None,
+            systemd_sockets: None,
         }
     }
 }
@@ -91,6 +92,9 @@ pub struct Builder {
     /// The sockets a previous generation handed over (read at the first need: `None`
     /// until then).
     pub(crate) handed_over: Option<Option<Inherited>>,
+    /// systemd's sockets when they are a socket unit's (not a previous generation's in its
+    /// descriptor store), for [`listen_inherited`](Self::listen_inherited).
+    systemd_sockets: Option<portcullis_listen::SocketActivation>,
 }
 
 /// Something the application reloads on SIGHUP.
@@ -192,11 +196,15 @@ impl Builder {
         Ok(self)
     }
 
-    /// The sockets a previous generation of this server handed to this process at an
-    /// upgrade ([`upgrade`](Self::upgrade)), read from the environment at the first call.
+    /// The sockets a previous generation of this server left to this process
+    /// ([`upgrade`](Self::upgrade): handed over, or kept in systemd's descriptor store),
+    /// found at the first call.
     pub(crate) fn handed_over(&mut self) -> Result<Option<&mut Inherited>, Error> {
         if self.handed_over.is_none() {
-            self.handed_over = Some(Inherited::from_env()?);
+            let socket = self.upgrade.as_ref().and_then(Upgrade::socket_path);
+            let (inherited, systemd) = Inherited::find(socket)?;
+            self.handed_over = Some(inherited);
+            self.systemd_sockets = systemd;
         }
         Ok(self.handed_over.as_mut().and_then(Option::as_mut))
     }
@@ -221,9 +229,11 @@ impl Builder {
     /// [`Error::Activation`] when the variables are malformed; [`Error::Bind`] when an
     /// inherited socket cannot be adopted.
     pub fn listen_inherited(mut self, config: &ListenerConfig) -> Result<(Self, bool), Error> {
-        let Some(mut inherited) =
-            portcullis_listen::SocketActivation::from_env().map_err(Error::Activation)?
-        else {
+        // A previous generation's sockets are taken by name where the listeners are added.
+        if self.handed_over()?.is_some() {
+            return Ok((self, false));
+        }
+        let Some(mut inherited) = self.systemd_sockets.take() else {
             return Ok((self, false));
         };
         let listeners = inherited.take_all(config).map_err(Error::Bind)?;

@@ -66,6 +66,10 @@ impl Builder {
             return Err(Error::NoListeners);
         }
         let ready_channel = self.handed_over()?.and_then(Inherited::take_ready);
+        let past = self
+            .handed_over()?
+            .map(Inherited::take_past)
+            .unwrap_or_default();
         let conn = self.take_policy();
         if conn.filter.is_some() || conn.bans.is_some() {
             portcullis_limit::metrics::register_edge();
@@ -99,12 +103,13 @@ impl Builder {
         // Started by an upgrade: tell the previous generation once this one is ready.
         if let Some(channel) = ready_channel {
             let ready = monitoring.ready_fn(&health);
-            blocks.spawn(move |stop| upgrade::report_ready(channel, ready, stop));
+            let lifecycle = lifecycle.clone();
+            blocks.spawn(move |stop| upgrade::report_ready(channel, ready, lifecycle, stop));
         }
         let handed_over = match self.upgrade.take() {
             Some(config) => {
                 let admin = self.admin.as_ref().map(|(listener, _)| listener);
-                let upgrader = Upgrader::new(config, &self.listeners, admin)?;
+                let upgrader = Upgrader::new(config, &self.listeners, admin, past)?;
                 let token = CancellationToken::new();
                 let (lifecycle, done) = (lifecycle.clone(), token.clone());
                 blocks.spawn(move |stop| upgrader.run(lifecycle, done, stop));

@@ -11,16 +11,28 @@
 //!    portcullis-upgrade: the readiness channel)
 //!                                              serving, /readyz ready
 //! ◀──────────────────────────────── "ready\n"  on portcullis-upgrade
+//! "commit\n" ─────────────────────────────────▶
 //! Drain: stop accepting, finish, exit
 //! ```
 //!
-//! Both processes hold the same sockets from the spawn on; what the kernel queued in them is
-//! accepted by whichever accepts next, so no connection is refused or reset. Rollback is the
-//! default: nothing in the old process changes until the new one is ready.
+//! A process the old one did not start (a new container sharing a volume with it) takes the
+//! sockets over the [upgrade socket](Upgrade::socket) instead: it connects, says hello, and
+//! gets the same sockets in one `SCM_RIGHTS` message; the readiness channel is that
+//! connection. The old process cannot kill a process it did not start: when it gives up on
+//! one (not ready in time) it says `rollback`, and the new process shuts down.
+//!
+//! Both processes hold the same sockets from the hand-off on; what the kernel queued in them
+//! is accepted by whichever accepts next, so no connection is refused or reset. Rollback is
+//! the default: nothing in the old process changes until the new one is ready.
+//!
+//! Each generation keeps its end of the readiness channel open until it has drained: the new
+//! process counts the older generations still draining by the channels still open (its own
+//! and those its predecessor passed on as `portcullis-draining`), in any PID namespace.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,20 +55,42 @@ pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// upgrade may start. Each holds its connections' memory until they end.
 pub const DEFAULT_MAX_DRAINING: usize = 2;
 
+/// How long a process that connected to the upgrade socket has to say hello, and the old
+/// process to answer with the sockets.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The name of the readiness channel among the handed-over sockets.
 const READY_SOCKET: &str = "portcullis-upgrade";
+/// The name of the channels to older generations still draining.
+const DRAINING_SOCKET: &str = "portcullis-draining";
+/// The name of the upgrade socket's listener.
+const UPGRADE_LISTENER: &str = "portcullis-upgrade-socket";
 /// The name of the admin listener among them.
 pub(crate) const ADMIN_SOCKET: &str = "admin";
 /// This process's generation: 1 for the first, one more at each upgrade.
 const GENERATION_VAR: &str = "PORTCULLIS_UPGRADE_GENERATION";
-/// The process ids of the generations still draining when this one was started.
-const DRAINING_VAR: &str = "PORTCULLIS_UPGRADE_DRAINING";
+/// What a process connecting to the upgrade socket says first.
+const HELLO_LINE: &str = "portcullis-upgrade 1";
 /// What the new process writes on the readiness channel.
 const READY_LINE: &str = "ready";
+/// The old process's answer: it drains.
+const COMMIT_LINE: &str = "commit";
+/// The old process's answer: it serves on; the new process must stop.
+const ROLLBACK_LINE: &str = "rollback";
 
 /// The name of the `index`-th listener added to a builder among the handed-over sockets.
 pub(crate) fn listener_name(index: usize) -> String {
     format!("listener-{index}")
+}
+
+/// Whether `name` is one this module gives a socket (so that systemd's descriptor store
+/// holds a previous generation's sockets, not a socket unit's).
+fn is_handoff_name(name: &str) -> bool {
+    name == ADMIN_SOCKET
+        || name == UPGRADE_LISTENER
+        || name
+            .strip_prefix("listener-")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
 /// How a server upgrades itself; give it to [`Builder::upgrade`](crate::Builder::upgrade).
@@ -67,8 +101,10 @@ pub struct Upgrade {
     timeout: Duration,
     max_draining: usize,
     on_signal: bool,
+    socket: Option<PathBuf>,
     trigger: Arc<Notify>,
     on_ready: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+    on_failure: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Upgrade {
@@ -79,7 +115,9 @@ impl std::fmt::Debug for Upgrade {
             .field("timeout", &self.timeout)
             .field("max_draining", &self.max_draining)
             .field("on_signal", &self.on_signal)
+            .field("socket", &self.socket)
             .field("on_ready", &self.on_ready.is_some())
+            .field("on_failure", &self.on_failure.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -100,8 +138,10 @@ impl Upgrade {
             timeout: DEFAULT_UPGRADE_TIMEOUT,
             max_draining: DEFAULT_MAX_DRAINING,
             on_signal: true,
+            socket: None,
             trigger: Arc::new(Notify::new()),
             on_ready: None,
+            on_failure: None,
         }
     }
 
@@ -151,6 +191,37 @@ impl Upgrade {
         self
     }
 
+    /// Serves hand-offs on the Unix socket at `path` (created mode 0600; a socket file no
+    /// process answers is replaced), and takes over from the process serving it: a server
+    /// started with the same `path` while another serves there asks that one for its
+    /// sockets, exactly as a process started by an upgrade gets them, and the other one
+    /// drains once this one is ready. This is the transport for a process the old one did
+    /// not start (a new container sharing the socket's volume); only a process of the same
+    /// user (or root) is answered. The socket itself is handed over too, so the path is
+    /// never unbound. Default: none.
+    ///
+    /// Give it to the builder before its listeners: the first of them asks for the sockets.
+    #[must_use]
+    pub fn socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// The upgrade socket, if any.
+    #[must_use]
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_deref()
+    }
+
+    /// Runs `hook` with a one-line account of each failed upgrade (the new process exited,
+    /// was not ready in time, could not be started, or was refused) instead of logging it
+    /// at ERROR: an executable prints it its own way.
+    #[must_use]
+    pub fn on_failure(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_failure = Some(Arc::new(hook));
+        self
+    }
+
     /// A handle that starts an upgrade, for a trigger of the application's own (an admin
     /// endpoint, a deploy agent).
     #[must_use]
@@ -175,22 +246,120 @@ pub(crate) struct Inherited {
     sockets: SocketActivation,
     /// The readiness channel back to the previous generation.
     ready: Option<OwnedFd>,
+    /// The generation the previous one gave this process over the upgrade socket.
+    generation: Option<u64>,
+    /// Whether they came from systemd's descriptor store.
+    from_fd_store: bool,
+}
+
+/// What a process learned from its previous generation, for its own upgrades.
+#[derive(Default)]
+pub(crate) struct Past {
+    generation: Option<u64>,
+    /// Channels to the older generations, open while they drain.
+    draining: Vec<OwnedFd>,
+    /// The upgrade socket's listener, handed over.
+    socket: Option<OwnedFd>,
+    /// Names systemd's descriptor store holds that this process did not take.
+    stale: Vec<String>,
 }
 
 impl Inherited {
-    /// The handed-over sockets, when this process was started by an upgrade.
-    pub(crate) fn from_env() -> Result<Option<Self>, Error> {
-        let sockets = match SocketActivation::from_upgrade_env() {
-            Ok(sockets) => sockets,
+    /// The sockets a previous generation left this process, if any: handed over when it
+    /// started this process (its environment), kept in systemd's descriptor store across a
+    /// restart (`LISTEN_FDS` with this module's names), or asked for on the upgrade socket
+    /// `socket`. The second value holds systemd's sockets when they are a socket unit's.
+    pub(crate) fn find(
+        socket: Option<&Path>,
+    ) -> Result<(Option<Self>, Option<SocketActivation>), Error> {
+        use portcullis_listen::ActivationError::AlreadyTaken;
+        match SocketActivation::from_upgrade_env() {
+            Ok(Some(mut sockets)) => {
+                let ready = sockets.take_socket(READY_SOCKET);
+                let inherited = Self {
+                    sockets,
+                    ready,
+                    generation: None,
+                    from_fd_store: false,
+                };
+                return Ok((Some(inherited), None));
+            }
+            Ok(None) => {}
             // Another builder of this process took them: it serves them.
-            Err(portcullis_listen::ActivationError::AlreadyTaken) => None,
+            Err(AlreadyTaken) => return Ok((None, None)),
             Err(error) => return Err(Error::Activation(error)),
+        }
+        match SocketActivation::from_env() {
+            Ok(Some(sockets)) if sockets.names().any(is_handoff_name) => {
+                let inherited = Self {
+                    sockets,
+                    ready: None,
+                    generation: None,
+                    from_fd_store: true,
+                };
+                return Ok((Some(inherited), None));
+            }
+            Ok(Some(sockets)) => return Ok((None, Some(sockets))),
+            Ok(None) => {}
+            Err(AlreadyTaken) => return Ok((None, None)),
+            Err(error) => return Err(Error::Activation(error)),
+        }
+        match socket {
+            Some(path) => Ok((Self::request(path)?, None)),
+            None => Ok((None, None)),
+        }
+    }
+
+    /// Asks the process serving the upgrade socket at `path` for its sockets; `None` when
+    /// no process serves there.
+    fn request(path: &Path) -> Result<Option<Self>, Error> {
+        let error = |error: std::io::Error| {
+            Error::Upgrade(std::io::Error::new(
+                error.kind(),
+                format!("upgrade socket {}: {error}", path.display()),
+            ))
         };
-        let Some(mut sockets) = sockets else {
-            return Ok(None);
+        let stream = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => stream,
+            // Nobody serves there: this is the first generation.
+            Err(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(error(e)),
         };
-        let ready = sockets.take_socket(READY_SOCKET);
-        Ok(Some(Self { sockets, ready }))
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+            .and_then(|()| (&stream).write_all(format!("{HELLO_LINE}\n").as_bytes()))
+            .map_err(error)?;
+        let (mut sockets, note) = SocketActivation::receive(&stream).map_err(error)?;
+        if let Some(reason) = note.strip_prefix("refused: ") {
+            return Err(error(std::io::Error::other(format!(
+                "the process serving it refused to hand its sockets over: {}",
+                reason.trim_end()
+            ))));
+        }
+        let generation = note
+            .lines()
+            .find_map(|line| line.strip_prefix("generation="))
+            .and_then(|g| g.parse().ok());
+        stream
+            .set_read_timeout(None)
+            .and_then(|()| stream.set_write_timeout(None))
+            .map_err(error)?;
+        // Not a readiness channel of its own: the connection is.
+        drop(sockets.take_socket(READY_SOCKET));
+        tracing::info!(path = %path.display(), ?generation, "upgrade: took the sockets over from the process serving the upgrade socket");
+        Ok(Some(Self {
+            sockets,
+            ready: Some(OwnedFd::from(stream)),
+            generation,
+            from_fd_store: false,
+        }))
     }
 
     /// The listeners handed over for the `count` listeners from `first` on, bound to
@@ -241,6 +410,36 @@ impl Inherited {
     pub(crate) fn take_ready(&mut self) -> Option<OwnedFd> {
         self.ready.take()
     }
+
+    /// What the previous generation passed on for this process's own upgrades: the
+    /// channels to the generations still draining (the previous one's included, by a
+    /// duplicate of the readiness channel), the upgrade socket, the generation; and the
+    /// names of the descriptor store's sockets no listener took. Call once the listeners
+    /// took theirs.
+    pub(crate) fn take_past(&mut self) -> Past {
+        let mut draining = Vec::new();
+        while let Some(channel) = self.sockets.take_socket(DRAINING_SOCKET) {
+            draining.push(channel);
+        }
+        if let Some(ready) = &self.ready {
+            match ready.try_clone() {
+                Ok(channel) => draining.push(channel),
+                Err(error) => tracing::warn!(%error, "upgrade: cannot watch the previous generation's drain"),
+            }
+        }
+        let socket = self.sockets.take_socket(UPGRADE_LISTENER);
+        let stale = if self.from_fd_store {
+            self.sockets.names().map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        Past {
+            generation: self.generation,
+            draining,
+            socket,
+            stale,
+        }
+    }
 }
 
 impl std::fmt::Debug for Inherited {
@@ -248,6 +447,8 @@ impl std::fmt::Debug for Inherited {
         f.debug_struct("Inherited")
             .field("sockets", &self.sockets.names().collect::<Vec<_>>())
             .field("ready", &self.ready.is_some())
+            .field("generation", &self.generation)
+            .field("from_fd_store", &self.from_fd_store)
             .finish()
     }
 }
@@ -261,21 +462,53 @@ fn generation() -> u64 {
         .unwrap_or(1)
 }
 
-/// The generations still draining when this process was started (their process ids).
-fn draining_at_start() -> Vec<u32> {
-    std::env::var(DRAINING_VAR)
-        .ok()
-        .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default()
+/// Whether the peer of `channel` still has it open (a generation still draining): the
+/// peer's close shows as `POLLRDHUP` or `POLLHUP`, unread data or not.
+fn still_open(channel: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(channel, PollFlags::RDHUP)];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+        Err(_) => false,
+    }
 }
 
-/// Whether process `pid` still runs (exists and is no zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .and_then(|end| stat[end + 1..].split_ascii_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+/// Binds the upgrade socket at `path`, mode 0600: a socket file that nobody answers (its
+/// process ended) is replaced; one a process answers is an error.
+fn bind_upgrade_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let error = |what: &str, error: std::io::Error| {
+        Error::Upgrade(std::io::Error::new(
+            error.kind(),
+            format!("upgrade socket {}: {what}: {error}", path.display()),
+        ))
+    };
+    let listener = match UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
+            Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| error("cannot remove the stale socket", e))?;
+                UnixListener::bind(path).map_err(|e| error("cannot bind", e))?
+            }
+            Ok(_) => {
+                return Err(error(
+                    "cannot bind",
+                    std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process serves it (and did not hand it over)",
+                    ),
+                ));
+            }
+            Err(_) => return Err(error("cannot bind", e)),
+        },
+        Err(e) => return Err(error("cannot bind", e)),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| error("cannot make it private", e))?;
+    Ok(listener)
 }
 
 /// The executable to start by default: the path this one was started from. On Linux
@@ -324,22 +557,35 @@ impl Outcome {
     }
 }
 
+/// How an upgrade was asked for.
+enum Request {
+    /// SIGUSR2 or the handle: start the new executable.
+    Exec,
+    /// A process connected to the upgrade socket and said hello.
+    Socket(tokio::net::UnixStream),
+}
+
 /// The old process's side: the sockets to hand over and the upgrade task.
 pub(crate) struct Upgrader {
     config: Upgrade,
     handoff: Handoff,
     generation: u64,
-    draining: Vec<u32>,
+    /// Channels to the older generations: open while they drain.
+    draining: Vec<OwnedFd>,
     signals: Option<tokio::signal::unix::Signal>,
+    socket: Option<tokio::net::UnixListener>,
 }
 
 impl Upgrader {
-    /// Lists the sockets to hand over (`listeners` in order, then the admin listener) and
-    /// installs the SIGUSR2 handler. Call within the runtime.
+    /// Lists the sockets to hand over (`listeners` in order, then the admin listener and
+    /// the upgrade socket), binds the upgrade socket unless `past` holds it, stores the
+    /// sockets in systemd's descriptor store when it has one, and installs the SIGUSR2
+    /// handler. Call within the runtime.
     pub(crate) fn new(
         config: Upgrade,
         listeners: &[Listener],
         admin: Option<&Listener>,
+        past: Past,
     ) -> Result<Self, Error> {
         let mut handoff = Handoff::new();
         for (index, listener) in listeners.iter().enumerate() {
@@ -352,17 +598,33 @@ impl Upgrader {
                 .socket(ADMIN_SOCKET, admin)
                 .map_err(Error::Upgrade)?;
         }
+        let socket = match (&config.socket, past.socket) {
+            (Some(_), Some(inherited)) => Some(std::os::unix::net::UnixListener::from(inherited)),
+            (Some(path), None) => Some(bind_upgrade_socket(path)?),
+            (None, _) => None,
+        };
+        let socket = match socket {
+            Some(listener) => {
+                handoff
+                    .socket(UPGRADE_LISTENER, &listener)
+                    .map_err(Error::Upgrade)?;
+                listener.set_nonblocking(true).map_err(Error::Upgrade)?;
+                Some(tokio::net::UnixListener::from_std(listener).map_err(Error::Upgrade)?)
+            }
+            None => None,
+        };
+        store_in_systemd(&handoff, &past.stale);
         let signals = if config.on_signal {
             let kind = tokio::signal::unix::SignalKind::user_defined2();
             Some(tokio::signal::unix::signal(kind).map_err(Error::Upgrade)?)
         } else {
             None
         };
-        let generation = generation();
+        let generation = past.generation.unwrap_or_else(generation);
         metrics::gauge!(UPGRADE_GENERATION).set(generation as f64);
-        let draining = draining_at_start();
-        metrics::gauge!(UPGRADE_DRAINING_GENERATIONS)
-            .set(draining.iter().filter(|&&pid| alive(pid)).count() as f64);
+        let mut draining = past.draining;
+        draining.retain(still_open);
+        metrics::gauge!(UPGRADE_DRAINING_GENERATIONS).set(draining.len() as f64);
         for outcome in Outcome::ALL {
             let _ = metrics::counter!(UPGRADES_TOTAL, LABEL_OUTCOME => outcome.as_str());
         }
@@ -372,11 +634,13 @@ impl Upgrader {
             generation,
             draining,
             signals,
+            socket,
         })
     }
 
     /// Runs upgrades as they are asked for, until `stop`; after one succeeded, moves
-    /// `lifecycle` to its drain and cancels `handed_over`.
+    /// `lifecycle` to its drain, cancels `handed_over`, and keeps the readiness channel
+    /// open until `stop` (its close tells the newer generations this one is gone).
     pub(crate) async fn run(
         mut self,
         lifecycle: Lifecycle,
@@ -386,30 +650,50 @@ impl Upgrader {
         loop {
             let trigger = Arc::clone(&self.config.trigger);
             let signals = self.signals.as_mut();
-            tokio::select! {
+            let socket = self.socket.as_ref();
+            let request = tokio::select! {
                 () = stop.cancelled() => return,
                 // Shutting down: drop the duplicates of the sockets now, or they would keep
                 // each listener open (queueing connections nobody accepts) after the drain
                 // closed it.
                 () = lifecycle.token().cancelled() => return,
-                () = trigger.notified() => {}
+                () = trigger.notified() => Request::Exec,
                 Some(()) = async move {
                     match signals {
                         Some(signals) => signals.recv().await,
                         None => std::future::pending().await,
                     }
-                } => {}
-            }
+                } => Request::Exec,
+                accepted = async move {
+                    match socket {
+                        Some(socket) => socket.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => match accepted {
+                    Ok((stream, _)) => match hello(stream).await {
+                        Some(stream) => Request::Socket(stream),
+                        None => continue,
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "upgrade socket: accept failed");
+                        continue;
+                    }
+                },
+            };
             if lifecycle.phase() != ShutdownPhase::Running {
                 tracing::warn!("upgrade: asked for while shutting down; ignored");
+                if let Request::Socket(stream) = request {
+                    refuse(&stream, "this process is shutting down").await;
+                }
                 continue;
             }
+            let exec = matches!(request, Request::Exec);
             // A shutdown or the server's end cancels the attempt: its child is killed (the
             // guard in `await_ready`) and the duplicates of the sockets are closed.
-            let outcome = tokio::select! {
+            let (outcome, channel) = tokio::select! {
                 () = stop.cancelled() => return,
                 () = lifecycle.token().cancelled() => return,
-                outcome = self.attempt(&lifecycle) => outcome,
+                outcome = self.attempt(request, &lifecycle) => outcome,
             };
             metrics::counter!(UPGRADES_TOTAL, LABEL_OUTCOME => outcome.as_str()).increment(1);
             // One attempt per request: triggers that came during this one are dropped.
@@ -417,38 +701,92 @@ impl Upgrader {
             if let Some(signals) = self.signals.as_mut() {
                 while signals.recv().now_or_never().flatten().is_some() {}
             }
-            if outcome == Outcome::Ready {
+            let Some(channel) = channel else {
+                continue;
+            };
+            if exec {
                 // The new process is systemd's main one now (MAINPID= was sent).
                 lifecycle.leave_systemd();
-                handed_over.cancel();
-                // The sockets are served by the new process: no drain delay (nothing has to
-                // take this one out of rotation), straight to the drain.
-                lifecycle.advance(ShutdownPhase::Drain);
-                return;
+            }
+            handed_over.cancel();
+            // The sockets are served by the new process: no drain delay (nothing has to
+            // take this one out of rotation), straight to the drain.
+            lifecycle.advance(ShutdownPhase::Drain);
+            // The duplicates go now (each listener closes with its drain); the channel
+            // stays open while this server drains.
+            drop(self);
+            stop.cancelled().await;
+            drop(channel);
+            return;
+        }
+    }
+
+    /// Reports a failed upgrade: through the hook, or at ERROR.
+    fn failed(&self, message: &str) {
+        match &self.config.on_failure {
+            Some(hook) => hook(message),
+            None => tracing::error!("{message}"),
+        }
+    }
+
+    /// One upgrade: start the new process (or hand the sockets to the one that asked) and
+    /// wait for its readiness (or its end). The channel when it is ready.
+    async fn attempt(
+        &mut self,
+        request: Request,
+        lifecycle: &Lifecycle,
+    ) -> (Outcome, Option<tokio::net::UnixStream>) {
+        self.draining.retain(still_open);
+        metrics::gauge!(UPGRADE_DRAINING_GENERATIONS).set(self.draining.len() as f64);
+        if self.draining.len() >= self.config.max_draining {
+            let reason = format!(
+                "{} older generations are still draining (at most {})",
+                self.draining.len(),
+                self.config.max_draining
+            );
+            self.failed(&format!("upgrade refused: {reason}"));
+            if let Request::Socket(stream) = request {
+                refuse(&stream, &reason).await;
+            }
+            return (Outcome::Refused, None);
+        }
+        match request {
+            Request::Exec => match self.spawn() {
+                Ok((child, channel)) => self.await_ready(Some(child), channel, lifecycle).await,
+                Err(error) => {
+                    self.failed(&format!("upgrade failed: cannot start the new process: {error}"));
+                    (Outcome::Failed, None)
+                }
+            },
+            Request::Socket(stream) => {
+                let sent = match self.attempt_handoff() {
+                    Ok(handoff) => {
+                        let note = format!("generation={}\n", self.generation + 1);
+                        handoff.send(&stream, &note).await
+                    }
+                    Err(error) => Err(error),
+                };
+                match sent {
+                    Ok(()) => self.await_ready(None, stream, lifecycle).await,
+                    Err(error) => {
+                        self.failed(&format!(
+                            "upgrade failed: cannot hand the sockets over the upgrade socket: {error}"
+                        ));
+                        (Outcome::Failed, None)
+                    }
+                }
             }
         }
     }
 
-    /// One upgrade: start the new process and wait for its readiness (or its end).
-    async fn attempt(&mut self, lifecycle: &Lifecycle) -> Outcome {
-        self.draining.retain(|&pid| alive(pid));
-        metrics::gauge!(UPGRADE_DRAINING_GENERATIONS).set(self.draining.len() as f64);
-        if self.draining.len() >= self.config.max_draining {
-            tracing::error!(
-                draining = ?self.draining,
-                max = self.config.max_draining,
-                "upgrade refused: {} older generations are still draining",
-                self.draining.len()
-            );
-            return Outcome::Refused;
+    /// The sockets of one attempt: the server's, and the channels to the generations still
+    /// draining.
+    fn attempt_handoff(&self) -> std::io::Result<Handoff> {
+        let mut handoff = self.handoff.try_clone()?;
+        for channel in &self.draining {
+            handoff.socket(DRAINING_SOCKET, channel)?;
         }
-        match self.spawn() {
-            Ok((child, channel)) => self.await_ready(child, channel, lifecycle).await,
-            Err(error) => {
-                tracing::error!(%error, "upgrade failed: cannot start the new process");
-                Outcome::Failed
-            }
-        }
+        Ok(handoff)
     }
 
     fn spawn(&self) -> std::io::Result<(tokio::process::Child, tokio::net::UnixStream)> {
@@ -464,10 +802,8 @@ impl Upgrader {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
-        let mut handoff = self.handoff.try_clone()?;
+        let mut handoff = self.attempt_handoff()?;
         handoff.socket(READY_SOCKET, theirs.as_fd())?;
-        let mut draining = self.draining.clone();
-        draining.push(std::process::id());
         let mut command = std::process::Command::new(&exec);
         command
             .args(&args)
@@ -475,15 +811,7 @@ impl Upgrader {
             // systemd's watchdog names this process; the new one pings once it is the
             // main process (it keeps WATCHDOG_USEC).
             .env_remove("WATCHDOG_PID")
-            .env(GENERATION_VAR, (self.generation + 1).to_string())
-            .env(
-                DRAINING_VAR,
-                draining
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
+            .env(GENERATION_VAR, (self.generation + 1).to_string());
         let prepared = handoff.prepare(&mut command)?;
         let child = tokio::process::Command::from(command)
             .spawn()
@@ -494,60 +822,160 @@ impl Upgrader {
         Ok((child, ours))
     }
 
+    /// Waits for the new process on `channel` (and for `child`'s end, when this process
+    /// started it): `commit` once it is ready, `rollback` (and the child killed) otherwise.
     async fn await_ready(
         &mut self,
-        child: tokio::process::Child,
-        channel: tokio::net::UnixStream,
+        child: Option<tokio::process::Child>,
+        mut channel: tokio::net::UnixStream,
         lifecycle: &Lifecycle,
-    ) -> Outcome {
-        let pid = child.id().unwrap_or_default();
+    ) -> (Outcome, Option<tokio::net::UnixStream>) {
+        let peer = match &child {
+            Some(child) => child.id(),
+            None => channel.peer_cred().ok().and_then(|cred| cred.pid()).and_then(|pid| u32::try_from(pid).ok()),
+        }
+        .unwrap_or_default();
+        let started = child.is_some();
         // Killed on every way out but readiness, cancellation included.
-        let mut child = KillOnDrop(Some(child));
-        lifecycle.notify_systemd(&format!("STATUS=upgrading: new process {pid} started"));
+        let mut child = KillOnDrop(child);
+        lifecycle.notify_systemd(&format!("STATUS=upgrading: new process {peer} started"));
         tracing::info!(
-            pid,
+            pid = peer,
             generation = self.generation + 1,
-            "upgrade: new process started"
+            "upgrade: {}",
+            if started { "new process started" } else { "sockets handed over the upgrade socket" }
         );
-        let mut lines = BufReader::new(channel).take(256).lines();
-        let ready = async {
-            // EOF or anything else: the process is exiting (or broke the protocol).
-            matches!(lines.next_line().await, Ok(Some(line)) if line == READY_LINE)
-        };
-        let outcome = tokio::select! {
-            ready = ready => if ready { Outcome::Ready } else { Outcome::Exited },
-            _ = child.wait() => Outcome::Exited,
-            () = tokio::time::sleep(self.config.timeout) => Outcome::Timeout,
+        let outcome = {
+            let mut lines = BufReader::new(&mut channel).take(256).lines();
+            let ready = async {
+                // EOF or anything else: the process is exiting (or broke the protocol).
+                matches!(lines.next_line().await, Ok(Some(line)) if line == READY_LINE)
+            };
+            tokio::select! {
+                ready = ready => if ready { Outcome::Ready } else { Outcome::Exited },
+                _ = child.wait() => Outcome::Exited,
+                () = tokio::time::sleep(self.config.timeout) => Outcome::Timeout,
+            }
         };
         if outcome == Outcome::Ready {
+            if let Err(error) = channel.write_all(format!("{COMMIT_LINE}\n").as_bytes()).await {
+                tracing::warn!(%error, "upgrade: cannot confirm to the new process; draining all the same");
+            }
             tracing::info!(
-                pid,
+                pid = peer,
                 generation = self.generation + 1,
                 "upgrade: the new process is ready; draining"
             );
-            // Decided: the new process is systemd's main one from now on (NotifyAccess=main
-            // is enough, this process being the main one still).
-            lifecycle.notify_systemd(&format!("MAINPID={pid}"));
+            if started {
+                // Decided: the new process is systemd's main one from now on
+                // (NotifyAccess=main is enough, this process being the main one still).
+                lifecycle.notify_systemd(&format!("MAINPID={peer}"));
+            }
             if let Some(hook) = &self.config.on_ready {
-                hook(pid);
+                hook(peer);
             }
             // Reaped by tokio when it exits (it outlives this process normally).
             child.keep();
-            return outcome;
+            return (outcome, Some(channel));
         }
+        // Best effort: a process this one did not start must stop on its own.
+        let _ = channel.try_write(format!("{ROLLBACK_LINE}\n").as_bytes());
         let status = child.kill_and_wait().await;
         lifecycle.notify_systemd(&format!(
-            "STATUS=serving; the upgrade to pid {pid} failed ({})",
+            "STATUS=serving; the upgrade to pid {peer} failed ({})",
             outcome.as_str()
         ));
-        tracing::error!(
-            pid,
-            ?status,
-            timeout = ?self.config.timeout,
-            "upgrade failed: the new process {}; it is gone and this process serves on",
-            if outcome == Outcome::Timeout { "was not ready in time" } else { "exited before it was ready" }
-        );
-        outcome
+        let what = match outcome {
+            Outcome::Timeout => format!("was not ready within {:?}", self.config.timeout),
+            _ => "exited before it was ready".to_owned(),
+        };
+        let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+        self.failed(&format!(
+            "upgrade failed: the new process {peer} {what}{status}; {} and this process serves on",
+            if started { "it was killed" } else { "it was told to roll back" }
+        ));
+        (outcome, None)
+    }
+}
+
+/// The hello of a process that connected to the upgrade socket: the stream when it is one
+/// of this user's (or root's) and speaks the protocol.
+async fn hello(mut stream: tokio::net::UnixStream) -> Option<tokio::net::UnixStream> {
+    let own = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == own || cred.uid() == 0 => {}
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), "upgrade socket: a process of another user connected; ignored");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "upgrade socket: cannot tell who connected; ignored");
+            return None;
+        }
+    }
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        // Byte by byte: nothing past the line may be consumed (the hand-off follows).
+        while line.len() <= HELLO_LINE.len() {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => return true,
+                Ok(1) => line.push(byte[0]),
+                _ => return false,
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await {
+        Ok(true) if line == HELLO_LINE.as_bytes() => Some(stream),
+        _ => {
+            tracing::warn!("upgrade socket: a connection did not say hello; ignored");
+            None
+        }
+    }
+}
+
+/// Answers a process on the upgrade socket that it gets no sockets, and why.
+async fn refuse(stream: &tokio::net::UnixStream, reason: &str) {
+    let note = format!("refused: {reason}\n");
+    if let Err(error) = Handoff::new().send(stream, &note).await {
+        tracing::warn!(%error, "upgrade socket: cannot send the refusal");
+    }
+}
+
+/// Stores the sockets of `handoff` in systemd's file-descriptor store, when the service has
+/// one (systemd sets `FDSTORE` to `FileDescriptorStoreMax=`): each under its name, replacing
+/// what the store held under that name, and `stale` (stored by a previous generation, taken
+/// by no listener now) removed. At the next start systemd passes them back in `LISTEN_FDS`.
+fn store_in_systemd(handoff: &Handoff, stale: &[String]) {
+    let enabled = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n > 0);
+    if !enabled {
+        return;
+    }
+    let notifier = match portcullis_shutdown::systemd::Notifier::from_env() {
+        Ok(Some(notifier)) => notifier,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "upgrade: NOTIFY_SOCKET is unusable; the sockets are not stored");
+            return;
+        }
+    };
+    let remove = |name: &str| notifier.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+    for name in stale {
+        if let Err(error) = remove(name) {
+            tracing::warn!(%error, name, "upgrade: cannot remove a socket from systemd's store");
+        }
+    }
+    for (name, fd) in handoff.sockets() {
+        let stored = remove(name).and_then(|()| {
+            notifier.send_with_fds(&format!("FDSTORE=1\nFDNAME={name}\n"), &[fd])
+        });
+        if let Err(error) = stored {
+            tracing::warn!(%error, name, "upgrade: cannot store a socket in systemd's store");
+        }
     }
 }
 
@@ -585,10 +1013,12 @@ impl Drop for KillOnDrop {
 }
 
 /// The new process's side: reports ready on the channel once `ready` holds (polled every
-/// 20 ms), until `stop`.
+/// 20 ms), then waits for the previous generation's answer; shuts `lifecycle` down when
+/// that is `rollback` (the previous generation gave up on this one and serves on).
 pub(crate) async fn report_ready(
     channel: OwnedFd,
     ready: impl Fn() -> bool,
+    lifecycle: Lifecycle,
     stop: CancellationToken,
 ) {
     let channel = std::os::unix::net::UnixStream::from(channel);
@@ -602,33 +1032,55 @@ pub(crate) async fn report_ready(
             return;
         }
     };
+    let (reader, mut writer) = channel.split();
+    let mut answers = BufReader::new(reader).take(256).lines();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut reported = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if ready() {
-            // Under systemd: ready; the previous generation makes this the main process
-            // (MAINPID=) once it reads the line below.
-            match portcullis_shutdown::systemd::Notifier::from_env() {
-                Ok(Some(notifier)) => {
-                    let state = format!(
-                        "READY=1\nSTATUS=serving (upgraded from pid {})",
-                        std::os::unix::process::parent_id()
-                    );
-                    if let Err(error) = notifier.send(&state) {
-                        tracing::warn!(%error, "upgrade: cannot tell systemd the new main pid");
+            answer = answers.next_line() => {
+                match answer {
+                    Ok(Some(line)) if line == COMMIT_LINE && reported => {
+                        tracing::info!("upgrade: the previous generation drains; this process serves");
                     }
+                    Ok(Some(line)) if line == ROLLBACK_LINE => {
+                        tracing::error!(
+                            "upgrade rolled back: the previous generation gave up on this process (not ready in time) and serves on; this process shuts down"
+                        );
+                        lifecycle.shut_down();
+                    }
+                    Ok(Some(line)) => tracing::warn!(line, "upgrade: unexpected answer from the previous generation; ignored"),
+                    // The previous generation ended without an answer: nobody else serves.
+                    Ok(None) | Err(_) => tracing::warn!("upgrade: the previous generation ended before it answered; this process serves on"),
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "upgrade: NOTIFY_SOCKET is unusable"),
+                return;
             }
-            let line = format!("{READY_LINE}\n");
-            if let Err(error) = channel.write_all(line.as_bytes()).await {
-                tracing::error!(%error, "upgrade: cannot report ready to the previous generation");
+            _ = tick.tick(), if !reported => {
+                if ready() {
+                    // Under systemd: ready; the previous generation makes this the main
+                    // process (MAINPID=) once it reads the line below.
+                    match portcullis_shutdown::systemd::Notifier::from_env() {
+                        Ok(Some(notifier)) => {
+                            let state = format!(
+                                "READY=1\nSTATUS=serving (upgraded from pid {})",
+                                std::os::unix::process::parent_id()
+                            );
+                            if let Err(error) = notifier.send(&state) {
+                                tracing::warn!(%error, "upgrade: cannot tell systemd the new main pid");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "upgrade: NOTIFY_SOCKET is unusable"),
+                    }
+                    let line = format!("{READY_LINE}\n");
+                    if let Err(error) = writer.write_all(line.as_bytes()).await {
+                        tracing::error!(%error, "upgrade: cannot report ready to the previous generation");
+                        return;
+                    }
+                    reported = true;
+                }
             }
-            return;
         }
     }
 }

@@ -215,6 +215,51 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Sends `state` with the descriptors `fds` attached (`SCM_RIGHTS`), as `FDSTORE=1`
+    /// needs: systemd keeps them in the service's file-descriptor store
+    /// (`FileDescriptorStoreMax=`) and passes them back at the next start, named by the
+    /// state's `FDNAME=`, in `LISTEN_FDS`.
+    ///
+    /// # Errors
+    ///
+    /// The error from connecting to the socket or sending the datagram.
+    pub fn send_with_fds(&self, state: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        use std::mem::MaybeUninit;
+
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        // A socket of its own, connected, so that rustix's plain sendmsg reaches the target.
+        let socket = UnixDatagram::unbound()?;
+        match &self.target {
+            Target::Path(path) => socket.connect(path)?,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Target::Abstract(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                socket.connect_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name)?)?;
+            }
+        }
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("the descriptors do not fit one message"));
+        }
+        let sent = rustix::net::sendmsg(
+            &socket,
+            &[io::IoSlice::new(state.as_bytes())],
+            &mut control,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        )?;
+        if sent != state.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("notification to {} truncated", self.target),
+            ));
+        }
+        tracing::trace!(target = %self.target, state = state.trim_end(), fds = fds.len(), "systemd notification sent");
+        Ok(())
+    }
+}
+
 /// How often to send `WATCHDOG=1`: half the timeout systemd announced in `WATCHDOG_USEC`, or
 /// `None` when there is no watchdog for this process (`WATCHDOG_PID` names another process,
 /// or the variables are absent or malformed).

@@ -81,6 +81,9 @@ struct Flags {
     /// How long the new process of an upgrade has to report ready; past it, it is killed and this one serves on. [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     upgrade_timeout: Option<Duration>,
+    /// A Unix socket on which to hand every listening socket to a server this one did not start; started with the same path while another serves there, this one takes over from it. [default: none]
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
     /// Connections open at once; more are closed as soon as they are accepted. [default: 10000]
     #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
     max_conns: Option<NonZeroUsize>,
@@ -228,7 +231,8 @@ impl Flags {
             ban_after,
             redis,
             fleet_size,
-            upgrade_exec
+            upgrade_exec,
+            upgrade_socket
         );
         config.per_core |= self.per_core;
         config.proxy_protocol |= self.proxy_protocol;

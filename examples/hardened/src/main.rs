@@ -77,11 +77,13 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
         // Every setting of the file and the flags: listeners (or systemd's sockets), admin,
         // deadlines, drain, caps, TLS, PROXY protocol, the connection filter and the bans.
         let builder = config.apply(builder)?;
-        // SIGUSR2 upgrades; the line tells a script which process serves from now on.
+        // SIGUSR2 upgrades; the line tells a script which process serves from now on, and a
+        // failed upgrade is one `error:` line.
         let builder = builder.upgrade(
             config
                 .upgrade()
-                .on_ready(|pid| println!("upgraded: pid {pid} serves now")),
+                .on_ready(|pid| println!("upgraded: pid {pid} serves now"))
+                .on_failure(|failure| eprintln!("error: {failure}")),
         );
         // The contract's lines, once every listener accepts.
         builder

@@ -238,14 +238,18 @@ impl ServerConfig {
     }
 
     /// Zero-downtime upgrades on SIGUSR2: `upgrade-exec` (default: the server's own
-    /// executable) with the server's arguments, ready within `upgrade-timeout`.
+    /// executable) with the server's arguments, ready within `upgrade-timeout`; and on the
+    /// `upgrade-socket`, when set, for a process the server did not start.
     #[must_use]
     pub fn upgrade(&self) -> portcullis_server::Upgrade {
-        let upgrade = portcullis_server::Upgrade::new().timeout(self.upgrade_timeout);
-        match &self.upgrade_exec {
-            Some(exec) => upgrade.exec(exec),
-            None => upgrade,
+        let mut upgrade = portcullis_server::Upgrade::new().timeout(self.upgrade_timeout);
+        if let Some(exec) = &self.upgrade_exec {
+            upgrade = upgrade.exec(exec);
         }
+        if let Some(socket) = &self.upgrade_socket {
+            upgrade = upgrade.socket(socket);
+        }
+        upgrade
     }
 
     /// The connection caps: `max-conns`, and `max-conns-per-ip` with the trusted proxies

@@ -237,6 +237,11 @@ pub struct ServerConfig {
     /// before it is killed and this one serves on. Default 30 s.
     #[serde(deserialize_with = "de::duration")]
     pub upgrade_timeout: Duration,
+    /// `upgrade-socket`: a Unix socket path on which the server hands its sockets to a
+    /// process it did not start (a new container sharing the socket's volume); a server
+    /// started with the same path while another serves there takes over from it. Default
+    /// none.
+    pub upgrade_socket: Option<PathBuf>,
     /// The file these settings were read from and its own `allow` and `deny` lists, for the
     /// SIGHUP reload of the filter.
     #[serde(skip)]
@@ -290,6 +295,7 @@ impl Default for ServerConfig {
             overload_fds: DEFAULT_OVERLOAD_FDS,
             upgrade_exec: None,
             upgrade_timeout: portcullis_server::upgrade::DEFAULT_UPGRADE_TIMEOUT,
+            upgrade_socket: None,
             source: None,
         }
     }
@@ -332,6 +338,7 @@ impl ServerConfig {
         "overload-fds",
         "upgrade-exec",
         "upgrade-timeout",
+        "upgrade-socket",
     ];
 
     /// Reads the settings from TOML text; keys left out keep their defaults.

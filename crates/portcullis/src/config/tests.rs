@@ -105,7 +105,7 @@ fn every_key_parses() {
             ))
             .min_response_rate(portcullis_server::MinRate::OFF)
     );
-    assert_eq!(ServerConfig::KEYS.len(), 34);
+    assert_eq!(ServerConfig::KEYS.len(), 35);
 }
 
 fn error(text: &str) -> ConfigError {
