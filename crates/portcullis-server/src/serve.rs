@@ -65,11 +65,12 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListeners);
         }
-        let ready_channel = self.handed_over()?.and_then(Inherited::take_ready);
+        // The past first: it keeps a duplicate of the readiness channel.
         let past = self
             .handed_over()?
             .map(Inherited::take_past)
             .unwrap_or_default();
+        let ready_channel = self.handed_over()?.and_then(Inherited::take_ready);
         let conn = self.take_policy();
         if conn.filter.is_some() || conn.bans.is_some() {
             portcullis_limit::metrics::register_edge();

@@ -59,6 +59,9 @@ pub const DEFAULT_MAX_DRAINING: usize = 2;
 /// process to answer with the sockets.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the generations still draining are counted again.
+const DRAINING_RECOUNT: Duration = Duration::from_secs(1);
+
 /// The name of the readiness channel among the handed-over sockets.
 const READY_SOCKET: &str = "portcullis-upgrade";
 /// The name of the channels to older generations still draining.
@@ -647,12 +650,20 @@ impl Upgrader {
         handed_over: CancellationToken,
         stop: CancellationToken,
     ) {
+        // The draining gauge follows the older generations' exits.
+        let mut recount = tokio::time::interval(DRAINING_RECOUNT);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let trigger = Arc::clone(&self.config.trigger);
             let signals = self.signals.as_mut();
             let socket = self.socket.as_ref();
             let request = tokio::select! {
                 () = stop.cancelled() => return,
+                _ = recount.tick(), if !self.draining.is_empty() => {
+                    self.draining.retain(still_open);
+                    metrics::gauge!(UPGRADE_DRAINING_GENERATIONS).set(self.draining.len() as f64);
+                    continue;
+                }
                 // Shutting down: drop the duplicates of the sockets now, or they would keep
                 // each listener open (queueing connections nobody accepts) after the drain
                 // closed it.
@@ -890,9 +901,13 @@ impl Upgrader {
             _ => "exited before it was ready".to_owned(),
         };
         let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+        let after = match (started, outcome) {
+            (true, Outcome::Timeout) => "it was killed",
+            (true, _) => "it is gone",
+            (false, _) => "it was told to roll back",
+        };
         self.failed(&format!(
-            "upgrade failed: the new process {peer} {what}{status}; {} and this process serves on",
-            if started { "it was killed" } else { "it was told to roll back" }
+            "upgrade failed: the new process {peer} {what}{status}; {after} and this process serves on"
         ));
         (outcome, None)
     }
@@ -1081,6 +1096,33 @@ pub(crate) async fn report_ready(
                     reported = true;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_is_open_until_its_peer_closes_it_unread_data_or_not() -> std::io::Result<()> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let ours = OwnedFd::from(ours);
+        assert!(still_open(&ours));
+        (&theirs).write_all(b"commit\n")?;
+        assert!(still_open(&ours), "data waiting is no close");
+        drop(theirs);
+        assert!(!still_open(&ours), "closed, with the data still unread");
+        Ok(())
+    }
+
+    #[test]
+    fn handoff_names_are_recognised_in_the_descriptor_store() {
+        for name in ["listener-0", "listener-12", "admin", "portcullis-upgrade-socket"] {
+            assert!(is_handoff_name(name), "{name}");
+        }
+        for name in ["web", "listener-", "listener-x", "hardened.socket", "unknown"] {
+            assert!(!is_handoff_name(name), "{name}");
         }
     }
 }

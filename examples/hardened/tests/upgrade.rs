@@ -3,8 +3,10 @@
 //! the old one drains and exits 0. Under continuous load (keep-alive clients, a new
 //! connection per request, slow requests in flight across each switch) no connection is
 //! refused and no request fails across two upgrades in a row. A new executable that exits at
-//! once, and one that never becomes ready, are rolled back: the old process serves on and the
-//! child is gone.
+//! once, and one that never becomes ready, are rolled back: the old process serves on, the
+//! child is gone, and the failure is one `error:` line. The same over the upgrade socket for a
+//! server the old one did not start (SCM_RIGHTS), in per-core mode, and across a restart
+//! through systemd's descriptor store.
 
 mod common;
 
@@ -329,15 +331,32 @@ async fn metric_is(admin: SocketAddr, series: &str, value: f64) {
     }
 }
 
+/// Checks that the failure was told in exactly one `error:` line on stderr, holding `what`,
+/// and never at tracing's ERROR level.
+async fn one_error_line(server: &mut Hardened, what: &str) {
+    let line = server
+        .error_starting("error: upgrade failed", Duration::from_secs(10))
+        .await;
+    assert!(line.contains(what), "{line}");
+    let rest = server.errors_so_far();
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.starts_with("error:") || l.contains(" ERROR ")),
+        "more than one error line: {line:?} then {rest:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_new_executable_that_exits_at_once_is_rolled_back() {
     let (dir, exec) = script("exits", "exit 3");
-    let server = with_upgrade_exec(&exec, &[], &[]).await;
+    let mut server = with_upgrade_exec(&exec, &[], &[]).await;
     let (addr, admin) = (server.addr(), server.admin());
     let load = Load::start(addr);
     load.serves(100).await;
     server.signal("USR2");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"exited\"}", 1.0).await;
+    one_error_line(&mut server, "exited before it was ready").await;
     load.serves(100).await;
     let (failures, served, _) = load.stop().await;
     assert!(failures.is_empty(), "of {served}: {failures:?}");
@@ -361,7 +380,7 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
         "echo $$ > \"$UPGRADE_TEST_PID_FILE\"; exec sleep 600 >/dev/null 2>&1",
     );
     let pid_file = dir.join("pid");
-    let server = with_upgrade_exec(
+    let mut server = with_upgrade_exec(
         &exec,
         &["--upgrade-timeout", "3s"],
         &[("UPGRADE_TEST_PID_FILE", pid_file.to_str().expect("utf8"))],
@@ -372,6 +391,7 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
     load.serves(100).await;
     server.signal("USR2");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
+    one_error_line(&mut server, "was not ready within 3s").await;
     let child: u32 = std::fs::read_to_string(&pid_file)
         .expect("the child wrote its pid")
         .trim()
@@ -454,5 +474,330 @@ async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_fall
     }
     kill("TERM", new);
     gone(new, Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_in_per_core_mode_refuses_no_connection_and_fails_no_request() {
+    let mut first = Hardened::start(
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--per-core"],
+        1,
+    )
+    .await;
+    let (addr, admin) = (first.addr(), first.admin());
+    let load = Load::start(addr);
+    load.serves(200).await;
+    first.signal("USR2");
+    let second = upgraded_pid(
+        &first
+            .line_starting("upgraded: pid ", Duration::from_secs(60))
+            .await,
+    );
+    let _reap = Reap(vec![second]);
+    assert_eq!(first.exited(Duration::from_secs(30)).await, 0);
+    load.serves(200).await;
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 2.0);
+    let (failures, served, retried) = load.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed of {served} served ({retried} retried): {failures:?}",
+        failures.len()
+    );
+    kill("TERM", second);
+    gone(second, Duration::from_secs(30)).await;
+}
+
+/// Polls (bounded: 30 s) until a server answers on the upgrade socket at `path` (it binds it
+/// once it serves, after its listener lines).
+async fn serves_upgrades(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "nothing serves {path} after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fresh directory for an upgrade socket.
+fn socket_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-upsock-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_started_on_the_upgrade_socket_take_over_twice_under_load() {
+    let dir = socket_dir("takeover");
+    let socket = dir.join("upgrade.sock");
+    let socket = socket.to_str().expect("utf8");
+    // Each server is started by this test, not by the one before: the sockets go over the
+    // upgrade socket, never by inheritance.
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--acceptors",
+        "2",
+        "--upgrade-socket",
+        socket,
+    ];
+    let mut first = Hardened::start(&args, 1).await;
+    let (addr, admin) = (first.addr(), first.admin());
+    serves_upgrades(socket).await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(socket).expect("the upgrade socket").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the upgrade socket is private");
+    }
+    let load = Load::start(addr);
+    load.serves(200).await;
+
+    let mut second = Hardened::start(&args, 1).await;
+    serves_upgrades(socket).await;
+    // The same sockets, admin's included: port 0 was not bound again.
+    assert_eq!((second.addr(), second.admin()), (addr, admin));
+    let line = first
+        .line_starting("upgraded: pid ", Duration::from_secs(60))
+        .await;
+    assert_eq!(upgraded_pid(&line), second.pid());
+    assert_eq!(first.exited(Duration::from_secs(30)).await, 0);
+    load.serves(200).await;
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 2.0);
+
+    let third = Hardened::start(&args, 1).await;
+    assert_eq!(third.addr(), addr);
+    let line = second
+        .line_starting("upgraded: pid ", Duration::from_secs(60))
+        .await;
+    assert_eq!(upgraded_pid(&line), third.pid());
+    assert_eq!(second.exited(Duration::from_secs(30)).await, 0);
+    load.serves(200).await;
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 3.0);
+
+    let (failures, served, retried) = load.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed of {served} served ({retried} retried): {failures:?}",
+        failures.len()
+    );
+    third.signal("TERM");
+    assert_eq!(third.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_the_upgrade_socket_never_ready_is_rolled_back_and_stops() {
+    let dir = socket_dir("rollback");
+    let socket = dir.join("upgrade.sock");
+    let socket = socket.to_str().expect("utf8");
+    let mut old = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket,
+            "--upgrade-timeout",
+            "2s",
+        ],
+        1,
+    )
+    .await;
+    let (addr, admin) = (old.addr(), old.admin());
+    serves_upgrades(socket).await;
+    let load = Load::start(addr);
+    load.serves(100).await;
+    // Never ready: a critical check that cannot pass (nothing listens on port 1).
+    let new = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket,
+            "--ready-requires",
+            "tcp://127.0.0.1:1",
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(new.addr(), addr, "it took the sockets over");
+    metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
+    one_error_line(&mut old, "it was told to roll back").await;
+    // It stops on its own: the old process cannot kill a process it did not start.
+    assert_eq!(new.wait(Duration::from_secs(30)).await, 0);
+    load.serves(100).await;
+    let (failures, served, _) = load.stop().await;
+    assert!(failures.is_empty(), "of {served}: {failures:?}");
+    assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
+    old.signal("TERM");
+    assert_eq!(old.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One datagram of the notify socket and the descriptors it carried.
+fn recv_with_fds(socket: &std::os::unix::net::UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::mem::MaybeUninit;
+    let mut text = [0u8; 4096];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        socket,
+        &mut [std::io::IoSliceMut::new(&mut text)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("a notification within 10 s");
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            fds.extend(passed);
+        }
+    }
+    (String::from_utf8_lossy(&text[..received.bytes]).into_owned(), fds)
+}
+
+/// Reads notifications until `listener-0` and `admin` were stored: each name's removal
+/// first, then the socket. Returns the stored `listener-0`.
+fn stored_sockets(socket: &std::os::unix::net::UnixDatagram) -> std::os::fd::OwnedFd {
+    let mut seen = Vec::new();
+    let mut listener = None;
+    let mut admin = false;
+    while listener.is_none() || !admin {
+        let (state, mut fds) = recv_with_fds(socket);
+        if let Some(name) = state.strip_prefix("FDSTORE=1\nFDNAME=") {
+            assert_eq!(fds.len(), 1, "{state:?}");
+            let name = name.trim_end();
+            let removal = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
+            assert!(seen.contains(&removal), "{name} stored without its removal first: {seen:?}");
+            match name {
+                "listener-0" => listener = fds.pop(),
+                "admin" => admin = true,
+                _ => {}
+            }
+        } else {
+            assert!(fds.is_empty(), "descriptors with {state:?}");
+        }
+        seen.push(state);
+    }
+    listener.expect("listener-0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_descriptor_store_keeps_the_socket_and_its_queue_across_a_restart() {
+    let (dir, path, notify) = common::notify_socket("fdstore");
+    let notify_path = path.to_str().expect("utf8");
+    // As systemd runs a service with FileDescriptorStoreMax=8.
+    let env = [("NOTIFY_SOCKET", notify_path), ("FDSTORE", "8")];
+    let first = Hardened::start_with_env(
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--acceptors", "1"],
+        &env,
+        1,
+    )
+    .await;
+    let addr = first.addr();
+    let stored = stored_sockets(&notify);
+    first.signal("TERM");
+    assert_eq!(first.wait(Duration::from_secs(30)).await, 0);
+
+    // No process serves now; the stored socket still queues this client's connection.
+    let mut client = TcpStream::connect(addr).await.expect("queued in the stored socket");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+
+    // systemd's restart: the stored socket at descriptor 3, named, LISTEN_PID the process.
+    let script = format!(
+        "exec 3<&0 0</dev/null; NOTIFY_SOCKET='{notify_path}' FDSTORE=8 LISTEN_PID=$$ \
+         LISTEN_FDS=1 LISTEN_FDNAMES=listener-0 exec \"$0\" \"$@\""
+    );
+    let port = addr.port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let second = Hardened::start_via_shell_with_stdin(
+        &script,
+        &["--listen", &listen, "--acceptors", "1"],
+        std::process::Stdio::from(stored),
+        1,
+    )
+    .await;
+    assert_eq!(second.addr(), addr);
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut response))
+        .await
+        .expect("the queued request is answered within 20 s")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // The restarted process stores its socket again, under the same name.
+    let (state, fds) = loop {
+        let (state, fds) = recv_with_fds(&notify);
+        if state.starts_with("FDSTORE=1\n") {
+            break (state, fds);
+        }
+    };
+    assert_eq!(state, "FDSTORE=1\nFDNAME=listener-0\n");
+    assert_eq!(fds.len(), 1);
+    second.signal("TERM");
+    assert_eq!(second.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The sum of every series of `name` on `/metrics`.
+async fn metric_sum(admin: SocketAddr, name: &str) -> f64 {
+    common::get(admin, "/metrics")
+        .await
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_counted_as_draining_until_it_exits_across_unrelated_processes() {
+    let dir = socket_dir("draining");
+    let socket = dir.join("upgrade.sock");
+    let socket = socket.to_str().expect("utf8");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket,
+    ];
+    let mut first = Hardened::start(&args, 1).await;
+    let (addr, admin) = (first.addr(), first.admin());
+    serves_upgrades(socket).await;
+    // A request in flight that keeps the first generation draining for seconds.
+    let slow = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        match exchange(&mut stream, "/slow?ms=4000", true).await {
+            Exchange::Ok { .. } => {}
+            Exchange::ClosedBeforeAnswer => panic!("the slow request was cut"),
+            Exchange::Failed(failure) => panic!("{failure}"),
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(admin, "http_server_active_requests").await < 1.0 {
+        assert!(Instant::now() < deadline, "the slow request never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = Hardened::start(&args, 1).await;
+    first
+        .line_starting("upgraded: pid ", Duration::from_secs(60))
+        .await;
+    // The first generation still drains its slow request: counted by the second.
+    metric_is(admin, "portcullis_upgrade_draining_generations", 1.0).await;
+    slow.await.expect("the slow request is answered in full");
+    assert_eq!(first.exited(Duration::from_secs(30)).await, 0);
+    // Gone: no longer counted.
+    metric_is(admin, "portcullis_upgrade_draining_generations", 0.0).await;
+    second.signal("TERM");
+    assert_eq!(second.wait(Duration::from_secs(30)).await, 0);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -23,12 +23,26 @@ pub struct Hardened {
     pub admin: Option<SocketAddr>,
     /// The stdout lines after those (of this process, and of those it started).
     later: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Its stderr lines (passed on to this process's stderr as well).
+    errors: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Hardened {
     /// Starts `hardened` with `args` and waits for `listeners` lines of `listening on`.
     pub async fn start(args: &[&str], listeners: usize) -> Self {
         Self::start_command(Command::new(BIN), args, listeners).await
+    }
+
+    /// Starts it through `sh -c SCRIPT` with `stdin` (the script moves it where it wants).
+    pub async fn start_via_shell_with_stdin(
+        script: &str,
+        args: &[&str],
+        stdin: Stdio,
+        listeners: usize,
+    ) -> Self {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).arg(BIN);
+        Self::start_with_stdin(command, args, stdin, listeners).await
     }
 
     /// Starts it through `sh -c SCRIPT` (the script must `exec "$0" "$@"`).
@@ -45,14 +59,32 @@ impl Hardened {
         Self::start_command(command, args, listeners).await
     }
 
-    async fn start_command(mut command: Command, args: &[&str], listeners: usize) -> Self {
+    async fn start_command(command: Command, args: &[&str], listeners: usize) -> Self {
+        Self::start_with_stdin(command, args, Stdio::null(), listeners).await
+    }
+
+    async fn start_with_stdin(
+        mut command: Command,
+        args: &[&str],
+        stdin: Stdio,
+        listeners: usize,
+    ) -> Self {
         command
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().expect("spawn hardened");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, errors) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines_in = BufReader::new(stdout).lines();
         let mut addrs = Vec::new();
@@ -95,7 +127,31 @@ impl Hardened {
             lines,
             admin,
             later,
+            errors,
         }
+    }
+
+    /// The next stderr line that starts with `prefix`, within `limit`.
+    pub async fn error_starting(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.errors.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no stderr line {prefix:?} within {limit:?}"))
+                .unwrap_or_else(|| panic!("stderr closed before a line {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// The stderr lines that came so far, without waiting.
+    pub fn errors_so_far(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.errors.try_recv() {
+            lines.push(line);
+        }
+        lines
     }
 
     /// The next stdout line after the start-up lines (from this process or one it started,
