@@ -393,8 +393,14 @@ mod tests {
         let web_fd = sockets.take_socket("listener-0").expect("listener-0");
         let admin_fd = sockets.take_socket("admin").expect("admin");
         // The very same sockets: a connection queued in the sender's is accepted here.
-        assert_eq!(socket_link(web_fd.as_raw_fd()), socket_link(web.as_raw_fd()));
-        assert_eq!(socket_link(admin_fd.as_raw_fd()), socket_link(admin.as_raw_fd()));
+        assert_eq!(
+            socket_link(web_fd.as_raw_fd()),
+            socket_link(web.as_raw_fd())
+        );
+        assert_eq!(
+            socket_link(admin_fd.as_raw_fd()),
+            socket_link(admin.as_raw_fd())
+        );
         let client = std::net::TcpStream::connect(web.local_addr()?)?;
         let (accepted, from) = std::net::TcpListener::from(web_fd).accept()?;
         assert_eq!(from, client.local_addr()?);
@@ -407,8 +413,14 @@ mod tests {
         use std::io::Write;
         for (sent, expected) in [
             (&b"GET / HTTP/1.1\r\n\0"[..], "does not begin"),
-            (&b"portcullis-handoff 1\nlistener-0\n\0"[..], "1 names for 0 descriptors"),
-            (&b"portcullis-handoff 1\n\n\0extra"[..], "bytes after its end"),
+            (
+                &b"portcullis-handoff 1\nlistener-0\n\0"[..],
+                "1 names for 0 descriptors",
+            ),
+            (
+                &b"portcullis-handoff 1\n\n\0extra"[..],
+                "bytes after its end",
+            ),
         ] {
             let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
             ours.write_all(sent)?;

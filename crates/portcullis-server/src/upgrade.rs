@@ -107,8 +107,11 @@ pub struct Upgrade {
     socket: Option<PathBuf>,
     trigger: Arc<Notify>,
     on_ready: Option<Arc<dyn Fn(u32) + Send + Sync>>,
-    on_failure: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    on_failure: Option<FailureHook>,
 }
+
+/// What [`Upgrade::on_failure`] runs.
+type FailureHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for Upgrade {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -325,10 +328,11 @@ impl Inherited {
         let stream = match std::os::unix::net::UnixStream::connect(path) {
             Ok(stream) => stream,
             // Nobody serves there: this is the first generation.
-            Err(e) if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
             {
                 return Ok(None);
             }
@@ -427,7 +431,9 @@ impl Inherited {
         if let Some(ready) = &self.ready {
             match ready.try_clone() {
                 Ok(channel) => draining.push(channel),
-                Err(error) => tracing::warn!(%error, "upgrade: cannot watch the previous generation's drain"),
+                Err(error) => {
+                    tracing::warn!(%error, "upgrade: cannot watch the previous generation's drain")
+                }
             }
         }
         let socket = self.sockets.take_socket(UPGRADE_LISTENER);
@@ -493,7 +499,8 @@ fn bind_upgrade_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, 
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
             Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(|e| error("cannot remove the stale socket", e))?;
+                std::fs::remove_file(path)
+                    .map_err(|e| error("cannot remove the stale socket", e))?;
                 UnixListener::bind(path).map_err(|e| error("cannot bind", e))?
             }
             Ok(_) => {
@@ -765,7 +772,9 @@ impl Upgrader {
             Request::Exec => match self.spawn() {
                 Ok((child, channel)) => self.await_ready(Some(child), channel, lifecycle).await,
                 Err(error) => {
-                    self.failed(&format!("upgrade failed: cannot start the new process: {error}"));
+                    self.failed(&format!(
+                        "upgrade failed: cannot start the new process: {error}"
+                    ));
                     (Outcome::Failed, None)
                 }
             },
@@ -843,7 +852,11 @@ impl Upgrader {
     ) -> (Outcome, Option<tokio::net::UnixStream>) {
         let peer = match &child {
             Some(child) => child.id(),
-            None => channel.peer_cred().ok().and_then(|cred| cred.pid()).and_then(|pid| u32::try_from(pid).ok()),
+            None => channel
+                .peer_cred()
+                .ok()
+                .and_then(|cred| cred.pid())
+                .and_then(|pid| u32::try_from(pid).ok()),
         }
         .unwrap_or_default();
         let started = child.is_some();
@@ -854,7 +867,11 @@ impl Upgrader {
             pid = peer,
             generation = self.generation + 1,
             "upgrade: {}",
-            if started { "new process started" } else { "sockets handed over the upgrade socket" }
+            if started {
+                "new process started"
+            } else {
+                "sockets handed over the upgrade socket"
+            }
         );
         let outcome = {
             let mut lines = BufReader::new(&mut channel).take(256).lines();
@@ -869,7 +886,10 @@ impl Upgrader {
             }
         };
         if outcome == Outcome::Ready {
-            if let Err(error) = channel.write_all(format!("{COMMIT_LINE}\n").as_bytes()).await {
+            if let Err(error) = channel
+                .write_all(format!("{COMMIT_LINE}\n").as_bytes())
+                .await
+            {
                 tracing::warn!(%error, "upgrade: cannot confirm to the new process; draining all the same");
             }
             tracing::info!(
@@ -920,7 +940,10 @@ async fn hello(mut stream: tokio::net::UnixStream) -> Option<tokio::net::UnixStr
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == own || cred.uid() == 0 => {}
         Ok(cred) => {
-            tracing::warn!(uid = cred.uid(), "upgrade socket: a process of another user connected; ignored");
+            tracing::warn!(
+                uid = cred.uid(),
+                "upgrade socket: a process of another user connected; ignored"
+            );
             return None;
         }
         Err(error) => {
@@ -985,9 +1008,8 @@ fn store_in_systemd(handoff: &Handoff, stale: &[String]) {
         }
     }
     for (name, fd) in handoff.sockets() {
-        let stored = remove(name).and_then(|()| {
-            notifier.send_with_fds(&format!("FDSTORE=1\nFDNAME={name}\n"), &[fd])
-        });
+        let stored = remove(name)
+            .and_then(|()| notifier.send_with_fds(&format!("FDSTORE=1\nFDNAME={name}\n"), &[fd]));
         if let Err(error) = stored {
             tracing::warn!(%error, name, "upgrade: cannot store a socket in systemd's store");
         }
@@ -1118,10 +1140,21 @@ mod tests {
 
     #[test]
     fn handoff_names_are_recognised_in_the_descriptor_store() {
-        for name in ["listener-0", "listener-12", "admin", "portcullis-upgrade-socket"] {
+        for name in [
+            "listener-0",
+            "listener-12",
+            "admin",
+            "portcullis-upgrade-socket",
+        ] {
             assert!(is_handoff_name(name), "{name}");
         }
-        for name in ["web", "listener-", "listener-x", "hardened.socket", "unknown"] {
+        for name in [
+            "web",
+            "listener-",
+            "listener-x",
+            "hardened.socket",
+            "unknown",
+        ] {
             assert!(!is_handoff_name(name), "{name}");
         }
     }

@@ -224,7 +224,11 @@ impl Notifier {
     /// # Errors
     ///
     /// The error from connecting to the socket or sending the datagram.
-    pub fn send_with_fds(&self, state: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    pub fn send_with_fds(
+        &self,
+        state: &str,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
         use std::mem::MaybeUninit;
 
         use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};

@@ -480,7 +480,13 @@ async fn under_systemd_the_new_process_becomes_the_main_pid_and_the_old_one_fall
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_in_per_core_mode_refuses_no_connection_and_fails_no_request() {
     let mut first = Hardened::start(
-        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--per-core"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--per-core",
+        ],
         1,
     )
     .await;
@@ -512,7 +518,10 @@ async fn an_upgrade_in_per_core_mode_refuses_no_connection_and_fails_no_request(
 async fn serves_upgrades(path: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "nothing serves {path} after 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "nothing serves {path} after 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -547,7 +556,10 @@ async fn servers_started_on_the_upgrade_socket_take_over_twice_under_load() {
     serves_upgrades(socket).await;
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(socket).expect("the upgrade socket").permissions().mode();
+        let mode = std::fs::metadata(socket)
+            .expect("the upgrade socket")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the upgrade socket is private");
     }
     let load = Load::start(addr);
@@ -658,7 +670,10 @@ fn recv_with_fds(socket: &std::os::unix::net::UnixDatagram) -> (String, Vec<std:
             fds.extend(passed);
         }
     }
-    (String::from_utf8_lossy(&text[..received.bytes]).into_owned(), fds)
+    (
+        String::from_utf8_lossy(&text[..received.bytes]).into_owned(),
+        fds,
+    )
 }
 
 /// Reads notifications until `listener-0` and `admin` were stored: each name's removal
@@ -673,7 +688,10 @@ fn stored_sockets(socket: &std::os::unix::net::UnixDatagram) -> std::os::fd::Own
             assert_eq!(fds.len(), 1, "{state:?}");
             let name = name.trim_end();
             let removal = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
-            assert!(seen.contains(&removal), "{name} stored without its removal first: {seen:?}");
+            assert!(
+                seen.contains(&removal),
+                "{name} stored without its removal first: {seen:?}"
+            );
             match name {
                 "listener-0" => listener = fds.pop(),
                 "admin" => admin = true,
@@ -694,7 +712,14 @@ async fn the_descriptor_store_keeps_the_socket_and_its_queue_across_a_restart() 
     // As systemd runs a service with FileDescriptorStoreMax=8.
     let env = [("NOTIFY_SOCKET", notify_path), ("FDSTORE", "8")];
     let first = Hardened::start_with_env(
-        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--acceptors", "1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--acceptors",
+            "1",
+        ],
         &env,
         1,
     )
@@ -705,7 +730,9 @@ async fn the_descriptor_store_keeps_the_socket_and_its_queue_across_a_restart() 
     assert_eq!(first.wait(Duration::from_secs(30)).await, 0);
 
     // No process serves now; the stored socket still queues this client's connection.
-    let mut client = TcpStream::connect(addr).await.expect("queued in the stored socket");
+    let mut client = TcpStream::connect(addr)
+        .await
+        .expect("queued in the stored socket");
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
