@@ -354,19 +354,25 @@ mod tests {
         let mut handoff = Handoff::new();
         handoff.socket("listener-0", &web)?;
         handoff.socket("admin", &admin)?;
+        // A descriptor this process holds without close-on-exec (as one it inherited would
+        // be): the child must not get it.
+        let leaky = std::net::TcpListener::bind("127.0.0.1:0")?;
+        socket2::SockRef::from(&leaky).set_cloexec(false)?;
         let mut command = std::process::Command::new("sh");
-        command.arg("-c").arg(
+        command.arg("-c").arg(format!(
             "readlink /proc/$$/fd/3 /proc/$$/fd/4; \
              test -e /proc/$$/fd/5 || echo 'no fd 5'; \
-             echo \"$PORTCULLIS_LISTEN_FDS $PORTCULLIS_LISTEN_FDNAMES $PORTCULLIS_LISTEN_PARENT ${LISTEN_PID:-none}\"",
-        );
+             test -e /proc/$$/fd/{leaky} || echo 'no leaked fd'; \
+             echo \"$PORTCULLIS_LISTEN_FDS $PORTCULLIS_LISTEN_FDNAMES $PORTCULLIS_LISTEN_PARENT ${{LISTEN_PID:-none}}\"",
+            leaky = leaky.as_raw_fd()
+        ));
         command.env("LISTEN_PID", "1");
         let prepared = handoff.prepare(&mut command)?;
         let output = command.output()?;
         drop(prepared);
         assert!(output.status.success(), "{output:?}");
         let expected = format!(
-            "{}\n{}\nno fd 5\n2 listener-0:admin {} none\n",
+            "{}\n{}\nno fd 5\nno leaked fd\n2 listener-0:admin {} none\n",
             socket_link(web.as_raw_fd()),
             socket_link(admin.as_raw_fd()),
             std::process::id()

@@ -178,6 +178,8 @@ pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd
 /// stay open until the command is spawned.
 pub(crate) fn place_fds(command: &mut std::process::Command, sources: Vec<RawFd>) {
     use std::os::unix::process::CommandExt;
+    // The first descriptor above the child's sockets.
+    let above = LISTEN_FDS_START + RawFd::try_from(sources.len()).unwrap_or(RawFd::MAX - 3);
     let closure = move || {
         for (target, source) in (LISTEN_FDS_START..).zip(&sources) {
             // SAFETY: runs in the forked child before exec, and calls only dup2, which is
@@ -187,10 +189,28 @@ pub(crate) fn place_fds(command: &mut std::process::Command, sources: Vec<RawFd>
                 return Err(io::Error::last_os_error());
             }
         }
+        // Whatever else this process holds without close-on-exec (a descriptor it inherited
+        // itself) must not reach the child: mark every descriptor above its sockets
+        // close-on-exec. Marking, not closing: the standard library's own exec-error pipe
+        // is among them and must stay open until the exec. Older kernels (before 5.11)
+        // lack the call; the child then inherits what this process let leak.
+        #[cfg(target_os = "linux")]
+        // SAFETY: a raw system call with three integer arguments and no memory; it only
+        // changes descriptor flags, and is async-signal-safe.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::try_from(above).unwrap_or(libc::c_uint::MAX),
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = above;
         Ok(())
     };
-    // SAFETY: the closure allocates nothing and calls only dup2 (see above), as pre_exec
-    // requires of code between fork and exec.
+    // SAFETY: the closure allocates nothing and calls only dup2 and close_range (see
+    // above), as pre_exec requires of code between fork and exec.
     unsafe {
         command.pre_exec(closure);
     }
