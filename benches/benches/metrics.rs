@@ -3,6 +3,8 @@
 //! - `layer/bare` vs `layer/metrics`: one request through a ready service and its body to the
 //!   end, without and with `HttpMetricsLayer`, recording into the installed Prometheus
 //!   exporter, as a server does. The difference is the layer's cost per request.
+//!   `layer/metrics-exporter-prometheus`: the same layer recording into the facade's
+//!   general-purpose exporter (metrics-exporter-prometheus, same buckets), for comparison.
 //! - `render/catalogue`: one scrape of every metric portcullis emits (all series of every crate
 //!   touched once, plus the HTTP series of a dozen routes).
 //! - `render/process`: what the admin service adds to every scrape on Linux: the process
@@ -76,8 +78,23 @@ fn bench(c: &mut Criterion) {
             let response = now(measured.call(black_box(request()))).unwrap_or_else(|e| match e {});
             drain(response.into_body());
         });
-        // Keep the sample buffers from growing across iterations, as the upkeep task does.
-        exporter.upkeep();
+    });
+    let upstream = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(portcullis_metrics::http::REQUEST_DURATION_BUCKETS)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .build_recorder();
+    let handle = upstream.handle();
+    metrics::with_local_recorder(&upstream, || {
+        let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(app));
+        group.bench_function("metrics-exporter-prometheus", |b| {
+            b.iter(|| {
+                let response =
+                    now(measured.call(black_box(request()))).unwrap_or_else(|e| match e {});
+                drain(response.into_body());
+            });
+            // Keep its sample buffers from growing across iterations, as its upkeep does.
+            handle.run_upkeep();
+        });
     });
     group.finish();
 

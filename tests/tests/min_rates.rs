@@ -137,7 +137,6 @@ impl Server {
 
     /// The value of one series in the exporter's text, 0 when absent.
     fn metric(&self, series: &str) -> f64 {
-        self.exporter.upkeep();
         self.exporter
             .render()
             .lines()

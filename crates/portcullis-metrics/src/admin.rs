@@ -23,11 +23,9 @@ type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 type Render = Arc<dyn Fn() -> String + Send + Sync>;
 type Upkeep = Arc<dyn Fn() + Send + Sync>;
 
-/// How often an installed `PrometheusExporter`'s own thread, a server running the admin
-/// service's [upkeep](Admin::upkeep), and `PrometheusExporter::run_upkeep` drain histogram
-/// samples into their buckets: the
-/// Prometheus exporter's own default. Between upkeeps (and scrapes) samples wait in a buffer
-/// that grows with traffic, so without upkeep a process nobody scrapes grows until it dies.
+/// How often a server runs the admin service's [upkeep](Admin::upkeep), when it has one (a
+/// recorder of the application's that buffers samples between scrapes; portcullis's own
+/// needs none).
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A tower service for an admin listener, answering `GET` and `HEAD`:
@@ -192,19 +190,12 @@ impl Admin {
         self.upkeep.clone()
     }
 
-    /// `/metrics` renders `exporter`. Its upkeep is run by the server that serves this,
-    /// unless the exporter [runs its own](crate::PrometheusExporter::upkeeps_itself) (an
-    /// installed one does).
+    /// `/metrics` renders `exporter` (which needs no upkeep).
     #[cfg(feature = "prometheus")]
     #[must_use]
     pub fn prometheus(self, exporter: &crate::PrometheusExporter) -> Self {
         let render = exporter.clone();
-        let admin = self.metrics(move || render.render());
-        if exporter.upkeeps_itself() {
-            return admin;
-        }
-        let upkeep = exporter.clone();
-        admin.upkeep(move || upkeep.upkeep())
+        self.metrics(move || render.render())
     }
 
     /// The whole `/metrics` text: the renderer's, then the process's and the runtime's.

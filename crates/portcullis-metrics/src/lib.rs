@@ -7,13 +7,15 @@
 //!   `_OTHER`), the status code, and the route *template* the router names through a [`Route`]
 //!   extension (or axum's `MatchedPath`), `unmatched` otherwise. A scanner requesting a million
 //!   distinct paths adds no series.
-//! - [`PrometheusExporter`] (feature `prometheus`): installs the Prometheus recorder, with
-//!   histogram buckets for portcullis's metrics. Only an executable installs it; a second
-//!   install is an error, never a panic.
+//! - [`PrometheusExporter`] (feature `prometheus`): installs portcullis's recorder
+//!   ([`PrometheusRecorder`], built for servers: counters and gauges one atomic each,
+//!   histograms pre-bucketed, no per-sample timestamp or buffer, nothing to run between
+//!   scrapes), with histogram buckets for portcullis's metrics. Only an executable installs
+//!   it; a second install is an error, never a panic.
 //! - [`Admin`]: a tower service for the admin listener, with the regular
-//!   [upkeep](Admin::upkeep) its metrics need (the exporter folding histogram samples into
-//!   buckets). `portcullis-server` serves it on its own listener, outside every limit, and
-//!   runs that upkeep every [`UPKEEP_INTERVAL`] for as long as it serves. Its `/metrics`
+//!   [upkeep](Admin::upkeep) a recorder of the application's may need.
+//!   `portcullis-server` serves it on its own listener, outside every limit, and runs that
+//!   upkeep every [`UPKEEP_INTERVAL`] for as long as it serves. Its `/metrics`
 //!   ends with the process's metrics ([`process`]: descriptors against their limit, memory,
 //!   CPU, threads, read from `/proc` at each scrape) and the tokio runtime's ([`runtime`]:
 //!   workers, live tasks, global queue depth, parks, busy time and ratio).
@@ -48,8 +50,7 @@
 //!     });
 //!
 //! // portcullis-server's `Builder::admin_listener(listener, admin)` serves it on its own
-//! // listener. The installed exporter runs its own upkeep: nothing else to do, with the
-//! // server or without it.
+//! // listener. The exporter needs nothing between scrapes, with the server or without it.
 //! let admin = Admin::new().prometheus(&exporter);
 //! # let _ = (app, admin); Ok(()) }
 //! ```
@@ -81,18 +82,13 @@
 //! - **http** 1.x: requests and responses, and the `Method` and `Uri` given to
 //!   [`HttpMetricsLayer::route_fn`]; the same `http` every tower HTTP crate uses.
 //! - **bytes**: [`Bytes`] (re-exported), the data of [`AdminBody`] and [`MetricsBody`].
-//! - **tokio-util**: [`CancellationToken`] (re-exported), which stops
-//!   [`PrometheusExporter::run_upkeep`] (for an exporter of a recorder of the caller's).
-//! - **metrics-exporter-prometheus** (feature `prometheus`): [`PrometheusBuilder`] and
-//!   [`PrometheusRecorder`] (re-exported), taken and returned by [`PrometheusExporter`]'s
-//!   constructors; the whole crate is re-exported as [`metrics_exporter_prometheus`] for the
-//!   rest of its API (`Matcher` to set buckets, `PrometheusHandle`).
+//! - **metrics** 0.24: [`PrometheusRecorder`] implements its `Recorder`.
 //! - the traits this crate implements: tower's `Layer` and `Service`, and `http_body::Body`.
 //!
 //! # Crate features
 //!
-//! - `prometheus` (default): [`PrometheusExporter`], [`Admin::prometheus`], and the
-//!   re-exported metrics-exporter-prometheus types.
+//! - `prometheus` (default): [`PrometheusExporter`], [`PrometheusRecorder`] and
+//!   [`Admin::prometheus`].
 //! - `axum`: the route label also comes from axum's `MatchedPath` extension, and
 //!   `MatchedRouteLayer` carries it to an [`HttpMetricsLayer`] placed outside the router.
 
@@ -103,28 +99,22 @@ mod admin;
 mod exporter;
 pub mod http;
 pub mod process;
+#[cfg(feature = "prometheus")]
+mod recorder;
 pub mod runtime;
 
 pub use admin::{Admin, AdminBody, UPKEEP_INTERVAL};
 #[cfg(feature = "prometheus")]
 pub use exporter::{
-    CALL_BUCKETS, CALL_DURATION_SUFFIX, DEFAULT_BUCKETS, InstallError, LAG_BUCKETS, LAG_SUFFIX,
-    PrometheusExporter,
+    CALL_BUCKETS, CALL_DURATION_SUFFIX, DEFAULT_BUCKETS, ExporterBuilder, InstallError,
+    LAG_BUCKETS, LAG_SUFFIX, PrometheusExporter,
 };
 #[cfg(feature = "axum")]
 pub use http::MatchedRouteLayer;
 pub use http::{HttpMetrics, HttpMetricsLayer, MetricsBody, Route, describe};
 pub use process::ProcessStats;
+#[cfg(feature = "prometheus")]
+pub use recorder::PrometheusRecorder;
 
 /// The bytes of the bodies this crate produces, from the `bytes` crate.
 pub use bytes::Bytes;
-/// Stops `PrometheusExporter::run_upkeep`, from tokio-util.
-pub use tokio_util::sync::CancellationToken;
-
-/// The metrics-exporter-prometheus this crate is built with, so applications name the same
-/// types.
-#[cfg(feature = "prometheus")]
-pub use metrics_exporter_prometheus;
-/// Prometheus exporter types in [`PrometheusExporter`]'s API, from metrics-exporter-prometheus.
-#[cfg(feature = "prometheus")]
-pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};

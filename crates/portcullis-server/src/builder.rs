@@ -66,7 +66,7 @@ impl Server {
 ///
 /// The server owns the lifecycle of what it is given: it runs the blocks' background work
 /// for as long as it serves (certificate file watching and SIGHUP reloads for every TLS
-/// acceptor, the admin service's exporter upkeep) and stops it with the drain; limiters keep
+/// acceptor, the admin service's upkeep) and stops it with the drain; limiters keep
 /// their own housekeeping. Nothing has to be spawned by hand; see
 /// [`run_block_tasks`](Self::run_block_tasks) to run it elsewhere instead.
 #[must_use = "a server builder does nothing until `serve` is called"]
@@ -257,10 +257,9 @@ impl Builder {
 
     /// Serves the admin service on `addr` (`/metrics`, `/livez`, `/readyz`), with
     /// `/metrics` rendered by a Prometheus exporter that this call installs as the process's
-    /// metrics recorder, with every portcullis metric described and registered. The server
-    /// runs the exporter's upkeep for as long as it serves, so histograms do not grow when
-    /// nobody scrapes. See [`admin_listener`](Self::admin_listener) for what the admin
-    /// listener is exempt from.
+    /// metrics recorder, with every portcullis metric described and registered (its
+    /// histograms are bucketed as they are recorded: nothing grows when nobody scrapes). See
+    /// [`admin_listener`](Self::admin_listener) for what the admin listener is exempt from.
     ///
     /// A library never installs the recorder itself; calling this from an executable asks
     /// for it. Give your own with [`admin_listener`](Self::admin_listener).
@@ -373,13 +372,13 @@ impl Builder {
     /// Whether the server runs its blocks' background work itself: for every TLS acceptor
     /// it holds, the certificate file watcher and a reload on each SIGHUP (the handler is
     /// installed when serving starts, unless a [`Shutdown::from_signals`] catches SIGHUP
-    /// already); the admin service's exporter upkeep (for an exporter of a recorder the
-    /// application holds: an installed one runs its own). All of it stops with the drain.
+    /// already); the admin service's upkeep ([`Admin::upkeep`], for a recorder of the
+    /// application's that needs one). All of it stops with the drain.
     /// Off, each acceptor keeps its own file watcher until the application calls `watch`.
     ///
     /// Default `true`. Turn it off only to run that work yourself
-    /// ([`TlsAcceptor::watch`], [`TlsAcceptor::reload_on_sighup`],
-    /// `PrometheusExporter::run_upkeep`).
+    /// ([`TlsAcceptor::watch`], [`TlsAcceptor::reload_on_sighup`], the admin service's
+    /// upkeep).
     pub fn run_block_tasks(mut self, enabled: bool) -> Self {
         self.run_block_tasks = enabled;
         self
