@@ -246,6 +246,17 @@ fn handoff_error(what: &str, error: &io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("handoff: {what}: {error}"))
 }
 
+/// A receive error; the read timeout expiring is named as such.
+fn receive_error(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::WouldBlock {
+        return io::Error::new(
+            io::ErrorKind::TimedOut,
+            "handoff: the sockets did not arrive within the read timeout",
+        );
+    }
+    handoff_error("cannot receive the sockets", &error)
+}
+
 fn invalid_message(what: impl fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -261,13 +272,19 @@ pub(crate) fn receive(
     let mut text = vec![0u8; MAX_MESSAGE];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(
-        channel,
-        &mut [io::IoSliceMut::new(&mut text)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|errno| handoff_error("cannot receive the sockets", &errno.into()))?;
+    let received = loop {
+        match rustix::net::recvmsg(
+            channel,
+            &mut [io::IoSliceMut::new(&mut text)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(received) => break received,
+            // A signal during the wait (a read timeout makes even SA_RESTART ones count).
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(receive_error(errno.into())),
+        }
+    };
     let mut fds = Vec::new();
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(passed) = message {
@@ -289,8 +306,11 @@ pub(crate) fn receive(
         if len == text.len() {
             return Err(invalid_message("no end within 64 KiB"));
         }
-        let n = io::Read::read(&mut &*channel, &mut text[len..])
-            .map_err(|error| handoff_error("cannot receive the sockets", &error))?;
+        let n = match io::Read::read(&mut &*channel, &mut text[len..]) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(receive_error(error)),
+        };
         if n == 0 {
             return Err(invalid_message("the channel closed mid-message"));
         }

@@ -81,6 +81,19 @@ fn is_socket_raw(fd: RawFd) -> io::Result<bool> {
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
+/// One past the highest descriptor number this process may hold (the soft
+/// `RLIMIT_NOFILE`, at most `RawFd::MAX`).
+fn descriptor_limit() -> RawFd {
+    let mut limit = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: getrlimit writes one `struct rlimit` into `limit`, which is exactly that size.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } != 0 {
+        return 1024;
+    }
+    // SAFETY: getrlimit returned 0, so it initialised `limit`.
+    let soft = unsafe { limit.assume_init() }.rlim_cur;
+    RawFd::try_from(soft).unwrap_or(RawFd::MAX)
+}
+
 /// Whether the open descriptor `fd` is a socket.
 pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
     is_socket_raw(fd.as_raw_fd())
@@ -178,8 +191,10 @@ pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd
 /// stay open until the command is spawned.
 pub(crate) fn place_fds(command: &mut std::process::Command, sources: Vec<RawFd>) {
     use std::os::unix::process::CommandExt;
-    // The first descriptor above the child's sockets.
+    // The first descriptor above the child's sockets, and the end of the range (read here:
+    // the child may only make async-signal-safe calls).
     let above = LISTEN_FDS_START + RawFd::try_from(sources.len()).unwrap_or(RawFd::MAX - 3);
+    let end = descriptor_limit();
     let closure = move || {
         for (target, source) in (LISTEN_FDS_START..).zip(&sources) {
             // SAFETY: runs in the forked child before exec, and calls only dup2, which is
@@ -192,21 +207,30 @@ pub(crate) fn place_fds(command: &mut std::process::Command, sources: Vec<RawFd>
         // Whatever else this process holds without close-on-exec (a descriptor it inherited
         // itself) must not reach the child: mark every descriptor above its sockets
         // close-on-exec. Marking, not closing: the standard library's own exec-error pipe
-        // is among them and must stay open until the exec. Older kernels (before 5.11)
-        // lack the call; the child then inherits what this process let leak.
+        // is among them and must stay open until the exec.
         #[cfg(target_os = "linux")]
-        // SAFETY: a raw system call with three integer arguments and no memory; it only
-        // changes descriptor flags, and is async-signal-safe.
-        unsafe {
+        // SAFETY: a raw system call with three integer arguments (passed as the `long`s the
+        // variadic `syscall` reads) and no memory; it only changes descriptor flags, and is
+        // async-signal-safe.
+        let marked = unsafe {
             libc::syscall(
                 libc::SYS_close_range,
-                libc::c_uint::try_from(above).unwrap_or(libc::c_uint::MAX),
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-        }
+                libc::c_long::from(above),
+                libc::c_long::from(libc::c_uint::MAX),
+                libc::c_long::from(libc::CLOSE_RANGE_CLOEXEC),
+            )
+        } == 0;
         #[cfg(not(target_os = "linux"))]
-        let _ = above;
+        let marked = false;
+        if !marked {
+            // No close_range (a kernel before 5.11, or a seccomp filter refusing it): one
+            // descriptor at a time, up to the limit.
+            for fd in above..end {
+                // SAFETY: F_SETFD on a descriptor number that may be closed (EBADF, ignored);
+                // no memory is passed; fcntl is async-signal-safe.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
         Ok(())
     };
     // SAFETY: the closure allocates nothing and calls only dup2 and close_range (see

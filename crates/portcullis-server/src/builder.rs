@@ -202,7 +202,7 @@ impl Builder {
     pub(crate) fn handed_over(&mut self) -> Result<Option<&mut Inherited>, Error> {
         if self.handed_over.is_none() {
             let socket = self.upgrade.as_ref().and_then(Upgrade::socket_path);
-            let (inherited, systemd) = Inherited::find(socket)?;
+            let (inherited, systemd) = Inherited::find(self.upgrade.is_some(), socket)?;
             self.handed_over = Some(inherited);
             self.systemd_sockets = systemd;
         }
@@ -233,7 +233,15 @@ impl Builder {
         if self.handed_over()?.is_some() {
             return Ok((self, false));
         }
-        let Some(mut inherited) = self.systemd_sockets.take() else {
+        let inherited = match self.systemd_sockets.take() {
+            Some(sockets) => Some(sockets),
+            // Without upgrades, `handed_over` leaves systemd's sockets alone.
+            None if self.upgrade.is_none() => {
+                portcullis_listen::SocketActivation::from_env().map_err(Error::Activation)?
+            }
+            None => None,
+        };
+        let Some(mut inherited) = inherited else {
             return Ok((self, false));
         };
         let listeners = inherited.take_all(config).map_err(Error::Bind)?;

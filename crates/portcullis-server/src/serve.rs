@@ -70,6 +70,9 @@ impl Builder {
             .handed_over()?
             .map(Inherited::take_past)
             .unwrap_or_default();
+        let previous = self
+            .handed_over()?
+            .map_or(0, |inherited| inherited.previous());
         let ready_channel = self.handed_over()?.and_then(Inherited::take_ready);
         let conn = self.take_policy();
         if conn.filter.is_some() || conn.bans.is_some() {
@@ -101,11 +104,18 @@ impl Builder {
         );
         monitoring.start(&mut blocks);
         let health = lifecycle.health().clone();
-        // Started by an upgrade: tell the previous generation once this one is ready.
-        if let Some(channel) = ready_channel {
-            let ready = monitoring.ready_fn(&health);
-            let lifecycle = lifecycle.clone();
-            blocks.spawn(move |stop| upgrade::report_ready(channel, ready, lifecycle, stop));
+        // Started by an upgrade: tell the previous generation once this one is ready; until
+        // it confirms, this one is on probation.
+        let confirmed = CancellationToken::new();
+        match ready_channel {
+            Some(channel) => {
+                let ready = monitoring.ready_fn(&health);
+                let (lifecycle, confirmed) = (lifecycle.clone(), confirmed.clone());
+                blocks.spawn(move |stop| {
+                    upgrade::report_ready(channel, ready, lifecycle, previous, confirmed, stop)
+                });
+            }
+            None => confirmed.cancel(),
         }
         let handed_over = match self.upgrade.take() {
             Some(config) => {
@@ -113,7 +123,7 @@ impl Builder {
                 let upgrader = Upgrader::new(config, &self.listeners, admin, past)?;
                 let token = CancellationToken::new();
                 let (lifecycle, done) = (lifecycle.clone(), token.clone());
-                blocks.spawn(move |stop| upgrader.run(lifecycle, done, stop));
+                blocks.spawn(move |stop| upgrader.run(lifecycle, confirmed, done, stop));
                 Some(token)
             }
             None => None,

@@ -254,6 +254,8 @@ pub(crate) struct Inherited {
     ready: Option<OwnedFd>,
     /// The generation the previous one gave this process over the upgrade socket.
     generation: Option<u64>,
+    /// The previous generation's process id, as this process sees it (0: not visible).
+    previous: u32,
     /// Whether they came from systemd's descriptor store.
     from_fd_store: bool,
 }
@@ -275,7 +277,11 @@ impl Inherited {
     /// started this process (its environment), kept in systemd's descriptor store across a
     /// restart (`LISTEN_FDS` with this module's names), or asked for on the upgrade socket
     /// `socket`. The second value holds systemd's sockets when they are a socket unit's.
+    /// Without `upgrades` (the builder has none), only a hand-off addressed to this process
+    /// is taken; systemd's sockets are left to
+    /// [`listen_inherited`](crate::Builder::listen_inherited).
     pub(crate) fn find(
+        upgrades: bool,
         socket: Option<&Path>,
     ) -> Result<(Option<Self>, Option<SocketActivation>), Error> {
         use portcullis_listen::ActivationError::AlreadyTaken;
@@ -286,6 +292,7 @@ impl Inherited {
                     sockets,
                     ready,
                     generation: None,
+                    previous: std::os::unix::process::parent_id(),
                     from_fd_store: false,
                 };
                 return Ok((Some(inherited), None));
@@ -295,12 +302,16 @@ impl Inherited {
             Err(AlreadyTaken) => return Ok((None, None)),
             Err(error) => return Err(Error::Activation(error)),
         }
+        if !upgrades {
+            return Ok((None, None));
+        }
         match SocketActivation::from_env() {
-            Ok(Some(sockets)) if sockets.names().any(is_handoff_name) => {
+            Ok(Some(sockets)) if sockets.names().all(is_handoff_name) => {
                 let inherited = Self {
                     sockets,
                     ready: None,
                     generation: None,
+                    previous: 0,
                     from_fd_store: true,
                 };
                 return Ok((Some(inherited), None));
@@ -325,7 +336,7 @@ impl Inherited {
                 format!("upgrade socket {}: {error}", path.display()),
             ))
         };
-        let stream = match std::os::unix::net::UnixStream::connect(path) {
+        let stream = match connect_at_once(path) {
             Ok(stream) => stream,
             // Nobody serves there: this is the first generation.
             Err(e)
@@ -338,6 +349,20 @@ impl Inherited {
             }
             Err(e) => return Err(error(e)),
         };
+        // Only a process of this user (or root) may hand this one its sockets: another
+        // could keep copies and accept from them.
+        let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(|e| error(e.into()))?;
+        let own = rustix::process::geteuid();
+        if peer.uid != own && !peer.uid.is_root() {
+            return Err(error(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the process serving it runs as uid {}, not as this process's {}",
+                    peer.uid.as_raw(),
+                    own.as_raw()
+                ),
+            )));
+        }
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
@@ -365,6 +390,7 @@ impl Inherited {
             sockets,
             ready: Some(OwnedFd::from(stream)),
             generation,
+            previous: u32::try_from(peer.pid.as_raw_nonzero().get()).unwrap_or(0),
             from_fd_store: false,
         }))
     }
@@ -416,6 +442,12 @@ impl Inherited {
     /// The readiness channel, once.
     pub(crate) fn take_ready(&mut self) -> Option<OwnedFd> {
         self.ready.take()
+    }
+
+    /// The previous generation's process id as this process sees it (0: not visible, or
+    /// none).
+    pub(crate) fn previous(&self) -> u32 {
+        self.previous
     }
 
     /// What the previous generation passed on for this process's own upgrades: the
@@ -484,6 +516,25 @@ fn still_open(channel: &OwnedFd) -> bool {
     }
 }
 
+/// Connects to the Unix socket at `path` without waiting: a full backlog (a process that
+/// does not accept) is an error, not a hang.
+fn connect_at_once(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "its backlog is full: the process serving it does not accept",
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
+}
+
 /// Binds the upgrade socket at `path`, mode 0600: a socket file that nobody answers (its
 /// process ended) is replaced; one a process answers is an error.
 fn bind_upgrade_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
@@ -498,7 +549,13 @@ fn bind_upgrade_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, 
     let listener = match UnixListener::bind(path) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
-            Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Only a socket is replaced (connecting to another file is refused too).
+            Err(refused)
+                if refused.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::fs::symlink_metadata(path).is_ok_and(|m| {
+                        std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                    }) =>
+            {
                 std::fs::remove_file(path)
                     .map_err(|e| error("cannot remove the stale socket", e))?;
                 UnixListener::bind(path).map_err(|e| error("cannot bind", e))?
@@ -584,13 +641,14 @@ pub(crate) struct Upgrader {
     draining: Vec<OwnedFd>,
     signals: Option<tokio::signal::unix::Signal>,
     socket: Option<tokio::net::UnixListener>,
+    /// Names systemd's descriptor store holds that no listener took.
+    stale: Vec<String>,
 }
 
 impl Upgrader {
     /// Lists the sockets to hand over (`listeners` in order, then the admin listener and
-    /// the upgrade socket), binds the upgrade socket unless `past` holds it, stores the
-    /// sockets in systemd's descriptor store when it has one, and installs the SIGUSR2
-    /// handler. Call within the runtime.
+    /// the upgrade socket), binds the upgrade socket unless `past` holds it (at the
+    /// configured path), and installs the SIGUSR2 handler. Call within the runtime.
     pub(crate) fn new(
         config: Upgrade,
         listeners: &[Listener],
@@ -609,7 +667,19 @@ impl Upgrader {
                 .map_err(Error::Upgrade)?;
         }
         let socket = match (&config.socket, past.socket) {
-            (Some(_), Some(inherited)) => Some(std::os::unix::net::UnixListener::from(inherited)),
+            (Some(path), Some(inherited)) => {
+                let listener = std::os::unix::net::UnixListener::from(inherited);
+                if serves_path(&listener, path) {
+                    Some(listener)
+                } else {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "upgrade: the upgrade socket handed over is not the one at the path (moved, removed, or another path configured); binding the path afresh"
+                    );
+                    drop(listener);
+                    Some(bind_upgrade_socket(path)?)
+                }
+            }
             (Some(path), None) => Some(bind_upgrade_socket(path)?),
             (None, _) => None,
         };
@@ -623,7 +693,6 @@ impl Upgrader {
             }
             None => None,
         };
-        store_in_systemd(&handoff, &past.stale);
         let signals = if config.on_signal {
             let kind = tokio::signal::unix::SignalKind::user_defined2();
             Some(tokio::signal::unix::signal(kind).map_err(Error::Upgrade)?)
@@ -645,36 +714,53 @@ impl Upgrader {
             draining,
             signals,
             socket,
+            stale: past.stale,
         })
     }
 
     /// Runs upgrades as they are asked for, until `stop`; after one succeeded, moves
     /// `lifecycle` to its drain, cancels `handed_over`, and keeps the readiness channel
     /// open until `stop` (its close tells the newer generations this one is gone).
+    ///
+    /// Until `confirmed` (the previous generation answered `commit`, or there is none),
+    /// this process is on probation: it may still be rolled back, so it refuses upgrades
+    /// and stores nothing in systemd's descriptor store.
     pub(crate) async fn run(
         mut self,
         lifecycle: Lifecycle,
+        confirmed: CancellationToken,
         handed_over: CancellationToken,
         stop: CancellationToken,
     ) {
+        // Hellos are read by a task of their own, so that a slow or silent peer never holds
+        // this loop, and a request during an attempt is refused at once.
+        let (sender, mut requests) = tokio::sync::mpsc::channel(1);
+        let _acceptor = self.socket.take().map(|socket| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(accept_hellos(socket, sender)))
+        });
         // The draining gauge follows the older generations' exits.
         let mut recount = tokio::time::interval(DRAINING_RECOUNT);
         recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stored = false;
         loop {
             let trigger = Arc::clone(&self.config.trigger);
             let signals = self.signals.as_mut();
-            let socket = self.socket.as_ref();
             let request = tokio::select! {
                 () = stop.cancelled() => return,
+                // Shutting down: drop the duplicates of the sockets now, or they would keep
+                // each listener open (queueing connections nobody accepts) after the drain
+                // closed it.
+                () = lifecycle.token().cancelled() => return,
+                () = confirmed.cancelled(), if !stored => {
+                    stored = true;
+                    store_in_systemd(&self.handoff, &self.stale);
+                    continue;
+                }
                 _ = recount.tick(), if !self.draining.is_empty() => {
                     self.draining.retain(still_open);
                     metrics::gauge!(UPGRADE_DRAINING_GENERATIONS).set(self.draining.len() as f64);
                     continue;
                 }
-                // Shutting down: drop the duplicates of the sockets now, or they would keep
-                // each listener open (queueing connections nobody accepts) after the drain
-                // closed it.
-                () = lifecycle.token().cancelled() => return,
                 () = trigger.notified() => Request::Exec,
                 Some(()) = async move {
                     match signals {
@@ -682,21 +768,7 @@ impl Upgrader {
                         None => std::future::pending().await,
                     }
                 } => Request::Exec,
-                accepted = async move {
-                    match socket {
-                        Some(socket) => socket.accept().await,
-                        None => std::future::pending().await,
-                    }
-                } => match accepted {
-                    Ok((stream, _)) => match hello(stream).await {
-                        Some(stream) => Request::Socket(stream),
-                        None => continue,
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "upgrade socket: accept failed");
-                        continue;
-                    }
-                },
+                Some(stream) = requests.recv() => Request::Socket(stream),
             };
             if lifecycle.phase() != ShutdownPhase::Running {
                 tracing::warn!("upgrade: asked for while shutting down; ignored");
@@ -705,13 +777,32 @@ impl Upgrader {
                 }
                 continue;
             }
+            if !confirmed.is_cancelled() {
+                let reason = "this process is not yet confirmed by the generation before it";
+                self.failed(&format!("upgrade refused: {reason}"));
+                metrics::counter!(UPGRADES_TOTAL, LABEL_OUTCOME => Outcome::Refused.as_str())
+                    .increment(1);
+                if let Request::Socket(stream) = request {
+                    refuse(&stream, reason).await;
+                }
+                continue;
+            }
             let exec = matches!(request, Request::Exec);
             // A shutdown or the server's end cancels the attempt: its child is killed (the
             // guard in `await_ready`) and the duplicates of the sockets are closed.
-            let (outcome, channel) = tokio::select! {
-                () = stop.cancelled() => return,
-                () = lifecycle.token().cancelled() => return,
-                outcome = self.attempt(request, &lifecycle) => outcome,
+            let (outcome, channel) = {
+                let attempt = self.attempt(request, &lifecycle);
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = lifecycle.token().cancelled() => return,
+                        Some(stream) = requests.recv() => {
+                            refuse(&stream, "another upgrade is in progress").await;
+                        }
+                        outcome = &mut attempt => break outcome,
+                    }
+                }
             };
             metrics::counter!(UPGRADES_TOTAL, LABEL_OUTCOME => outcome.as_str()).increment(1);
             // One attempt per request: triggers that came during this one are dropped.
@@ -730,9 +821,10 @@ impl Upgrader {
             // The sockets are served by the new process: no drain delay (nothing has to
             // take this one out of rotation), straight to the drain.
             lifecycle.advance(ShutdownPhase::Drain);
-            // The duplicates go now (each listener closes with its drain); the channel
-            // stays open while this server drains.
+            // The duplicates and the upgrade socket go now (each listener closes with its
+            // drain); the channel stays open while this server drains.
             drop(self);
+            drop(_acceptor);
             stop.cancelled().await;
             drop(channel);
             return;
@@ -886,22 +978,32 @@ impl Upgrader {
             }
         };
         if outcome == Outcome::Ready {
-            if let Err(error) = channel
+            if started {
+                // Decided: the new process is systemd's main one from now on
+                // (NotifyAccess=main is enough, this process being the main one still),
+                // before it hears `commit` and stores its sockets as the main process.
+                lifecycle.notify_systemd(&format!("MAINPID={peer}"));
+            }
+            let confirmed = channel
                 .write_all(format!("{COMMIT_LINE}\n").as_bytes())
-                .await
-            {
-                tracing::warn!(%error, "upgrade: cannot confirm to the new process; draining all the same");
+                .await;
+            if let Err(error) = confirmed {
+                // Every copy of its end is closed: the new process is gone.
+                if started {
+                    lifecycle.notify_systemd(&format!("MAINPID={}", std::process::id()));
+                }
+                let status = child.kill_and_wait().await;
+                self.failed(&format!(
+                    "upgrade failed: the new process {peer} ended before it was confirmed ({error}{}); this process serves on",
+                    status.map(|s| format!(", {s}")).unwrap_or_default()
+                ));
+                return (Outcome::Exited, None);
             }
             tracing::info!(
                 pid = peer,
                 generation = self.generation + 1,
                 "upgrade: the new process is ready; draining"
             );
-            if started {
-                // Decided: the new process is systemd's main one from now on
-                // (NotifyAccess=main is enough, this process being the main one still).
-                lifecycle.notify_systemd(&format!("MAINPID={peer}"));
-            }
             if let Some(hook) = &self.config.on_ready {
                 hook(peer);
             }
@@ -931,6 +1033,48 @@ impl Upgrader {
         ));
         (outcome, None)
     }
+}
+
+/// Accepts on the upgrade socket and passes each connection that said hello to the
+/// upgrade loop; one that comes while the loop has one waiting is refused at once.
+async fn accept_hellos(
+    socket: tokio::net::UnixListener,
+    requests: tokio::sync::mpsc::Sender<tokio::net::UnixStream>,
+) {
+    loop {
+        let stream = match socket.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "upgrade socket: accept failed");
+                // EMFILE and the like: let descriptors free up.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let Some(stream) = hello(stream).await else {
+                return;
+            };
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(stream)) =
+                requests.try_send(stream)
+            {
+                refuse(&stream, "another upgrade is in progress").await;
+            }
+        });
+    }
+}
+
+/// Whether `listener` is the socket at `path` still: bound to that path, and a socket file
+/// is there (a directory systemd cleans at restart takes the file, not the socket).
+fn serves_path(listener: &std::os::unix::net::UnixListener, path: &Path) -> bool {
+    let bound = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
+    bound.as_deref() == Some(path)
+        && std::fs::symlink_metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
 }
 
 /// The hello of a process that connected to the upgrade socket: the stream when it is one
@@ -986,12 +1130,19 @@ async fn refuse(stream: &tokio::net::UnixStream, reason: &str) {
 /// what the store held under that name, and `stale` (stored by a previous generation, taken
 /// by no listener now) removed. At the next start systemd passes them back in `LISTEN_FDS`.
 fn store_in_systemd(handoff: &Handoff, stale: &[String]) {
-    let enabled = std::env::var("FDSTORE")
+    let room = std::env::var("FDSTORE")
         .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .is_some_and(|n| n > 0);
-    if !enabled {
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if room == 0 {
         return;
+    }
+    if handoff.len() > room {
+        tracing::warn!(
+            sockets = handoff.len(),
+            room,
+            "upgrade: FileDescriptorStoreMax= is below the number of listening sockets: the store cannot hold them all, and a restart binds afresh"
+        );
     }
     let notifier = match portcullis_shutdown::systemd::Notifier::from_env() {
         Ok(Some(notifier)) => notifier,
@@ -1050,12 +1201,16 @@ impl Drop for KillOnDrop {
 }
 
 /// The new process's side: reports ready on the channel once `ready` holds (polled every
-/// 20 ms), then waits for the previous generation's answer; shuts `lifecycle` down when
-/// that is `rollback` (the previous generation gave up on this one and serves on).
+/// 20 ms), then waits for the previous generation's answer: `commit` (or its end without
+/// one: nobody else serves) cancels `confirmed`; `rollback` (the previous generation gave
+/// up on this one and serves on) shuts `lifecycle` down. `previous` is that generation's
+/// process id as this one sees it (0: not visible).
 pub(crate) async fn report_ready(
     channel: OwnedFd,
     ready: impl Fn() -> bool,
     lifecycle: Lifecycle,
+    previous: u32,
+    confirmed: CancellationToken,
     stop: CancellationToken,
 ) {
     let channel = std::os::unix::net::UnixStream::from(channel);
@@ -1080,6 +1235,7 @@ pub(crate) async fn report_ready(
                 match answer {
                     Ok(Some(line)) if line == COMMIT_LINE && reported => {
                         tracing::info!("upgrade: the previous generation drains; this process serves");
+                        confirmed.cancel();
                     }
                     Ok(Some(line)) if line == ROLLBACK_LINE => {
                         tracing::error!(
@@ -1089,7 +1245,10 @@ pub(crate) async fn report_ready(
                     }
                     Ok(Some(line)) => tracing::warn!(line, "upgrade: unexpected answer from the previous generation; ignored"),
                     // The previous generation ended without an answer: nobody else serves.
-                    Ok(None) | Err(_) => tracing::warn!("upgrade: the previous generation ended before it answered; this process serves on"),
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("upgrade: the previous generation ended before it answered; this process serves on");
+                        confirmed.cancel();
+                    }
                 }
                 return;
             }
@@ -1099,10 +1258,11 @@ pub(crate) async fn report_ready(
                     // process (MAINPID=) once it reads the line below.
                     match portcullis_shutdown::systemd::Notifier::from_env() {
                         Ok(Some(notifier)) => {
-                            let state = format!(
-                                "READY=1\nSTATUS=serving (upgraded from pid {})",
-                                std::os::unix::process::parent_id()
-                            );
+                            let state = if previous == 0 {
+                                "READY=1\nSTATUS=serving (upgraded)".to_owned()
+                            } else {
+                                format!("READY=1\nSTATUS=serving (upgraded from pid {previous})")
+                            };
                             if let Err(error) = notifier.send(&state) {
                                 tracing::warn!(%error, "upgrade: cannot tell systemd the new main pid");
                             }

@@ -221,6 +221,8 @@ impl Notifier {
     /// (`FileDescriptorStoreMax=`) and passes them back at the next start, named by the
     /// state's `FDNAME=`, in `LISTEN_FDS`.
     ///
+    /// Unlike [`send`](Self::send), it waits while the service manager's queue is full.
+    ///
     /// # Errors
     ///
     /// The error from connecting to the socket or sending the datagram.
@@ -251,7 +253,8 @@ impl Notifier {
             &socket,
             &[io::IoSlice::new(state.as_bytes())],
             &mut control,
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            // Blocking: a descriptor store missing a socket would bind afresh at restart.
+            SendFlags::NOSIGNAL,
         )?;
         if sent != state.len() {
             return Err(io::Error::new(

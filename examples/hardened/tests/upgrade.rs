@@ -331,14 +331,17 @@ async fn metric_is(admin: SocketAddr, series: &str, value: f64) {
     }
 }
 
-/// Checks that the failure was told in exactly one `error:` line on stderr, holding `what`,
-/// and never at tracing's ERROR level.
-async fn one_error_line(server: &mut Hardened, what: &str) {
+/// Stops `server` (it exits 0) and checks that the failure was told in exactly one
+/// `error:` line on stderr over its whole life, holding `what`, and never at tracing's
+/// ERROR level.
+async fn stop_with_one_error_line(mut server: Hardened, what: &str) {
     let line = server
         .error_starting("error: upgrade failed", Duration::from_secs(10))
         .await;
     assert!(line.contains(what), "{line}");
-    let rest = server.errors_so_far();
+    server.signal("TERM");
+    assert_eq!(server.exited(Duration::from_secs(30)).await, 0);
+    let rest = server.errors_to_the_end(Duration::from_secs(10)).await;
     assert!(
         !rest
             .iter()
@@ -350,13 +353,12 @@ async fn one_error_line(server: &mut Hardened, what: &str) {
 #[tokio::test]
 async fn a_new_executable_that_exits_at_once_is_rolled_back() {
     let (dir, exec) = script("exits", "exit 3");
-    let mut server = with_upgrade_exec(&exec, &[], &[]).await;
+    let server = with_upgrade_exec(&exec, &[], &[]).await;
     let (addr, admin) = (server.addr(), server.admin());
     let load = Load::start(addr);
     load.serves(100).await;
     server.signal("USR2");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"exited\"}", 1.0).await;
-    one_error_line(&mut server, "exited before it was ready").await;
     load.serves(100).await;
     let (failures, served, _) = load.stop().await;
     assert!(failures.is_empty(), "of {served}: {failures:?}");
@@ -365,8 +367,7 @@ async fn a_new_executable_that_exits_at_once_is_rolled_back() {
         0.0
     );
     assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
-    server.signal("TERM");
-    assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+    stop_with_one_error_line(server, "exited before it was ready").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -380,7 +381,7 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
         "echo $$ > \"$UPGRADE_TEST_PID_FILE\"; exec sleep 600 >/dev/null 2>&1",
     );
     let pid_file = dir.join("pid");
-    let mut server = with_upgrade_exec(
+    let server = with_upgrade_exec(
         &exec,
         &["--upgrade-timeout", "3s"],
         &[("UPGRADE_TEST_PID_FILE", pid_file.to_str().expect("utf8"))],
@@ -391,7 +392,6 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
     load.serves(100).await;
     server.signal("USR2");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
-    one_error_line(&mut server, "was not ready within 3s").await;
     let child: u32 = std::fs::read_to_string(&pid_file)
         .expect("the child wrote its pid")
         .trim()
@@ -407,8 +407,7 @@ async fn a_new_executable_never_ready_is_killed_after_the_timeout() {
     assert!(failures.is_empty(), "of {served}: {failures:?}");
     // Still the first generation, serving; and it drains as ever.
     assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
-    server.signal("TERM");
-    assert_eq!(server.wait(Duration::from_secs(30)).await, 0);
+    stop_with_one_error_line(server, "was not ready within 3s").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -566,7 +565,6 @@ async fn servers_started_on_the_upgrade_socket_take_over_twice_under_load() {
     load.serves(200).await;
 
     let mut second = Hardened::start(&args, 1).await;
-    serves_upgrades(socket).await;
     // The same sockets, admin's included: port 0 was not bound again.
     assert_eq!((second.addr(), second.admin()), (addr, admin));
     let line = first
@@ -603,7 +601,7 @@ async fn a_server_on_the_upgrade_socket_never_ready_is_rolled_back_and_stops() {
     let dir = socket_dir("rollback");
     let socket = dir.join("upgrade.sock");
     let socket = socket.to_str().expect("utf8");
-    let mut old = Hardened::start(
+    let old = Hardened::start(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -638,15 +636,13 @@ async fn a_server_on_the_upgrade_socket_never_ready_is_rolled_back_and_stops() {
     .await;
     assert_eq!(new.addr(), addr, "it took the sockets over");
     metric_is(admin, "portcullis_upgrades_total{outcome=\"timeout\"}", 1.0).await;
-    one_error_line(&mut old, "it was told to roll back").await;
     // It stops on its own: the old process cannot kill a process it did not start.
     assert_eq!(new.wait(Duration::from_secs(30)).await, 0);
     load.serves(100).await;
     let (failures, served, _) = load.stop().await;
     assert!(failures.is_empty(), "of {served}: {failures:?}");
     assert_eq!(metric(admin, "portcullis_upgrade_generation").await, 1.0);
-    old.signal("TERM");
-    assert_eq!(old.wait(Duration::from_secs(30)).await, 0);
+    stop_with_one_error_line(old, "it was told to roll back").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -826,5 +822,58 @@ async fn a_generation_is_counted_as_draining_until_it_exits_across_unrelated_pro
     metric_is(admin, "portcullis_upgrade_draining_generations", 0.0).await;
     second.signal("TERM");
     assert_eq!(second.wait(Duration::from_secs(30)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_asking_while_an_upgrade_is_on_probation_is_refused_and_fails_to_start() {
+    let dir = socket_dir("probation");
+    let socket = dir.join("upgrade.sock");
+    let socket = socket.to_str().expect("utf8");
+    let old = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket,
+            "--upgrade-timeout",
+            "20s",
+        ],
+        1,
+    )
+    .await;
+    let addr = old.addr();
+    serves_upgrades(socket).await;
+    // Never ready: the old process waits for it, and it waits for the old one's answer.
+    let probation = Hardened::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket,
+            "--ready-requires",
+            "tcp://127.0.0.1:1",
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(probation.addr(), addr);
+    // A third server now: whichever of the two answers, it refuses (an upgrade is in
+    // progress; not yet confirmed), and the third one fails to start, naming the socket.
+    let (code, _, stderr) =
+        common::run_to_exit(&["--listen", "127.0.0.1:0", "--upgrade-socket", socket]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains(socket) && stderr.contains("refused"),
+        "{stderr}"
+    );
+    // Both serve on meanwhile.
+    let response = common::get(addr, "/").await;
+    assert!(response.ends_with("hello\n"), "{response}");
+    probation.signal("TERM");
+    assert_eq!(probation.wait(Duration::from_secs(30)).await, 0);
+    old.signal("TERM");
+    assert_eq!(old.wait(Duration::from_secs(30)).await, 0);
     let _ = std::fs::remove_dir_all(dir);
 }

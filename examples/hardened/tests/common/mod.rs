@@ -145,13 +145,18 @@ impl Hardened {
         }
     }
 
-    /// The stderr lines that came so far, without waiting.
-    pub fn errors_so_far(&mut self) -> Vec<String> {
+    /// The stderr lines not read yet, up to its end (the process and every process it
+    /// started closed it), within `limit`.
+    pub async fn errors_to_the_end(&mut self, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
         let mut lines = Vec::new();
-        while let Ok(line) = self.errors.try_recv() {
-            lines.push(line);
+        loop {
+            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => return lines,
+                Err(_) => panic!("stderr still open after {limit:?}: {lines:?}"),
+            }
         }
-        lines
     }
 
     /// The next stdout line after the start-up lines (from this process or one it started,
