@@ -78,13 +78,26 @@ impl Buckets {
     }
 }
 
+/// Up to this many bounds, a sample's bucket is found by a scan from the bottom.
+const LINEAR_SCAN: usize = 32;
+
 impl HistogramFn for Buckets {
     fn record(&self, value: f64) {
         if value.is_nan() {
             return;
         }
-        // The first bound at or above the value: Prometheus buckets are `le`.
-        let at = self.bounds.partition_point(|&bound| bound < value);
+        // The first bound at or above the value: Prometheus buckets are `le`. Found from the
+        // bottom: most samples (a server's durations, sizes) fall in the first few buckets,
+        // where a scan is a predicted branch or two, against a binary search's chain of
+        // dependent loads; long lists of bounds are searched.
+        let at = if self.bounds.len() <= LINEAR_SCAN {
+            self.bounds
+                .iter()
+                .position(|&bound| value <= bound)
+                .unwrap_or(self.bounds.len())
+        } else {
+            self.bounds.partition_point(|&bound| bound < value)
+        };
         self.counts[at].fetch_add(1, Ordering::Relaxed);
         let mut sum = self.sum.load(Ordering::Relaxed);
         loop {
@@ -406,6 +419,18 @@ open 1.5
         #[test]
         fn buckets_count_each_sample_once(samples in proptest::collection::vec(0.0f64..100.0, 0..200)) {
             let bounds: Arc<[f64]> = Arc::from(&[0.5, 1.0, 10.0, 50.0][..]);
+            let long: Arc<[f64]> = (1..=LINEAR_SCAN + 8).map(|n| n as f64 * 2.5).collect();
+            let searched = Buckets::new(Arc::clone(&long));
+            for &sample in &samples {
+                searched.record(sample);
+            }
+            let (counts, _) = searched.snapshot();
+            for (at, &count) in counts.iter().enumerate() {
+                let low = if at == 0 { f64::NEG_INFINITY } else { long[at - 1] };
+                let high = long.get(at).copied().unwrap_or(f64::INFINITY);
+                let expected = samples.iter().filter(|&&s| s > low && s <= high).count() as u64;
+                prop_assert_eq!(count, expected, "searched bucket {}", at);
+            }
             let histogram = Buckets::new(Arc::clone(&bounds));
             for &sample in &samples {
                 histogram.record(sample);

@@ -381,3 +381,48 @@ async fn a_disabled_layer_records_nothing() {
         .collect();
     assert!(recorded.is_empty(), "{recorded:?}");
 }
+
+#[tokio::test]
+async fn the_duration_recorded_is_the_time_from_the_call_to_the_end_of_the_body() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (release, released) = tokio::sync::oneshot::channel();
+    let released = std::sync::Mutex::new(Some(released));
+    let service = HttpMetricsLayer::new().layer(tower::service_fn(move |_: Request<()>| {
+        let release = released.lock().expect("lock").take().expect("one request");
+        async move {
+            Ok::<_, Infallible>(Response::new(Held {
+                first: None,
+                release,
+            }))
+        }
+    }));
+    let outer = std::time::Instant::now();
+    let response = service.oneshot(Request::new(())).await.expect("response");
+    let inner = std::time::Instant::now();
+    // The span being measured: the body stays open this long.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let held = inner.elapsed();
+    release.send(()).expect("release");
+    assert!(response.into_body().frame().await.is_none());
+    let whole = outer.elapsed();
+    let samples: Vec<f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Histogram(samples) if key.key().name() == REQUEST_DURATION => {
+                Some(samples.into_iter().map(|s| s.into_inner()))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert!(
+        samples[0] >= held.as_secs_f64() && samples[0] <= whole.as_secs_f64(),
+        "{} s recorded for a body held {held:?} within {whole:?}",
+        samples[0]
+    );
+}

@@ -1,4 +1,3 @@
-use quanta::Instant;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,17 +18,13 @@ pub(crate) struct InFlight {
     method: u8,
     route: Option<Route>,
     status: Option<u16>,
-    started: Instant,
+    /// The clock's raw reading at the start.
+    started: u64,
 }
 
 impl InFlight {
-    pub(crate) fn start(
-        series: Arc<Series>,
-        method: u8,
-        route: Option<Route>,
-        started: Instant,
-    ) -> Self {
-        series.active(method).increment(1.0);
+    pub(crate) fn start(series: Arc<Series>, method: u8, route: Option<Route>) -> Self {
+        let started = series.start(method);
         Self {
             series,
             method,
@@ -42,15 +37,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.series.active(self.method).decrement(1.0);
-        if let Some(status) = self.status {
-            self.series.record(
-                self.method,
-                status,
-                self.route.as_ref(),
-                self.started.elapsed(),
-            );
-        }
+        self.series
+            .end(self.method, self.status, self.route.as_ref(), self.started);
     }
 }
 
@@ -78,26 +66,33 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let mut in_flight = this.in_flight.take();
-        Poll::Ready(match result {
-            Ok(response) => {
+        // Written so that the response is moved as few times as possible: a response is
+        // larger than what the compiler copies in registers, and every move of it is a call
+        // to `memcpy` that reads what was just written.
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(response)) => {
+                let mut in_flight = this.in_flight.take();
                 if let Some(in_flight) = &mut in_flight {
                     in_flight.status = Some(response.status().as_u16());
                     if in_flight.route.is_none() {
                         in_flight.route = route_of(response.extensions());
                     }
                 }
-                Ok(response.map(|inner| MetricsBody { inner, in_flight }))
+                let (parts, inner) = response.into_parts();
+                Poll::Ready(Ok(Response::from_parts(
+                    parts,
+                    MetricsBody { inner, in_flight },
+                )))
             }
-            Err(error) => {
-                // portcullis-server answers a service error with 500.
-                if let Some(in_flight) = &mut in_flight {
+            Poll::Ready(Err(error)) => {
+                // portcullis-server answers a service error with 500; measured now.
+                if let Some(mut in_flight) = this.in_flight.take() {
                     in_flight.status = Some(500);
                 }
-                Err(error)
+                Poll::Ready(Err(error))
             }
-        })
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) const METHODS: [&str; 10] = [
 ];
 
 /// The position of `method`'s label value in [`METHODS`].
+#[inline]
 pub(crate) fn method_index(method: &Method) -> u8 {
     // Most frequent first; a comparison of standard methods is a comparison of enum tags.
     if *method == Method::GET {
@@ -103,6 +104,7 @@ impl Route {
 
 /// The route named in `extensions`: portcullis's [`Route`], else axum's `MatchedPath` (feature
 /// `axum`).
+#[inline]
 pub(crate) fn route_of(extensions: &Extensions) -> Option<Route> {
     if let Some(route) = extensions.get::<Route>() {
         return Some(route.clone());

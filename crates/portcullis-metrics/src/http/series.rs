@@ -8,11 +8,13 @@
 //! without a lock. The maps only grow with new series, which the closed label sets bound.
 //!
 //! Most templates are `&'static str` (`Route::new`, `route_fn`, `unmatched`): those series are
-//! found by the string's address, hashed as integers, so the hot path never hashes or compares
-//! the template's text. Templates built at run time (axum's `MatchedPath`) are found by text.
+//! found by the string's address in a fixed table of set-once slots ([`Slots`]), so the hot
+//! path never hashes or compares the template's text, takes no lock and touches no reference
+//! count: one multiplication and one acquire load per probe. Templates built at run time
+//! (axum's `MatchedPath`), and static ones the table has no room for, are found by text.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -24,15 +26,93 @@ use super::{ACTIVE_REQUESTS, METHOD, OTHER_ROUTE, REQUEST_DURATION, ROUTE, STATU
 
 type Map = HashMap<Key, Histogram, foldhash::fast::RandomState>;
 
-/// Series of `&'static str` templates by (method and status, address, length).
-type ByAddr = HashMap<(u32, usize, usize), Histogram, rustc_hash::FxBuildHasher>;
+/// A series of a `&'static str` template: method and status, the template's address and
+/// length.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct AddrKey {
+    code: u32,
+    addr: usize,
+    len: usize,
+}
 
-fn addr_key(method: u8, status: u16, route: &'static str) -> (u32, usize, usize) {
-    (
-        u32::from(method) << 16 | u32::from(status),
-        route.as_ptr() as usize,
-        route.len(),
-    )
+impl AddrKey {
+    fn new(method: u8, status: u16, route: &'static str) -> Self {
+        Self {
+            code: u32::from(method) << 16 | u32::from(status),
+            addr: route.as_ptr() as usize,
+            len: route.len(),
+        }
+    }
+
+    /// Where its probe sequence starts in a table of `mask + 1` slots.
+    fn home(self, mask: usize) -> usize {
+        // Fibonacci hashing of the address (templates are at least a byte apart, so the low
+        // bits differ) mixed with method and status; the top bits are the best mixed.
+        let mixed = (self.addr as u64 ^ u64::from(self.code).rotate_left(32))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 40) as usize & mask
+    }
+}
+
+/// Series of `&'static str` templates by [`AddrKey`]: an open-addressed table whose slots are
+/// set once, under the lock that serializes additions, and never cleared, so a reader that
+/// meets an empty slot in a key's probe sequence knows the key is not in the table.
+struct Slots {
+    slots: Box<[OnceLock<(AddrKey, Histogram)>]>,
+}
+
+/// Slots of a layer's table: room for far more series than a server's routes, methods and
+/// statuses make (the rest go to the map by text); 40 bytes each.
+const SLOTS: usize = 1024;
+
+/// How far a key's probe sequence runs before the table counts as full for it.
+const PROBES: usize = 16;
+
+impl Slots {
+    fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn get(&self, key: AddrKey) -> Option<&Histogram> {
+        let mask = self.slots.len() - 1;
+        let home = key.home(mask);
+        for probe in 0..PROBES {
+            match self.slots[(home + probe) & mask].get() {
+                Some((found, histogram)) if *found == key => return Some(histogram),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// Adds `key`, if its probe sequence has an empty slot; the caller holds the lock that
+    /// serializes additions, so the first empty slot is still empty.
+    fn insert(&self, key: AddrKey, histogram: &Histogram) {
+        let mask = self.slots.len() - 1;
+        let home = key.home(mask);
+        for probe in 0..PROBES {
+            let slot = &self.slots[(home + probe) & mask];
+            match slot.get() {
+                Some((found, _)) if *found == key => return,
+                Some(_) => {}
+                None => {
+                    let _ = slot.set((key, histogram.clone()));
+                    return;
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.get().is_some())
+            .count()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -79,13 +159,23 @@ impl Equivalent<Key> for KeyRef<'_> {
 /// Names a request's route template from its method and URI.
 pub(crate) type RouteFn = fn(&http::Method, &http::Uri) -> Option<&'static str>;
 
+/// What a layer resolves at its first request.
+struct First {
+    /// The in-flight gauges, by method.
+    active: [Gauge; METHODS.len()],
+    /// Requests are timed in the clock's raw ticks (the time-stamp counter where it is
+    /// invariant), scaled to a duration once, at the end: a raw reading is one instruction
+    /// and no scaling, where `quanta::Instant::now` also consults its thread-local mock.
+    clock: quanta::Clock,
+}
+
 pub(crate) struct Series {
     /// Resolved at the first request, not when the layer is built: a layer built before the
     /// recorder is installed still reports to it.
-    active: std::sync::OnceLock<[Gauge; METHODS.len()]>,
+    first: OnceLock<First>,
     pub(crate) route_fn: Option<RouteFn>,
     durations: ArcSwap<Map>,
-    by_addr: ArcSwap<ByAddr>,
+    by_addr: Slots,
     /// Serializes additions to `durations`, and holds the route templates seen so far.
     routes: Mutex<HashSet<Box<str>, foldhash::fast::RandomState>>,
     max_routes: usize,
@@ -104,28 +194,47 @@ impl std::fmt::Debug for Series {
 impl Series {
     pub(crate) fn new(max_routes: usize, route_fn: Option<RouteFn>) -> Self {
         Self {
-            active: std::sync::OnceLock::new(),
+            first: OnceLock::new(),
             route_fn,
             durations: ArcSwap::from_pointee(Map::default()),
-            by_addr: ArcSwap::from_pointee(ByAddr::default()),
+            by_addr: Slots::new(),
             routes: Mutex::default(),
             max_routes,
         }
     }
 
-    pub(crate) fn active(&self, method: u8) -> &Gauge {
-        let active = self.active.get_or_init(|| {
-            METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method))
-        });
-        &active[usize::from(method)]
+    #[inline]
+    fn first(&self) -> &First {
+        self.first.get_or_init(|| First {
+            active: METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method)),
+            clock: quanta::Clock::new(),
+        })
+    }
+
+    /// A request of `method` starts: counted in flight, and its start read off the clock.
+    #[inline]
+    pub(crate) fn start(&self, method: u8) -> u64 {
+        let first = self.first();
+        first.active[usize::from(method)].increment(1.0);
+        first.clock.raw()
+    }
+
+    /// A request of `method` that started at `started` ends: out of the in-flight count, and
+    /// in the duration histogram of its series if it has a status.
+    pub(crate) fn end(&self, method: u8, status: Option<u16>, route: Option<&Route>, started: u64) {
+        let first = self.first();
+        first.active[usize::from(method)].decrement(1.0);
+        if let Some(status) = status {
+            let took = first.clock.delta(started, first.clock.raw());
+            self.record(method, status, route, took);
+        }
     }
 
     /// Records one request's duration in its series.
-    pub(crate) fn record(&self, method: u8, status: u16, route: Option<&Route>, took: Duration) {
+    fn record(&self, method: u8, status: u16, route: Option<&Route>, took: Duration) {
         match route.map_or(Some(UNMATCHED), Route::as_static) {
             Some(name) => {
-                let key = addr_key(method, status, name);
-                if let Some(histogram) = self.by_addr.load().get(&key) {
+                if let Some(histogram) = self.by_addr.get(AddrKey::new(method, status, name)) {
                     histogram.record(took);
                     return;
                 }
@@ -146,9 +255,10 @@ impl Series {
         }
     }
 
-    /// The first request of a series of a `&'static str` template at this address: found or
-    /// created by text, then remembered by address (unless the template is over the cap,
-    /// which keeps the address map as bounded as the series).
+    /// The first request of a series of a `&'static str` template at this address (or one
+    /// the address table has no room for): found or created by text, then remembered by
+    /// address (unless the template is over the cap, which keeps the table as bounded as the
+    /// series).
     #[cold]
     fn add_static(&self, method: u8, status: u16, name: &'static str) -> Histogram {
         let (histogram, capped) = self.add(KeyRef {
@@ -158,9 +268,8 @@ impl Series {
         });
         if !capped {
             let _routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut next = ByAddr::clone(&self.by_addr.load());
-            next.insert(addr_key(method, status, name), histogram.clone());
-            self.by_addr.store(Arc::new(next));
+            self.by_addr
+                .insert(AddrKey::new(method, status, name), &histogram);
         }
         histogram
     }
@@ -219,7 +328,37 @@ mod tests {
             series.record(0, 200, Some(&route), Duration::from_millis(1));
             series.record(0, 200, None, Duration::from_millis(1));
         }
-        assert_eq!(series.by_addr.load().len(), 2, "`/` and unmatched");
+        assert_eq!(series.by_addr.len(), 2, "`/` and unmatched");
         assert_eq!(series.durations.load().len(), 2);
+    }
+
+    #[test]
+    fn series_past_the_address_table_are_found_by_text() {
+        let series = Series::new(usize::MAX, None);
+        let statuses = u16::try_from(SLOTS + 100).expect("fits");
+        for _ in 0..2 {
+            for status in 0..statuses {
+                series.record(0, status, Some(&Route::new("/")), Duration::from_millis(1));
+            }
+        }
+        let in_table = series.by_addr.len();
+        assert!(in_table < SLOTS + 100, "the table holds at most its slots");
+        assert!(in_table > SLOTS / 2, "most fit: {in_table}");
+        assert_eq!(
+            series.durations.load().len(),
+            SLOTS + 100,
+            "every series exists once"
+        );
+        let by_text = series.durations.load();
+        for status in 0..statuses {
+            if series.by_addr.get(AddrKey::new(0, status, "/")).is_some() {
+                let key = KeyRef {
+                    method: 0,
+                    status,
+                    route: "/",
+                };
+                assert!(by_text.get(&key).is_some(), "status {status} is in both");
+            }
+        }
     }
 }

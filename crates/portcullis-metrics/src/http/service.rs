@@ -1,4 +1,3 @@
-use quanta::Instant;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -60,7 +59,7 @@ where
             let route_fn = self.series.route_fn?;
             route_fn(request.method(), request.uri()).map(Route::new)
         });
-        let in_flight = InFlight::start(Arc::clone(&self.series), method, route, Instant::now());
+        let in_flight = InFlight::start(Arc::clone(&self.series), method, route);
         ResponseFuture::new(self.inner.call(request), Some(in_flight))
     }
 }

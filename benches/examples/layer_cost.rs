@@ -1,0 +1,144 @@
+//! The metrics layer's cost per request, measured two ways beside the criterion bench
+//! `metrics` (whose runs of one service after the other a noisy machine skews):
+//!
+//! - in time, `alternate N`: 21 rounds of `N` requests through a ready service and its body
+//!   to the end, bare and through `HttpMetricsLayer` recording into the installed Prometheus
+//!   exporter, alternating which goes first; prints the medians and the median difference;
+//! - in instructions, `bare N` and `metrics N` under callgrind, counting only the requests
+//!   (`--toggle-collect`): the difference of the two totals over `N` is the layer's
+//!   instructions per request.
+//!
+//! ```text
+//! cargo build --release -p portcullis-benches --example layer_cost
+//! target/release/examples/layer_cost alternate 200000
+//! valgrind --tool=callgrind --toggle-collect='layer_cost::run*' target/release/examples/layer_cost bare 10000
+//! valgrind --tool=callgrind --toggle-collect='layer_cost::run*' target/release/examples/layer_cost metrics 10000
+//! ```
+
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use portcullis_metrics::{HttpMetricsLayer, PrometheusExporter, Route};
+use tower::{Layer, Service};
+
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("ready at once"),
+    }
+}
+
+fn drain<B: Body>(body: B) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut body = pin!(body);
+    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+        let _ = black_box(frame.is_ok());
+    }
+}
+
+async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"hello\n")));
+    response.extensions_mut().insert(Route::new("/"));
+    Ok(response)
+}
+
+fn request() -> Request<()> {
+    Request::builder()
+        .uri("/")
+        .body(())
+        .unwrap_or_else(|_| unreachable!("a valid request"))
+}
+
+#[inline(never)]
+fn run<S>(service: &mut S, n: u64)
+where
+    S: Service<Request<()>, Error = Infallible>,
+    S::Response: IntoBody,
+{
+    for _ in 0..n {
+        let response = now(service.call(black_box(request()))).unwrap_or_else(|e| match e {});
+        response.drain();
+    }
+}
+
+trait IntoBody {
+    fn drain(self);
+}
+
+impl<B: Body> IntoBody for Response<B> {
+    fn drain(self) {
+        drain(self.into_body());
+    }
+}
+
+/// `rounds` alternating rounds of `n` requests through each service: the medians of their
+/// nanoseconds per request, and the median of the rounds' differences.
+fn alternate(n: u64, rounds: usize) {
+    let mut bare = tower::service_fn(app);
+    let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(app));
+    let per_request = |run: &mut dyn FnMut(u64)| {
+        let started = std::time::Instant::now();
+        run(n);
+        started.elapsed().as_nanos() as f64 / n as f64
+    };
+    // Warm both up (series resolved, caches hot) before the rounds that count.
+    run(&mut bare, n);
+    run(&mut measured, n);
+    let (mut bares, mut layered, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate which goes first, so neither always follows the other.
+        let (b, m) = if round % 2 == 0 {
+            let b = per_request(&mut |n| run(&mut bare, n));
+            (b, per_request(&mut |n| run(&mut measured, n)))
+        } else {
+            let m = per_request(&mut |n| run(&mut measured, n));
+            (per_request(&mut |n| run(&mut bare, n)), m)
+        };
+        bares.push(b);
+        layered.push(m);
+        costs.push(m - b);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!(
+        "bare {:.1} ns, metrics {:.1} ns, layer cost {:.1} ns per request (medians of {rounds} alternating rounds of {n})",
+        median(&mut bares),
+        median(&mut layered),
+        median(&mut costs)
+    );
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_default();
+    let n: u64 = args
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("usage: layer_cost bare|metrics|alternate N"));
+    let _exporter = PrometheusExporter::install().unwrap_or_else(|e| panic!("{e}"));
+    portcullis_metrics::describe();
+    // The clock calibrates itself at its first reading, for a time rather than a count of
+    // instructions: outside `run`, which callgrind counts (`--toggle-collect`).
+    let _ = quanta::Clock::new();
+    match which.as_str() {
+        "bare" => run(&mut tower::service_fn(app), n),
+        "metrics" => run(
+            &mut HttpMetricsLayer::new().layer(tower::service_fn(app)),
+            n,
+        ),
+        "alternate" => alternate(n, 21),
+        other => panic!("usage: layer_cost bare|metrics|alternate N (not {other:?})"),
+    }
+}
