@@ -3,9 +3,16 @@
 # for the per-core mode, against nginx. Loopback only; every load run is bounded in time.
 #
 #   benches/load.sh [SCENARIO...]      scenarios: keepalive churn1 churn10 churn1-mt churn10-mt percore
-#                                      (default: all)
+#                                      peers (default: all but peers)
 #   churn1-mt/churn10-mt: every server gets all cores (a worker per core; hardened binds an
 #   SO_REUSEPORT acceptor per core, the baseline has its single accept loop), load unpinned.
+#   peers: keepalive's load against the stacks a user would otherwise pick, with the same routes
+#   and limits (benches/peers: axum-server + tower_governor + metrics-exporter-prometheus, and
+#   actix-web + actix-governor); give the candidate the same features:
+#     CANDIDATE_ARGS='--admin 127.0.0.1:0 --rate 1000000000/s --max-conns-per-ip 10000' \
+#     CANDIDATE_NAME=full-stack benches/load.sh peers
+#   The peers are their own cargo workspace, built here (into $CARGO_TARGET_DIR/peers) and
+#   nowhere else.
 #
 # Environment (defaults in brackets):
 #   ROUNDS [5]  DUR [10] seconds per measured run  WARMUP [1] seconds of unmeasured load first
@@ -17,7 +24,8 @@
 #   CANDIDATE_BIN [target/release/hardened]  CANDIDATE_NAME [hardened, or "candidate" if the
 #                        binary is overridden]  CANDIDATE_ARGS [] extra flags
 #   PERCORE_FLAG [--per-core]  flag turning the candidate into its per-core mode ("" for none)
-#   BASELINE_BIN, CHURN_BIN, NGINX_BIN, RESULTS_DIR [benches/results]  NO_BUILD [0]
+#   BASELINE_BIN, CHURN_BIN, NGINX_BIN, AXUM_BIN, ACTIX_BIN, RESULTS_DIR [benches/results]
+#   NO_BUILD [0]
 #
 # Plumbing check without hardened (the baseline against itself):
 #   ROUNDS=1 DUR=3 CANDIDATE_BIN=target/release/baseline PERCORE_FLAG= benches/load.sh
@@ -34,6 +42,9 @@ STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-15}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BASELINE_BIN=${BASELINE_BIN:-$TARGET_DIR/release/baseline}
 CHURN_BIN=${CHURN_BIN:-$TARGET_DIR/release/churn}
+PEERS_TARGET_DIR=$TARGET_DIR/peers
+AXUM_BIN=${AXUM_BIN:-$PEERS_TARGET_DIR/release/axum-peer}
+ACTIX_BIN=${ACTIX_BIN:-$PEERS_TARGET_DIR/release/actix-peer}
 if [[ -n ${CANDIDATE_BIN:-} ]]; then
     CANDIDATE_OVERRIDDEN=1
     CANDIDATE_NAME=${CANDIDATE_NAME:-candidate}
@@ -52,6 +63,7 @@ NCPU=$(nproc)
 PERCORE_CORES=${PERCORE_CORES:-$NCPU}
 
 ALL_SCENARIOS=(keepalive churn1 churn10 churn1-mt churn10-mt percore)
+PEERS=(axum actix)
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 warn() { echo "load.sh: warning: $*" >&2; }
@@ -61,15 +73,16 @@ for v in ROUNDS DUR CONNS STARTUP_TIMEOUT PERCORE_CORES PERCORE_WRK_THREADS; do
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a whole number of seconds, not '$WARMUP'"
 (( PERCORE_CORES <= NCPU )) || die "PERCORE_CORES=$PERCORE_CORES but this machine has $NCPU cores"
-[[ $CANDIDATE_NAME != baseline && $CANDIDATE_NAME != nginx ]] ||
-    die "CANDIDATE_NAME must differ from 'baseline' and 'nginx'"
+[[ $CANDIDATE_NAME != baseline && $CANDIDATE_NAME != nginx && $CANDIDATE_NAME != axum &&
+    $CANDIDATE_NAME != actix ]] ||
+    die "CANDIDATE_NAME must differ from 'baseline', 'nginx', 'axum' and 'actix'"
 
 SCENARIOS=()
 for arg in "$@"; do
     case $arg in
         -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        keepalive | churn1 | churn10 | churn1-mt | churn10-mt | percore) SCENARIOS+=("$arg") ;;
-        *) die "unknown scenario '$arg' (want: ${ALL_SCENARIOS[*]})" ;;
+        keepalive | churn1 | churn10 | churn1-mt | churn10-mt | percore | peers) SCENARIOS+=("$arg") ;;
+        *) die "unknown scenario '$arg' (want: ${ALL_SCENARIOS[*]} peers)" ;;
     esac
 done
 (( ${#SCENARIOS[@]} )) || SCENARIOS=("${ALL_SCENARIOS[@]}")
@@ -210,6 +223,14 @@ start_server() {
     case $name in
         baseline) start_portcullis baseline "$cpus" "$BASELINE_BIN" --listen 127.0.0.1:0 --workers "$workers" ;;
         nginx) start_nginx "$cpus" "$workers" ;;
+        axum | actix)
+            local bin=$AXUM_BIN
+            [[ $name == axum ]] || bin=$ACTIX_BIN
+            # The full stack's features: metrics served on an admin address, a per-IP rate limit
+            # that never triggers, and a per-IP connection cap.
+            start_portcullis "$name" "$cpus" "$bin" --listen 127.0.0.1:0 --workers "$workers" \
+                --admin 127.0.0.1:0 --rate 1000000000 --max-conns-per-ip 10000
+            ;;
         *)
             local extra=()
             # shellcheck disable=SC2206 # CANDIDATE_ARGS is a list of flags, split on purpose
@@ -316,7 +337,7 @@ need timeout "coreutils"
 if (( NCPU >= 2 )) || [[ -n $SERVER_CPUS$LOAD_CPUS$PERCORE_SERVER_CPUS ]]; then need taskset "apt-get install -y util-linux"; fi
 for s in "${SCENARIOS[@]}"; do
     case $s in
-        keepalive | percore) need wrk "apt-get install -y wrk" ;;
+        keepalive | percore | peers) need wrk "apt-get install -y wrk" ;;
     esac
     [[ $s != percore ]] || need "$NGINX_BIN" "apt-get install -y nginx-light"
 done
@@ -327,8 +348,14 @@ if [[ $NO_BUILD != 1 ]]; then
     else
         cargo build --release -p portcullis-benches -p hardened
     fi
+    if [[ " ${SCENARIOS[*]} " == *" peers "* ]]; then
+        cargo build --release --locked --manifest-path benches/peers/Cargo.toml \
+            --target-dir "$PEERS_TARGET_DIR"
+    fi
 fi
-for bin in "$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN"; do
+bins=("$BASELINE_BIN" "$CHURN_BIN" "$CANDIDATE_BIN")
+[[ " ${SCENARIOS[*]} " != *" peers "* ]] || bins+=("$AXUM_BIN" "$ACTIX_BIN")
+for bin in "${bins[@]}"; do
     [[ -x $bin ]] || die "$bin is missing; build it or set the matching *_BIN variable"
 done
 mkdir -p "$RESULTS_DIR"
@@ -350,6 +377,8 @@ for scenario in "${SCENARIOS[@]}"; do
             desc="churn C=$CONNS K=1 for ${DUR}s, $NCPU server workers, unpinned" ;;
         churn10-mt) servers=(baseline "$CANDIDATE_NAME")
             desc="churn C=$CONNS K=10 for ${DUR}s, $NCPU server workers, unpinned" ;;
+        peers) servers=(baseline "$CANDIDATE_NAME" "${PEERS[@]}")
+            desc="wrk -t1 -c$CONNS -d${DUR}s, 1 server worker, against the peers" ;;
         percore) servers=(nginx "$CANDIDATE_NAME" baseline)
             desc="wrk -t$PERCORE_WRK_THREADS -c$CONNS -d${DUR}s, $PERCORE_CORES cores (${PERCORE_FLAG:-no per-core flag})" ;;
     esac
@@ -364,7 +393,7 @@ for scenario in "${SCENARIOS[@]}"; do
             name=${servers[$(( (j + round - 1) % n ))]}
             start_server "$scenario" "$name"
             case $scenario in
-                keepalive) run_wrk "$LOAD_CPUS" 1 "$SRV_PORT" ;;
+                keepalive | peers) run_wrk "$LOAD_CPUS" 1 "$SRV_PORT" ;;
                 churn1) run_churn "$LOAD_CPUS" "$SRV_PORT" 1 ;;
                 churn10) run_churn "$LOAD_CPUS" "$SRV_PORT" 10 ;;
                 churn1-mt) run_churn "" "$SRV_PORT" 1 ;;
