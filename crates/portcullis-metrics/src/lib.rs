@@ -60,11 +60,13 @@
 //! The HTTP layer has tower's shape: [`HttpMetricsLayer`] (cheap, `Clone + Debug`, an `Arc`
 //! over the layer's series) builds [`HttpMetrics<S>`](HttpMetrics), whose future
 //! ([`http::ResponseFuture`]) wraps the response body in a [`MetricsBody`] that stops the
-//! clock when the body ends or is dropped. Each series' handle is resolved once, then found
-//! through copy-on-write maps that requests read without a lock; static templates
-//! ([`Route::new`], [`HttpMetricsLayer::route_fn`]) are found by address, without hashing
-//! their text. The number of route templates per layer is capped
-//! ([`HttpMetricsLayer::max_routes`]).
+//! clock when the body ends or is dropped. Each series' handle is resolved once. Series of
+//! static templates ([`Route::new`], [`HttpMetricsLayer::route_fn`]) are then found by the
+//! template's address in a fixed table of set-once slots: no lock, no hashing of text, no
+//! reference count. Templates built at run time go through a copy-on-write map that requests
+//! read without a lock. Requests are timed in the clock's raw ticks (the invariant
+//! time-stamp counter where there is one), scaled once, at the end. The number of route
+//! templates per layer is capped ([`HttpMetricsLayer::max_routes`]).
 //!
 //! The admin service is configuration and closures only (the checks, the renderer, the
 //! upkeep): whoever serves it owns the timer, so a block never needs a task of its own that
