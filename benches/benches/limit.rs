@@ -15,18 +15,15 @@
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::Body;
 use http_body_util::Full;
+use portcullis_benches::{drain, now};
 use portcullis_limit::{GlobalLimiter, KeyedLimiter, PeerAddr, Quota, RateLimitLayer};
 use portcullis_metrics::PrometheusExporter;
 use tower::{Layer, Service};
@@ -86,24 +83,6 @@ fn keyed(c: &mut Criterion) {
         assert_eq!(portcullis.len(), live as usize);
     }
     group.finish();
-}
-
-/// Polls a future that is ready at once (every future here is).
-fn now<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => unreachable!("ready at once"),
-    }
-}
-
-/// Reads a body to its end, as hyper does.
-fn drain<B: Body>(body: B) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut body = pin!(body);
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        let _ = black_box(frame.is_ok());
-    }
 }
 
 async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {

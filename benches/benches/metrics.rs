@@ -15,36 +15,15 @@
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::Body;
 use http_body_util::Full;
+use portcullis_benches::{drain, now};
 use portcullis_metrics::{Admin, HttpMetricsLayer, PrometheusExporter, Route};
 use tower::{Layer, Service};
-
-/// Polls a future that is ready at once (every future here is).
-fn now<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => unreachable!("ready at once"),
-    }
-}
-
-/// Reads a body to its end, as hyper does.
-fn drain<B: Body>(body: B) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut body = pin!(body);
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        let _ = black_box(frame.is_ok());
-    }
-}
 
 async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"hello\n")));

@@ -1,8 +1,11 @@
 //! What the two peer servers share: their command line, the metric names they record, and
 //! the per-IP connection count a limit needs.
 //!
-//! Both answer `GET /` with 200 `hello\n` and everything else with 404, like the baseline and
-//! the reference server; both record the request-duration histogram (method, status, route)
+//! Both answer `GET /`, the request the benchmark sends, with 200 `hello\n` (`text/plain`)
+//! like the baseline and the reference server, and paths they have no route for with 404
+//! (the frameworks differ on the rest: axum answers `HEAD /` too and other methods on `/`
+//! with 405, actix answers those with 404; the reference server also has `/slow`, `/stream`
+//! and `/echo`, which the benchmark never requests). Both record the request-duration histogram (method, status, route)
 //! and the in-flight gauge into metrics-exporter-prometheus and serve `/metrics` on the admin
 //! address; both limit requests per client IP (`--rate`, requests per second) and print
 //! `listening on http://IP:PORT` once they accept.

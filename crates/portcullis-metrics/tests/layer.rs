@@ -17,7 +17,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use portcullis_metrics::http::{
     ACTIVE_REQUESTS, METHOD, OTHER_METHOD, OTHER_ROUTE, REQUEST_DURATION, ROUTE, STATUS, UNMATCHED,
 };
-use portcullis_metrics::{HttpMetricsLayer, Route};
+use portcullis_metrics::{HttpMetricsLayer, MetricsBody, Route};
 use tower::{Layer, Service, ServiceExt};
 
 /// Answers 200, or the status in `x-status`; names the route in `x-route` (in the response
@@ -216,23 +216,32 @@ impl Body for Held {
     }
 }
 
+/// The layer over a service whose one response has a [`Held`] body (yielding `first`, if
+/// given), and the sender that ends that body.
+fn held(
+    first: Option<Bytes>,
+) -> (
+    impl Service<Request<()>, Response = Response<MetricsBody<Held>>, Error = Infallible>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel();
+    let released = std::sync::Mutex::new(Some(released));
+    let mut first = Some(first);
+    let service = HttpMetricsLayer::new().layer(tower::service_fn(move |_: Request<()>| {
+        let release = released.lock().expect("lock").take().expect("one request");
+        let first = first.take().flatten();
+        async move { Ok::<_, Infallible>(Response::new(Held { first, release })) }
+    }));
+    (service, release)
+}
+
 #[tokio::test]
 async fn a_streamed_response_is_in_flight_until_its_body_ends() {
     let recorder = DebuggingRecorder::new();
     let mut seen = Seen::new(recorder.snapshotter());
     let _local = metrics::set_default_local_recorder(&recorder);
     portcullis_metrics::describe();
-    let (release, released) = tokio::sync::oneshot::channel();
-    let released = std::sync::Mutex::new(Some(released));
-    let service = HttpMetricsLayer::new().layer(tower::service_fn(move |_: Request<()>| {
-        let release = released.lock().expect("lock").take().expect("one request");
-        async move {
-            Ok::<_, Infallible>(Response::new(Held {
-                first: Some(Bytes::from_static(b"chunk")),
-                release,
-            }))
-        }
-    }));
+    let (service, release) = held(Some(Bytes::from_static(b"chunk")));
     let response = service.oneshot(Request::new(())).await.expect("response");
     let mut body = response.into_body();
     let first = body.frame().await.expect("a frame").expect("ok");
@@ -260,17 +269,7 @@ async fn a_response_dropped_mid_body_is_still_measured_once() {
     let mut seen = Seen::new(recorder.snapshotter());
     let _local = metrics::set_default_local_recorder(&recorder);
     portcullis_metrics::describe();
-    let (_release, released) = tokio::sync::oneshot::channel();
-    let released = std::sync::Mutex::new(Some(released));
-    let service = HttpMetricsLayer::new().layer(tower::service_fn(move |_: Request<()>| {
-        let release = released.lock().expect("lock").take().expect("one request");
-        async move {
-            Ok::<_, Infallible>(Response::new(Held {
-                first: None,
-                release,
-            }))
-        }
-    }));
+    let (service, _release) = held(None);
     let response = service.oneshot(Request::new(())).await.expect("response");
     assert_eq!(seen.active("GET"), 1.0);
     drop(response); // the client went away
@@ -387,17 +386,7 @@ async fn the_duration_recorded_is_the_time_from_the_call_to_the_end_of_the_body(
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let (release, released) = tokio::sync::oneshot::channel();
-    let released = std::sync::Mutex::new(Some(released));
-    let service = HttpMetricsLayer::new().layer(tower::service_fn(move |_: Request<()>| {
-        let release = released.lock().expect("lock").take().expect("one request");
-        async move {
-            Ok::<_, Infallible>(Response::new(Held {
-                first: None,
-                release,
-            }))
-        }
-    }));
+    let (service, release) = held(None);
     let outer = std::time::Instant::now();
     let response = service.oneshot(Request::new(())).await.expect("response");
     let inner = std::time::Instant::now();

@@ -10,8 +10,12 @@
 //! Most templates are `&'static str` (`Route::new`, `route_fn`, `unmatched`): those series are
 //! found by the string's address in a fixed table of set-once slots ([`Slots`]), so the hot
 //! path never hashes or compares the template's text, takes no lock and touches no reference
-//! count: one multiplication and one acquire load per probe. Templates built at run time
-//! (axum's `MatchedPath`), and static ones the table has no room for, are found by text.
+//! count: one multiplication per lookup and one acquire load per probe. Templates built at
+//! run time (axum's `MatchedPath`), and static ones the table has no room for, are found by
+//! text in the copy-on-write map, also without a lock.
+//!
+//! Durations are read off the layer's own `quanta::Clock` in raw ticks, so a mock clock set
+//! with `quanta::with_clock` does not reach them.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -44,13 +48,13 @@ impl AddrKey {
         }
     }
 
-    /// Where its probe sequence starts in a table of `mask + 1` slots.
-    fn home(self, mask: usize) -> usize {
-        // Fibonacci hashing of the address (templates are at least a byte apart, so the low
-        // bits differ) mixed with method and status; the top bits are the best mixed.
+    /// Where its probe sequence starts in a table of [`SLOTS`] slots.
+    fn home(self) -> usize {
+        // Fibonacci hashing of the address mixed with method and status: the product's top
+        // bits depend on every bit of the input, so they are the index.
         let mixed = (self.addr as u64 ^ u64::from(self.code).rotate_left(32))
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> 40) as usize & mask
+        (mixed >> (u64::BITS - SLOTS.trailing_zeros())) as usize
     }
 }
 
@@ -61,9 +65,11 @@ struct Slots {
     slots: Box<[OnceLock<(AddrKey, Histogram)>]>,
 }
 
-/// Slots of a layer's table: room for far more series than a server's routes, methods and
-/// statuses make (the rest go to the map by text); 40 bytes each.
+/// Slots of a layer's table: room for more series than most servers' routes, methods and
+/// statuses make (the rest go to the map by text); 48 bytes each, allocated at the layer's
+/// first request. A power of two: the index is the top bits of a hash.
 const SLOTS: usize = 1024;
+const _: () = assert!(SLOTS.is_power_of_two());
 
 /// How far a key's probe sequence runs before the table counts as full for it.
 const PROBES: usize = 16;
@@ -76,8 +82,8 @@ impl Slots {
     }
 
     fn get(&self, key: AddrKey) -> Option<&Histogram> {
-        let mask = self.slots.len() - 1;
-        let home = key.home(mask);
+        let mask = SLOTS - 1;
+        let home = key.home();
         for probe in 0..PROBES {
             match self.slots[(home + probe) & mask].get() {
                 Some((found, histogram)) if *found == key => return Some(histogram),
@@ -91,8 +97,8 @@ impl Slots {
     /// Adds `key`, if its probe sequence has an empty slot; the caller holds the lock that
     /// serializes additions, so the first empty slot is still empty.
     fn insert(&self, key: AddrKey, histogram: &Histogram) {
-        let mask = self.slots.len() - 1;
-        let home = key.home(mask);
+        let mask = SLOTS - 1;
+        let home = key.home();
         for probe in 0..PROBES {
             let slot = &self.slots[(home + probe) & mask];
             match slot.get() {
@@ -167,6 +173,7 @@ struct First {
     /// invariant), scaled to a duration once, at the end: a raw reading is one instruction
     /// and no scaling, where `quanta::Instant::now` also consults its thread-local mock.
     clock: quanta::Clock,
+    by_addr: Slots,
 }
 
 pub(crate) struct Series {
@@ -175,7 +182,6 @@ pub(crate) struct Series {
     first: OnceLock<First>,
     pub(crate) route_fn: Option<RouteFn>,
     durations: ArcSwap<Map>,
-    by_addr: Slots,
     /// Serializes additions to `durations`, and holds the route templates seen so far.
     routes: Mutex<HashSet<Box<str>, foldhash::fast::RandomState>>,
     max_routes: usize,
@@ -197,7 +203,6 @@ impl Series {
             first: OnceLock::new(),
             route_fn,
             durations: ArcSwap::from_pointee(Map::default()),
-            by_addr: Slots::new(),
             routes: Mutex::default(),
             max_routes,
         }
@@ -208,6 +213,7 @@ impl Series {
         self.first.get_or_init(|| First {
             active: METHODS.map(|method| metrics::gauge!(ACTIVE_REQUESTS, METHOD => method)),
             clock: quanta::Clock::new(),
+            by_addr: Slots::new(),
         })
     }
 
@@ -226,19 +232,37 @@ impl Series {
         first.active[usize::from(method)].decrement(1.0);
         if let Some(status) = status {
             let took = first.clock.delta(started, first.clock.raw());
-            self.record(method, status, route, took);
+            self.record(first, method, status, route, took);
         }
     }
 
     /// Records one request's duration in its series.
-    fn record(&self, method: u8, status: u16, route: Option<&Route>, took: Duration) {
+    fn record(
+        &self,
+        first: &First,
+        method: u8,
+        status: u16,
+        route: Option<&Route>,
+        took: Duration,
+    ) {
         match route.map_or(Some(UNMATCHED), Route::as_static) {
             Some(name) => {
-                if let Some(histogram) = self.by_addr.get(AddrKey::new(method, status, name)) {
+                if let Some(histogram) = first.by_addr.get(AddrKey::new(method, status, name)) {
                     histogram.record(took);
                     return;
                 }
-                self.add_static(method, status, name).record(took);
+                // Not in the table: its first request, or a series the table has no room
+                // for, which must not take the lock on every request.
+                let key = KeyRef {
+                    method,
+                    status,
+                    route: name,
+                };
+                if let Some(histogram) = self.durations.load().get(&key) {
+                    histogram.record(took);
+                    return;
+                }
+                self.add_static(first, method, status, name).record(took);
             }
             None => {
                 let key = KeyRef {
@@ -250,47 +274,44 @@ impl Series {
                     histogram.record(took);
                     return;
                 }
-                self.add(key).0.record(took);
+                self.add(key).record(took);
             }
         }
     }
 
-    /// The first request of a series of a `&'static str` template at this address (or one
-    /// the address table has no room for): found or created by text, then remembered by
-    /// address (unless the template is over the cap, which keeps the table as bounded as the
-    /// series).
+    /// The first request of a series of a `&'static str` template at this address: found or
+    /// created by text, then remembered by address if the table has room. A template over
+    /// the cap is remembered too, with the `other` series it is counted in: the cap is
+    /// permanent once reached, and the table is bounded by its size, not by the templates.
     #[cold]
-    fn add_static(&self, method: u8, status: u16, name: &'static str) -> Histogram {
-        let (histogram, capped) = self.add(KeyRef {
+    fn add_static(&self, first: &First, method: u8, status: u16, name: &'static str) -> Histogram {
+        let histogram = self.add(KeyRef {
             method,
             status,
             route: name,
         });
-        if !capped {
-            let _routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-            self.by_addr
-                .insert(AddrKey::new(method, status, name), &histogram);
-        }
+        let _routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        first
+            .by_addr
+            .insert(AddrKey::new(method, status, name), &histogram);
         histogram
     }
 
-    /// The slow path: the first request of a series (or of a template over the cap).
-    /// Returns the histogram and whether the template was over the cap.
+    /// The slow path: the first request of a series (or of a template over the cap, which
+    /// is counted as `other`).
     #[cold]
-    fn add(&self, mut key: KeyRef<'_>) -> (Histogram, bool) {
+    fn add(&self, mut key: KeyRef<'_>) -> Histogram {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut capped = false;
         if key.route != UNMATCHED && !routes.contains(key.route) {
             if routes.len() >= self.max_routes {
                 key.route = OTHER_ROUTE;
-                capped = true;
             } else {
                 routes.insert(key.route.into());
             }
         }
         let current = self.durations.load();
         if let Some(histogram) = current.get(&key) {
-            return (histogram.clone(), capped);
+            return histogram.clone();
         }
         let histogram = metrics::histogram!(
             REQUEST_DURATION,
@@ -308,7 +329,7 @@ impl Series {
             histogram.clone(),
         );
         self.durations.store(Arc::new(next));
-        (histogram, capped)
+        histogram
     }
 }
 
@@ -320,45 +341,94 @@ fn status_label(status: u16) -> String {
 mod tests {
     use super::*;
 
+    const ROOT: &str = "/";
+
     #[test]
     fn static_templates_are_found_by_address_after_their_first_request() {
         let series = Series::new(8, None);
-        let route = Route::new("/");
+        let first = series.first();
+        let route = Route::new(ROOT);
         for _ in 0..3 {
-            series.record(0, 200, Some(&route), Duration::from_millis(1));
-            series.record(0, 200, None, Duration::from_millis(1));
+            series.record(first, 0, 200, Some(&route), Duration::from_millis(1));
+            series.record(first, 0, 200, None, Duration::from_millis(1));
         }
-        assert_eq!(series.by_addr.len(), 2, "`/` and unmatched");
+        assert_eq!(first.by_addr.len(), 2, "`/` and unmatched");
         assert_eq!(series.durations.load().len(), 2);
     }
 
     #[test]
-    fn series_past_the_address_table_are_found_by_text() {
-        let series = Series::new(usize::MAX, None);
-        let statuses = u16::try_from(SLOTS + 100).expect("fits");
+    fn templates_over_the_cap_are_remembered_with_the_other_series() {
+        let series = Series::new(1, None);
+        let first = series.first();
         for _ in 0..2 {
-            for status in 0..statuses {
-                series.record(0, status, Some(&Route::new("/")), Duration::from_millis(1));
-            }
+            series.record(
+                first,
+                0,
+                200,
+                Some(&Route::new("/a")),
+                Duration::from_millis(1),
+            );
+            series.record(
+                first,
+                0,
+                200,
+                Some(&Route::new("/b")),
+                Duration::from_millis(1),
+            );
         }
-        let in_table = series.by_addr.len();
-        assert!(in_table < SLOTS + 100, "the table holds at most its slots");
+        assert_eq!(first.by_addr.len(), 2, "`/a`, and `/b` as other");
+        let by_text = series.durations.load();
+        let other = KeyRef {
+            method: 0,
+            status: 200,
+            route: OTHER_ROUTE,
+        };
+        assert!(by_text.get(&other).is_some());
+        assert_eq!(
+            by_text.len(),
+            2,
+            "`/a` and other: `/b` has no series of its own"
+        );
+    }
+
+    #[test]
+    fn series_past_the_address_table_are_found_by_text_without_the_lock() {
+        let series = Series::new(usize::MAX, None);
+        let first = series.first();
+        let statuses = u16::try_from(SLOTS + 100).expect("fits");
+        let route = Route::new(ROOT);
+        for status in 0..statuses {
+            series.record(first, 0, status, Some(&route), Duration::from_millis(1));
+        }
+        let in_table = first.by_addr.len();
+        assert!(in_table <= SLOTS, "the table holds at most its slots");
         assert!(in_table > SLOTS / 2, "most fit: {in_table}");
+        let missed: Vec<u16> = (0..statuses)
+            .filter(|&status| first.by_addr.get(AddrKey::new(0, status, ROOT)).is_none())
+            .collect();
+        assert!(missed.len() >= 100, "{} missed the table", missed.len());
         assert_eq!(
             series.durations.load().len(),
             SLOTS + 100,
-            "every series exists once"
+            "each series once"
         );
-        let by_text = series.durations.load();
-        for status in 0..statuses {
-            if series.by_addr.get(AddrKey::new(0, status, "/")).is_some() {
-                let key = KeyRef {
-                    method: 0,
-                    status,
-                    route: "/",
-                };
-                assert!(by_text.get(&key).is_some(), "status {status} is in both");
-            }
-        }
+        // With the lock held elsewhere, the series the table has no room for are still
+        // recorded: found in the map by text, never by the path that locks.
+        let held = series.routes.lock().expect("not poisoned");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for &status in &missed {
+                    series.record(first, 0, status, Some(&route), Duration::from_millis(1));
+                }
+                let _ = done.send(());
+            });
+            let recorded = finished.recv_timeout(Duration::from_secs(30));
+            drop(held);
+            assert!(
+                recorded.is_ok(),
+                "a series outside the table waited for the lock"
+            );
+        });
     }
 }
