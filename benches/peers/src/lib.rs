@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// The request-duration histogram, as the reference server names it.
 pub const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
@@ -121,6 +122,45 @@ impl Drop for Counted {
             if *count == 0 {
                 open.remove(&self.ip);
             }
+        }
+    }
+}
+
+/// One request as the peers' metrics middleware sees it: in the in-flight gauge from
+/// [`start`](Self::start) to [`finish`](Self::finish), then in the duration histogram.
+#[derive(Debug)]
+pub struct Tracked {
+    method: String,
+    route: String,
+    started: Instant,
+    active: metrics::Gauge,
+}
+
+impl Tracked {
+    /// A request of `method` matching `route` (its template) starts.
+    #[must_use]
+    pub fn start(method: String, route: String) -> Self {
+        let active = metrics::gauge!(ACTIVE_REQUESTS, "http_request_method" => method.clone());
+        active.increment(1.0);
+        Self {
+            method,
+            route,
+            started: Instant::now(),
+            active,
+        }
+    }
+
+    /// The request ends with `status` (`None`: the handler failed, nothing is recorded).
+    pub fn finish(self, status: Option<u16>) {
+        self.active.decrement(1.0);
+        if let Some(status) = status {
+            metrics::histogram!(
+                REQUEST_DURATION,
+                "http_request_method" => self.method,
+                "http_response_status_code" => status.to_string(),
+                "http_route" => self.route,
+            )
+            .record(self.started.elapsed());
         }
     }
 }

@@ -11,14 +11,12 @@
 //! cargo run --release --manifest-path benches/peers/Cargo.toml --bin actix-peer -- --listen 127.0.0.1:0 --workers 1
 //! ```
 
-use std::time::Instant;
-
 use actix_governor::{Governor, GovernorConfigBuilder};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use portcullis_peers::{ACTIVE_REQUESTS, Args, REQUEST_DURATION};
+use portcullis_peers::{Args, Tracked};
 
 fn main() -> std::io::Result<()> {
     let args = Args::from_env();
@@ -69,16 +67,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
     for addr in admin.addrs() {
         println!("metrics on http://{addr}/metrics");
     }
-    let (served, _) = futures_join(server.run(), admin.run()).await;
+    // Each stops at SIGTERM or SIGINT on its own.
+    let (served, _) = tokio::join!(server.run(), admin.run());
     served
-}
-
-/// Both servers until both end (each stops at SIGTERM or SIGINT on its own).
-async fn futures_join<A: std::future::Future, B: std::future::Future>(
-    a: A,
-    b: B,
-) -> (A::Output, B::Output) {
-    tokio::join!(a, b)
 }
 
 /// The request metrics, recorded as for the axum peer.
@@ -86,23 +77,11 @@ async fn track(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let method = request.method().to_string();
     let route = request
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let active = metrics::gauge!(ACTIVE_REQUESTS, "http_request_method" => method.clone());
-    active.increment(1.0);
+    let tracked = Tracked::start(request.method().to_string(), route);
     let response = next.call(request).await;
-    active.decrement(1.0);
-    if let Ok(response) = &response {
-        metrics::histogram!(
-            REQUEST_DURATION,
-            "http_request_method" => method,
-            "http_response_status_code" => response.status().as_u16().to_string(),
-            "http_route" => route,
-        )
-        .record(started.elapsed());
-    }
+    tracked.finish(response.as_ref().ok().map(|r| r.status().as_u16()));
     response
 }

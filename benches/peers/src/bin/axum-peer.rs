@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::accept::{Accept, DefaultAcceptor};
-use portcullis_peers::{ACTIVE_REQUESTS, Args, Counted, PerIp, REQUEST_DURATION};
+use portcullis_peers::{Args, Counted, PerIp, Tracked};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_governor::GovernorLayer;
@@ -116,23 +116,13 @@ async fn serve(args: Args) {
 
 /// The request metrics, as axum's own metrics example records them.
 async fn track(request: Request, next: Next) -> impl IntoResponse {
-    let started = Instant::now();
-    let method = request.method().to_string();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let active = metrics::gauge!(ACTIVE_REQUESTS, "http_request_method" => method.clone());
-    active.increment(1.0);
+    let tracked = Tracked::start(request.method().to_string(), route);
     let response: Response = next.run(request).await;
-    active.decrement(1.0);
-    metrics::histogram!(
-        REQUEST_DURATION,
-        "http_request_method" => method,
-        "http_response_status_code" => response.status().as_u16().to_string(),
-        "http_route" => route,
-    )
-    .record(started.elapsed());
+    tracked.finish(Some(response.status().as_u16()));
     response
 }
 
