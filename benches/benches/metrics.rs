@@ -21,22 +21,9 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use portcullis_benches::{drain, now};
+use portcullis_benches::{drain, get_root, hello, now};
 use portcullis_metrics::{Admin, HttpMetricsLayer, PrometheusExporter, Route};
 use tower::{Layer, Service};
-
-async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut response = Response::new(Full::new(Bytes::from_static(b"hello\n")));
-    response.extensions_mut().insert(Route::new("/"));
-    Ok(response)
-}
-
-fn request() -> Request<()> {
-    Request::builder()
-        .uri("/")
-        .body(())
-        .unwrap_or_else(|_| unreachable!("a valid request"))
-}
 
 fn bench(c: &mut Criterion) {
     let exporter = PrometheusExporter::install().unwrap_or_else(|e| panic!("{e}"));
@@ -44,17 +31,17 @@ fn bench(c: &mut Criterion) {
     portcullis_server::metrics::describe_all();
 
     let mut group = c.benchmark_group("layer");
-    let mut bare = tower::service_fn(app);
+    let mut bare = tower::service_fn(hello);
     group.bench_function("bare", |b| {
         b.iter(|| {
-            let response = now(bare.call(black_box(request()))).unwrap_or_else(|e| match e {});
+            let response = now(bare.call(black_box(get_root()))).unwrap_or_else(|e| match e {});
             drain(response.into_body());
         });
     });
-    let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(app));
+    let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(hello));
     group.bench_function("metrics", |b| {
         b.iter(|| {
-            let response = now(measured.call(black_box(request()))).unwrap_or_else(|e| match e {});
+            let response = now(measured.call(black_box(get_root()))).unwrap_or_else(|e| match e {});
             drain(response.into_body());
         });
     });
@@ -64,11 +51,11 @@ fn bench(c: &mut Criterion) {
         .build_recorder();
     let handle = upstream.handle();
     metrics::with_local_recorder(&upstream, || {
-        let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(app));
+        let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(hello));
         group.bench_function("metrics-exporter-prometheus", |b| {
             b.iter(|| {
                 let response =
-                    now(measured.call(black_box(request()))).unwrap_or_else(|e| match e {});
+                    now(measured.call(black_box(get_root()))).unwrap_or_else(|e| match e {});
                 drain(response.into_body());
             });
             // Keep its sample buffers from growing across iterations, as its upkeep does.

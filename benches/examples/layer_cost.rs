@@ -20,26 +20,11 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::Full;
-use portcullis_benches::{drain, now};
-use portcullis_metrics::{HttpMetricsLayer, PrometheusExporter, Route};
+use portcullis_benches::{drain, get_root, hello, now};
+use portcullis_metrics::{HttpMetricsLayer, PrometheusExporter};
 use tower::{Layer, Service};
-
-async fn app(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut response = Response::new(Full::new(Bytes::from_static(b"hello\n")));
-    response.extensions_mut().insert(Route::new("/"));
-    Ok(response)
-}
-
-fn request() -> Request<()> {
-    Request::builder()
-        .uri("/")
-        .body(())
-        .unwrap_or_else(|_| unreachable!("a valid request"))
-}
 
 #[inline(never)]
 fn run<S>(service: &mut S, n: u64)
@@ -48,7 +33,7 @@ where
     S::Response: IntoBody,
 {
     for _ in 0..n {
-        let response = now(service.call(black_box(request()))).unwrap_or_else(|e| match e {});
+        let response = now(service.call(black_box(get_root()))).unwrap_or_else(|e| match e {});
         response.drain();
     }
 }
@@ -60,7 +45,7 @@ where
     S: Service<Request<()>, Error = Infallible>,
     S::Response: IntoBody,
 {
-    now(service.call(request()))
+    now(service.call(get_root()))
         .unwrap_or_else(|e| match e {})
         .drain();
 }
@@ -78,8 +63,8 @@ impl<B: Body> IntoBody for Response<B> {
 /// `rounds` alternating rounds of `n` requests through each service: the medians of their
 /// nanoseconds per request, and the median of the rounds' differences.
 fn alternate(n: u64, rounds: usize) {
-    let mut bare = tower::service_fn(app);
-    let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(app));
+    let mut bare = tower::service_fn(hello);
+    let mut measured = HttpMetricsLayer::new().layer(tower::service_fn(hello));
     let per_request = |run: &mut dyn FnMut(u64)| {
         let started = std::time::Instant::now();
         run(n);
@@ -128,12 +113,12 @@ fn main() {
     let _ = quanta::Clock::new();
     match which.as_str() {
         "bare" => {
-            let mut service = tower::service_fn(app);
+            let mut service = tower::service_fn(hello);
             warm(&mut service);
             run(&mut service, n);
         }
         "metrics" => {
-            let mut service = HttpMetricsLayer::new().layer(tower::service_fn(app));
+            let mut service = HttpMetricsLayer::new().layer(tower::service_fn(hello));
             warm(&mut service);
             run(&mut service, n);
         }

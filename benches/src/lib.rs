@@ -1,13 +1,41 @@
-//! What the micro-benchmarks share: driving a tower service's future and a response body
-//! to their ends without a runtime, as hyper would (every future they drive is ready at
-//! once).
+//! What the micro-benchmarks share: the application the metrics benchmarks measure the
+//! layer around, and driving a tower service's future and a response body to their ends
+//! without a runtime, as hyper would (every future they drive is ready at once).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
+use http::{Request, Response};
 use http_body::Body;
+use http_body_util::Full;
+use portcullis_metrics::Route;
+
+/// The application of the metrics benchmarks: `hello\n`, naming its route template in the
+/// response, as a router does.
+///
+/// # Errors
+///
+/// Never.
+#[inline]
+pub async fn hello(_request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"hello\n")));
+    response.extensions_mut().insert(Route::new("/"));
+    Ok(response)
+}
+
+/// `GET /`.
+#[inline]
+#[must_use]
+pub fn get_root() -> Request<()> {
+    Request::builder()
+        .uri("/")
+        .body(())
+        .unwrap_or_else(|_| unreachable!("a valid request"))
+}
 
 /// Polls a future that is ready at once (every future the benchmarks drive is).
 ///
