@@ -64,7 +64,7 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
         .build()
         .map_err(|e| start_up(format_args!("cannot start the runtime: {e}")))?;
     let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-    let builder = runtime.block_on(async {
+    let (builder, limit) = runtime.block_on(async {
         // Signals first, before anything is reachable: SIGTERM drains, SIGHUP reloads.
         let shutdown = Shutdown::from_signals()
             .map_err(|e| start_up(format_args!("cannot install signal handlers: {e}")))?;
@@ -85,11 +85,32 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
                 .on_ready(|pid| println!("upgraded: pid {pid} serves now"))
                 .on_failure(|failure| eprintln!("error: {failure}")),
         );
+        // The --rate limit: kept in Redis for the fleet with --redis, local otherwise. Redis
+        // is tried before the listener lines, so that a server that says it listens has its
+        // first checks shared already (or has given up on Redis for now).
+        let limit = match config.fleet_limit() {
+            Ok(Some(fleet)) => {
+                let redis = fleet.redis().clone();
+                // Begin shared if Redis answers now; if not, limit locally until it does.
+                if let Err(error) = redis.connect().await {
+                    tracing::warn!(
+                        redis = redis.url(),
+                        %error,
+                        "Redis does not answer: limiting locally at rate / fleet size until it does"
+                    );
+                }
+                Some(Limit::Fleet(fleet.name("per-client").layer()))
+            }
+            Ok(None) => config
+                .rate_limit()
+                .map(|limit| Limit::Local(limit.name("per-client").layer())),
+            Err(error) => return Err(start_up(error)),
+        };
         // The contract's lines, once every listener accepts.
         builder
             .announce(std::io::stdout().lock())
             .map_err(|e| start_up(format_args!("cannot write to stdout: {e}")))?;
-        Ok::<_, Failed>(builder)
+        Ok::<_, Failed>((builder, limit))
     })?;
     // What `--check-config` warns about, now that the server is up.
     for warning in warnings {
@@ -99,25 +120,6 @@ fn run(config: ServerConfig, warnings: &[String]) -> Result<ServeReport, Failed>
     let metrics = config
         .admin
         .map(|_| HttpMetricsLayer::new().route_fn(routes::template));
-    // The --rate limit: kept in Redis for the fleet with --redis, local otherwise.
-    let limit = match config.fleet_limit() {
-        Ok(Some(fleet)) => {
-            let redis = fleet.redis().clone();
-            // Begin shared if Redis answers now; if not, limit locally until it does.
-            if let Err(error) = runtime.block_on(redis.connect()) {
-                tracing::warn!(
-                    redis = redis.url(),
-                    %error,
-                    "Redis does not answer: limiting locally at rate / fleet size until it does"
-                );
-            }
-            Some(Limit::Fleet(fleet.name("per-client").layer()))
-        }
-        Ok(None) => config
-            .rate_limit()
-            .map(|limit| Limit::Local(limit.name("per-client").layer())),
-        Err(error) => return Err(start_up(error)),
-    };
     let per_core = config.per_core.then_some(cores);
     // One service per runtime (per core), each layer shared by every clone.
     macro_rules! serve {

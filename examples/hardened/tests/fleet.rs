@@ -138,9 +138,13 @@ fn allowed(statuses: &[u16]) -> usize {
 #[tokio::test]
 async fn two_servers_sharing_a_redis_hold_one_quota_per_client() {
     let redis = RedisServer::start();
+    // Each server probes Redis once at start-up, before its listener lines: a server that
+    // says it listens has tried Redis already.
     let one = fleet_server(&redis, "4/m", "2").await;
+    assert_eq!(redis.calls("evalsha"), 1);
     let two = fleet_server(&redis, "4/m", "2").await;
-    // Each server probed Redis once at start-up; count the checks from here.
+    assert_eq!(redis.calls("evalsha"), 2);
+    // Count the checks from here.
     let before = redis.calls("evalsha");
     let (one_before, two_before) = (Decisions::of(&one).await, Decisions::of(&two).await);
     // Alternating between the two, a client gets the fleet's 4, not 4 from each.
