@@ -142,12 +142,16 @@ async fn proxy_header<S>(
     let Some(proxy) = shared.conn.proxy_for(&peer) else {
         return Ok((stream, peer, None));
     };
-    // Bounded by the header deadline; a forced drain does not wait for it.
-    let read = tokio::select! {
-        biased;
-        () = shared.lifecycle.reached(ShutdownPhase::Forced) => return Err(CloseReason::DrainForced),
-        read = proxy.read_header(stream.into_inner()) => read,
-    };
+    // Bounded by the header deadline; a forced drain does not wait for it. On the heap, like
+    // the TLS handshake: connections from no proxy should not carry room for it in their task.
+    let read = Box::pin(async {
+        tokio::select! {
+            biased;
+            () = shared.lifecycle.reached(ShutdownPhase::Forced) => None,
+            read = proxy.read_header(stream.into_inner()) => Some(read),
+        }
+    });
+    let read = read.await.ok_or(CloseReason::DrainForced)?;
     let (header, rest) = read.map_err(|error| {
         tracing::debug!(%peer, %error, "PROXY header refused; connection closed");
         CloseReason::Refused
@@ -174,7 +178,9 @@ async fn tls_handshake<S>(
         return Ok((ConnIo::Left(stream), None, None));
     };
     let deadline = Instant::now() + tls.handshake_timeout();
-    let handshake = async {
+    // On the heap, like the driver: rustls' state is large, and plain connections should not
+    // carry room for it in their task.
+    let handshake = Box::pin(async {
         // No place under the handshake cap in time: the server's overload, not the client's
         // fault (no strike).
         let _place = shared
@@ -189,7 +195,7 @@ async fn tls_handshake<S>(
             shared.conn.strike(client, BanReason::TLS_HANDSHAKE);
         }
         accepted
-    };
+    });
     // A forced drain does not wait for it.
     let accepted = tokio::select! {
         biased;
@@ -258,23 +264,28 @@ where
         info,
         peer_addr,
         client_certificates,
+        shared.actions.clone(),
     )
     .min_body_rate(shared.http.min_body_rate)
-    .overload(shared.actions.clone())
     .bans(bans);
     // With `PeerAddr` (so not on the admin listener); a Unix socket's peer has no
     // `SocketAddr`, so its requests carry no `ConnectInfo`.
     #[cfg(feature = "axum")]
     let service = service.connect_info(peer_addr.map(|PeerAddr(addr)| addr));
-    let conn = shared.builder.serve_connection_with_upgrades(io, service);
-    let driver = Driver::new(
+    // On the heap from the start: hyper's connection is kilobytes large (room for HTTP/2
+    // whatever the protocol), and every move of it, into the driver, into the task, would
+    // copy all of it.
+    let conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
+    // Boxed too: a task's future is copied whole when it is spawned and when it completes, so
+    // the connection's task holds only a pointer to the driver.
+    let driver = Box::pin(Driver::new(
         conn,
         state,
         shared.http.header_timeout,
         shared.http.idle_timeout,
         shared.lifecycle.watch(),
         shared.actions.watch(),
-    );
+    ));
     // The peer scope serves the rate limit layer without a per-request extension.
     let reason = match scope {
         Some(peer) => PeerAddr::scope(peer, driver).await,

@@ -43,6 +43,14 @@ where
     }
 }
 
+/// A connection on the heap, as the server drives hyper's: moving the driver then moves a
+/// pointer, not the connection's kilobytes.
+impl<C: GracefulConnection + ?Sized> GracefulConnection for Pin<Box<C>> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().graceful_shutdown();
+    }
+}
+
 /// What the driver needs to know of the error a connection ended with.
 pub(crate) trait ConnError: std::fmt::Display {
     /// Whether the peer sent what is not HTTP: hyper answered 400 (or 431 for a head too

@@ -91,6 +91,7 @@ impl<S> ConnService<S> {
         info: Option<ConnInfo>,
         peer: Option<PeerAddr>,
         client_certificates: Option<ClientCertificates>,
+        overload: OverloadSignal,
     ) -> Self {
         Self {
             inner,
@@ -102,7 +103,7 @@ impl<S> ConnService<S> {
             bans: None,
             host: HostCache::default(),
             min_body_rate: MinRate::OFF,
-            overload: OverloadSignal::new(),
+            overload,
             #[cfg(feature = "axum")]
             connect_info: None,
         }
@@ -111,13 +112,6 @@ impl<S> ConnService<S> {
     /// Holds request bodies to `rate` (the responses' rate is the connection's, in its state).
     pub(crate) fn min_body_rate(mut self, rate: MinRate) -> Self {
         self.min_body_rate = rate;
-        self
-    }
-
-    /// Follows the overload manager's `actions`: shed requests are answered 503, and HTTP/1
-    /// responses carry `Connection: close` while keep-alive is off.
-    pub(crate) fn overload(mut self, actions: OverloadSignal) -> Self {
-        self.overload = actions;
         self
     }
 
