@@ -1,8 +1,10 @@
 //! The core of one runtime: the accept loops, the tracked connection tasks, and their drain.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::RequestBody;
@@ -14,7 +16,7 @@ use hyper_util::server::conn::auto;
 use portcullis_health::{OverloadManager, OverloadSignal};
 use portcullis_limit::PeerAddr;
 use portcullis_listen::Listener;
-use portcullis_shutdown::{Lifecycle, ShutdownPhase};
+use portcullis_shutdown::{Lifecycle, PhaseWatch, ShutdownPhase};
 use tokio::time::Instant;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::Service;
@@ -228,8 +230,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let lifecycle = shared.lifecycle.clone();
-    let mut stop = std::pin::pin!(lifecycle.reached(ShutdownPhase::Drain));
+    // Polled by hand rather than through `Lifecycle::reached`: it is polled before every
+    // accept, and a registered watch answers with one atomic load.
+    let mut phase = std::pin::pin!(shared.lifecycle.watch());
+    let mut stop = std::future::poll_fn(|cx| poll_draining(phase.as_mut(), cx));
     loop {
         // The overload manager's last resort: leave new clients in the kernel's backlog
         // until the pressure is off. One atomic load per accept otherwise.
@@ -262,4 +266,15 @@ where
         shared.tracker.spawn(task);
     }
     tracing::debug!(listener = %listener.local_addr(), "listener closed");
+}
+
+/// Ready once the lifecycle drains (at once if it already does); otherwise registers for the
+/// next phase.
+fn poll_draining(mut watch: Pin<&mut PhaseWatch>, cx: &mut Context<'_>) -> Poll<()> {
+    while let Poll::Ready(phase) = watch.as_mut().poll_change(cx) {
+        if phase.is_draining() {
+            return Poll::Ready(());
+        }
+    }
+    Poll::Pending
 }
