@@ -184,8 +184,8 @@ impl AsFd for Stream {
     }
 }
 
-// Inlined across crates (the server's I/O stack is generic, this is not): every read and
-// write of a connection passes here.
+// This impl and the `AsyncWrite` one below are inlined across crates (the server's I/O stack
+// is generic, they are not): every read and write of a connection passes here.
 impl AsyncRead for Stream {
     #[inline]
     fn poll_read(

@@ -278,3 +278,51 @@ fn poll_draining(mut watch: Pin<&mut PhaseWatch>, cx: &mut Context<'_>) -> Poll<
     }
     Poll::Pending
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn draining_is_ready_at_once_when_the_drain_has_begun() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.advance(ShutdownPhase::Forced);
+        let mut watch = std::pin::pin!(lifecycle.watch());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn draining_waits_through_the_delay() {
+        let lifecycle = Lifecycle::new();
+        let mut watch = std::pin::pin!(lifecycle.watch());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Pending);
+        lifecycle.advance(ShutdownPhase::Delay);
+        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Pending);
+        lifecycle.advance(ShutdownPhase::Drain);
+        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Ready(()));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_accept_loop_is_woken_by_the_drain() {
+        let lifecycle = Lifecycle::new();
+        let watch = lifecycle.watch();
+        let waiting = tokio::spawn(async move {
+            let mut watch = std::pin::pin!(watch);
+            std::future::poll_fn(|cx| poll_draining(watch.as_mut(), cx)).await;
+        });
+        // Until the drain, the task stays registered and asleep.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        lifecycle.advance(ShutdownPhase::Drain);
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("woken by the drain")
+            .expect("the task did not panic");
+    }
+}

@@ -272,7 +272,7 @@ where
     // `SocketAddr`, so its requests carry no `ConnectInfo`.
     #[cfg(feature = "axum")]
     let service = service.connect_info(peer_addr.map(|PeerAddr(addr)| addr));
-    // On the heap from the start: hyper's connection is kilobytes large (room for HTTP/2
+    // Boxed as soon as it is built: hyper's connection is kilobytes large (room for HTTP/2
     // whatever the protocol), and every move of it, into the driver, into the task, would
     // copy all of it.
     let conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
@@ -297,4 +297,35 @@ where
         shared.conn.strike(client, BanReason::MALFORMED);
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Future, Ready};
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::util::ServiceFn;
+
+    use super::serve_connection;
+    use crate::RequestBody;
+
+    type App =
+        ServiceFn<fn(Request<RequestBody>) -> Ready<Result<Response<Full<Bytes>>, Infallible>>>;
+
+    /// The size of the future an `async fn` of four arguments returns, without calling it.
+    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// tokio copies a task's future whole when it spawns it and when it completes, so what a
+    /// connection's task holds inline costs every connection; hyper's connection, the driver
+    /// and the PROXY and TLS stages live on the heap.
+    #[test]
+    fn a_connection_task_holds_under_a_kib_inline() {
+        let size = future_size(serve_connection::<App, Full<Bytes>>);
+        assert!(size < 1024, "the connection's task future is {size} bytes");
+    }
 }
