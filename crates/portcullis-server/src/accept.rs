@@ -1,10 +1,8 @@
 //! The core of one runtime: the accept loops, the tracked connection tasks, and their drain.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::RequestBody;
@@ -16,7 +14,7 @@ use hyper_util::server::conn::auto;
 use portcullis_health::{OverloadManager, OverloadSignal};
 use portcullis_limit::PeerAddr;
 use portcullis_listen::Listener;
-use portcullis_shutdown::{Lifecycle, PhaseWatch, ShutdownPhase};
+use portcullis_shutdown::{Lifecycle, ShutdownPhase};
 use tokio::time::Instant;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::Service;
@@ -230,10 +228,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // Polled by hand rather than through `Lifecycle::reached`: it is polled before every
-    // accept, and a registered watch answers with one atomic load.
+    // Polled before every accept: a registered watch answers with one atomic load, where
+    // `Lifecycle::reached` would poll two `async` layers around it.
     let mut phase = std::pin::pin!(shared.lifecycle.watch());
-    let mut stop = std::future::poll_fn(|cx| poll_draining(phase.as_mut(), cx));
+    let mut stop = std::future::poll_fn(|cx| phase.as_mut().poll_reached(ShutdownPhase::Drain, cx));
     loop {
         // The overload manager's last resort: leave new clients in the kernel's backlog
         // until the pressure is off. One atomic load per accept otherwise.
@@ -266,63 +264,4 @@ where
         shared.tracker.spawn(task);
     }
     tracing::debug!(listener = %listener.local_addr(), "listener closed");
-}
-
-/// Ready once the lifecycle drains (at once if it already does); otherwise registers for the
-/// next phase.
-fn poll_draining(mut watch: Pin<&mut PhaseWatch>, cx: &mut Context<'_>) -> Poll<()> {
-    while let Poll::Ready(phase) = watch.as_mut().poll_change(cx) {
-        if phase.is_draining() {
-            return Poll::Ready(());
-        }
-    }
-    Poll::Pending
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    const BOUND: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn draining_is_ready_at_once_when_the_drain_has_begun() {
-        let lifecycle = Lifecycle::new();
-        lifecycle.advance(ShutdownPhase::Forced);
-        let mut watch = std::pin::pin!(lifecycle.watch());
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Ready(()));
-    }
-
-    #[test]
-    fn draining_waits_through_the_delay() {
-        let lifecycle = Lifecycle::new();
-        let mut watch = std::pin::pin!(lifecycle.watch());
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Pending);
-        lifecycle.advance(ShutdownPhase::Delay);
-        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Pending);
-        lifecycle.advance(ShutdownPhase::Drain);
-        assert_eq!(poll_draining(watch.as_mut(), &mut cx), Poll::Ready(()));
-    }
-
-    #[tokio::test]
-    async fn a_waiting_accept_loop_is_woken_by_the_drain() {
-        let lifecycle = Lifecycle::new();
-        let watch = lifecycle.watch();
-        let waiting = tokio::spawn(async move {
-            let mut watch = std::pin::pin!(watch);
-            std::future::poll_fn(|cx| poll_draining(watch.as_mut(), cx)).await;
-        });
-        // Until the drain, the task stays registered and asleep.
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        lifecycle.advance(ShutdownPhase::Drain);
-        tokio::time::timeout(BOUND, waiting)
-            .await
-            .expect("woken by the drain")
-            .expect("the task did not panic");
-    }
 }

@@ -182,9 +182,7 @@ impl PhaseCell {
     /// Completes once the phase reaches `phase`.
     pub(crate) async fn reached(self: &Arc<Self>, phase: ShutdownPhase) {
         let mut watch = std::pin::pin!(PhaseWatch::new(Arc::clone(self)));
-        while watch.seen() < phase {
-            std::future::poll_fn(|cx| watch.as_mut().poll_change(cx)).await;
-        }
+        std::future::poll_fn(|cx| watch.as_mut().poll_reached(phase, cx)).await;
     }
 }
 
@@ -233,6 +231,26 @@ impl PhaseWatch {
     #[must_use]
     pub fn seen(&self) -> ShutdownPhase {
         self.seen
+    }
+
+    /// Ready once the phase is `phase` or later (at once if it already is); otherwise
+    /// registers the task to be woken when it moves. For a loop that polls the same wait
+    /// before every step (an accept loop): once registered, a poll is one atomic load.
+    #[inline]
+    pub fn poll_reached(
+        mut self: Pin<&mut Self>,
+        phase: ShutdownPhase,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.seen >= phase {
+            return Poll::Ready(());
+        }
+        while let Poll::Ready(seen) = self.as_mut().poll_change(cx) {
+            if seen >= phase {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 
     /// Ready with the new phase when it moved since the last call; otherwise registers the
@@ -425,5 +443,56 @@ mod tests {
                 .expect("woken")
                 .expect("task");
         }
+    }
+
+    #[test]
+    fn reached_is_ready_at_once_when_the_phase_has_passed() {
+        let cell = PhaseCell::new();
+        cell.advance(ShutdownPhase::Forced);
+        let mut watch = std::pin::pin!(PhaseWatch::new(Arc::clone(&cell)));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            watch.as_mut().poll_reached(ShutdownPhase::Drain, &mut cx),
+            Poll::Ready(())
+        );
+    }
+
+    #[test]
+    fn reached_waits_through_the_phases_before() {
+        let cell = PhaseCell::new();
+        let mut watch = std::pin::pin!(PhaseWatch::new(Arc::clone(&cell)));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            watch.as_mut().poll_reached(ShutdownPhase::Drain, &mut cx),
+            Poll::Pending
+        );
+        cell.advance(ShutdownPhase::Delay);
+        assert_eq!(
+            watch.as_mut().poll_reached(ShutdownPhase::Drain, &mut cx),
+            Poll::Pending
+        );
+        cell.advance(ShutdownPhase::Drain);
+        assert_eq!(
+            watch.as_mut().poll_reached(ShutdownPhase::Drain, &mut cx),
+            Poll::Ready(())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_waiting_for_a_phase_is_woken_when_it_comes() {
+        let cell = PhaseCell::new();
+        let watch = PhaseWatch::new(Arc::clone(&cell));
+        let waiting = tokio::spawn(async move {
+            let mut watch = std::pin::pin!(watch);
+            std::future::poll_fn(|cx| watch.as_mut().poll_reached(ShutdownPhase::Drain, cx)).await;
+        });
+        // Until the drain, the task stays registered and asleep.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        cell.advance(ShutdownPhase::Drain);
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("woken by the drain")
+            .expect("the task did not panic");
     }
 }
