@@ -78,6 +78,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         housekeeping::ensure_started(&self.shared);
         match self.shared.check(&request) {

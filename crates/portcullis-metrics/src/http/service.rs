@@ -50,6 +50,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if !self.enabled {
             return ResponseFuture::new(self.inner.call(request), None);
