@@ -431,6 +431,7 @@ impl Inherited {
     }
 
     /// The admin listener handed over, if any.
+    #[cfg(feature = "prometheus")]
     pub(crate) fn take_admin(&mut self) -> Result<Option<Listener>, Error> {
         let mut taken = self
             .sockets

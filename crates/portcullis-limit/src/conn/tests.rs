@@ -1,4 +1,4 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 
 use super::*;
@@ -16,6 +16,8 @@ mod loom_conn;
 
 #[cfg(not(portcullis_loom))]
 mod std_tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     #[test]
